@@ -1,0 +1,38 @@
+"""One error hierarchy for everything a user can get wrong.
+
+Every error carries a one-line ``message`` and a ``hint`` that says what to do next.  The CLI maps
+any ``AdvisorError`` to exit code 2 and one line on stderr; nothing else is allowed to reach the user
+as a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+
+class AdvisorError(Exception):
+    """Base class: bad input or an impossible request, reported without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return f"error: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class UsageError(AdvisorError):
+    """A flag has an impossible value or flags contradict each other."""
+
+
+class UnknownModelError(AdvisorError):
+    """A model name that is neither in the catalog, a file, nor a reachable hub id."""
+
+
+class ModelConfigError(AdvisorError):
+    """A config.json that cannot be read or describes an unsupported architecture."""
+
+
+class UnitError(AdvisorError):
+    """A size such as '24GiB' that cannot be parsed."""

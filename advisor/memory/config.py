@@ -1,0 +1,78 @@
+"""What a training run is configured to do: the input of the memory model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["full", "lora", "qlora", "lora8bit"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"]
+Attention = Literal["sdpa", "flash", "eager"]
+Offload = Literal["none", "optimizer", "params"]
+QuantType = Literal["nf4", "fp4"]
+LossKind = Literal["standard", "chunked"]
+
+TARGET_PRESETS = ("all-linear", "attention", "q,v")
+
+
+class TrainConfig(BaseModel):
+    """One fine-tuning setup.  Field names are the CLI flags without dashes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Method = Field("lora", description="full fine-tuning, LoRA on a 16-bit base, QLoRA (4-bit base), or LoRA on an 8-bit base.")
+    precision: Precision = Field("bf16", description="Dtype of the weights and the compute.")
+    master_weights: bool = Field(False, description="Full FT only: keep fp32 master weights and train under autocast (mixed precision).")
+    rank: int = Field(16, gt=0, le=4096, description="LoRA rank r.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; 2r when not given.")
+    targets: tuple[str, ...] = Field(("all-linear",), description="LoRA target modules: a preset (all-linear, attention, q,v) or HF module names.")
+    train_embeddings: bool = Field(False, description="Also train embed_tokens and lm_head in full (PEFT modules_to_save).")
+    quant_type: QuantType = Field("nf4", description="QLoRA 4-bit data type.")
+    double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
+    seq_len: int = Field(2048, gt=0, description="Tokens per sequence.")
+    micro_batch: int = Field(1, gt=0, description="Sequences per forward pass on each GPU.")
+    grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
+    optimizer: Optimizer = "adamw"
+    attn: Attention = Field("sdpa", description="Attention kernel: sdpa/flash keep no s x s matrix, eager does.")
+    loss: LossKind = Field("standard", description="standard = HF causal-LM loss on fp32 logits; chunked = fused/chunked cross-entropy.")
+    gpus: int = Field(1, gt=0, le=1024)
+    zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0 = plain DDP when gpus > 1).")
+    fsdp: bool = Field(False, description="FSDP full shard (like ZeRO-3).")
+    offload: Offload = Field("none", description="CPU offload of optimizer states, or of states and params.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.fsdp and self.zero:
+            raise ValueError("--fsdp and --zero are two sharding engines; pick one")
+        if self.offload == "params" and not (self.zero == 3 or self.fsdp):
+            raise ValueError("--offload params needs --zero 3 or --fsdp (only sharded params can live on the CPU)")
+        if self.offload != "none" and not (self.zero or self.fsdp):
+            raise ValueError("--offload needs --zero 1/2/3 or --fsdp")
+        if self.master_weights and self.method != "full":
+            raise ValueError("--master-weights applies to full fine-tuning only")
+        if self.method == "qlora" and self.precision == "fp32":
+            raise ValueError("--precision fp32 with qlora: 4-bit layers compute in bf16 or fp16")
+        return self
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one micro batch on one GPU."""
+        return self.seq_len * self.micro_batch
+
+    @property
+    def uses_adapters(self) -> bool:
+        return self.method != "full"
+
+    @property
+    def sharding(self) -> str:
+        if self.fsdp:
+            return "fsdp"
+        if self.zero:
+            return f"zero{self.zero}"
+        return "ddp" if self.gpus > 1 else "single"

@@ -1,0 +1,109 @@
+"""The model catalog (a data file) and resolving what a user typed for ``--model``."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from ..errors import UnknownModelError
+from .arch import ModelArch
+from .hf_config import arch_from_config, read_config_file
+
+
+def _normalise(name: str) -> str:
+    """Forgiving match key: case, '-', '_', '.', spaces and an org prefix do not matter."""
+    name = name.strip().lower().split("/")[-1]
+    name = re.sub(r"^(meta-)", "", name)
+    return re.sub(r"[-_.\s]", "", name)
+
+
+@lru_cache(maxsize=1)
+def catalog_entries() -> list[dict]:
+    data = json.loads(resources.files("advisor.models").joinpath("catalog.json").read_text(encoding="utf-8"))
+    return data["models"]
+
+
+def catalog_names() -> list[str]:
+    return [entry["name"] for entry in catalog_entries()]
+
+
+def _catalog_index() -> dict[str, dict]:
+    index: dict[str, dict] = {}
+    for entry in catalog_entries():
+        for key in (entry["name"], entry.get("hf_id") or ""):
+            if key:
+                index[_normalise(key)] = entry
+    return index
+
+
+def catalog_arch(name: str) -> ModelArch | None:
+    entry = _catalog_index().get(_normalise(name))
+    if entry is None:
+        return None
+    return arch_from_config(entry["config"], name=entry["name"])
+
+
+def nearest_names(name: str, count: int = 3) -> list[str]:
+    """The catalog names closest to what was typed, best first."""
+    keys = {_normalise(n): n for n in catalog_names()}
+    scored = sorted(keys, key=lambda k: difflib.SequenceMatcher(None, _normalise(name), k).ratio(), reverse=True)
+    return [keys[k] for k in scored[:count]]
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None
+
+
+def _from_hub(repo_id: str) -> ModelArch:
+    """config.json only, through huggingface_hub (which honours HF_HUB_OFFLINE and its cache)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError:
+        raise UnknownModelError(
+            f"{repo_id!r} is not in the catalog and huggingface_hub is not installed",
+            "pip install huggingface_hub, or pass a local config.json",
+        ) from None
+    try:
+        path = hf_hub_download(repo_id, "config.json")
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise UnknownModelError(
+            f"{repo_id!r}: config.json is not in the local Hugging Face cache"
+            + (" and HF_HUB_OFFLINE is set" if offline else " and the hub cannot be reached"),
+            "download the model's config.json and pass its path, or pick a catalog model (lora-advisor models)",
+        ) from None
+    except (RepositoryNotFoundError, HfHubHTTPError) as exc:
+        raise UnknownModelError(f"{repo_id!r}: the hub has no such model ({type(exc).__name__})",
+                                "check the id; gated models need `hf auth login`") from None
+    return arch_from_config(read_config_file(Path(path)), name=repo_id, source=repo_id)
+
+
+def resolve_model(spec: str) -> ModelArch:
+    """A catalog name, a config.json, a model directory, or a hub id."""
+    spec = spec.strip()
+    if not spec:
+        raise UnknownModelError("--model is empty", "name a catalog model, e.g. llama-3.1-8b (lora-advisor models)")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise UnknownModelError(f"{spec}: the directory has no config.json", "point --model at a model directory or its config.json")
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise UnknownModelError(f"{spec}: no such file", "check the path to config.json")
+        return arch_from_config(read_config_file(path), name=path.parent.name or str(path), source=str(path))
+    arch = catalog_arch(spec)
+    if arch is not None:
+        return arch
+    if _looks_like_hub_id(spec):
+        return _from_hub(spec)
+    raise UnknownModelError(
+        f"unknown model {spec!r}",
+        "nearest catalog names: " + ", ".join(nearest_names(spec)) + " (or pass a config.json / hub id)",
+    )

@@ -1,0 +1,110 @@
+"""Exact parameter counts, per module kind, and the Linear layers LoRA can adapt.
+
+The counts are checked in the tests against transformers' own modules built on the meta device, to the
+parameter, for every catalog model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arch import ModelArch
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One kind of nn.Linear inside every decoder layer (HF module name, shapes, bias)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+    per_layer: int = 1  # how many such Linears one layer holds
+
+    @property
+    def weight_params(self) -> int:
+        return self.in_features * self.out_features
+
+    @property
+    def params(self) -> int:
+        return self.per_layer * (self.weight_params + (self.out_features if self.bias else 0))
+
+
+ATTENTION_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"})
+
+
+def layer_linears(arch: ModelArch) -> list[LinearSpec]:
+    """The nn.Linear modules of one decoder layer, named as transformers names them."""
+    h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
+    if arch.fused_qkv:
+        linears = [LinearSpec("qkv_proj", h, q + 2 * kv, arch.qkv_bias)]
+    else:
+        linears = [
+            LinearSpec("q_proj", h, q, arch.qkv_bias),
+            LinearSpec("k_proj", h, kv, arch.qkv_bias),
+            LinearSpec("v_proj", h, kv, arch.qkv_bias),
+        ]
+    linears.append(LinearSpec("o_proj", q, h, arch.o_bias))
+    if arch.moe is not None:
+        # transformers 5 stores Mixtral experts as fused 3-D parameters, not nn.Linear; only the
+        # router ("gate") is a Linear that LoRA's all-linear can reach.
+        linears.append(LinearSpec("gate", h, arch.moe.num_experts, False))
+        return linears
+    i = arch.intermediate_size
+    if arch.mlp_kind == "gated":
+        if arch.fused_gate_up:
+            linears.append(LinearSpec("gate_up_proj", h, 2 * i, arch.mlp_bias))
+        else:
+            linears += [LinearSpec("gate_proj", h, i, arch.mlp_bias), LinearSpec("up_proj", h, i, arch.mlp_bias)]
+    else:
+        linears.append(LinearSpec("up_proj", h, i, arch.mlp_bias))
+    linears.append(LinearSpec("down_proj", i, h, arch.mlp_bias))
+    return linears
+
+
+def expert_params_per_layer(arch: ModelArch) -> int:
+    """Weights of the routed (and shared) experts of one MoE layer: gate, up and down per expert."""
+    if arch.moe is None:
+        return 0
+    per_expert = 3 * arch.hidden_size * arch.moe.expert_intermediate_size
+    return (arch.moe.num_experts + arch.moe.shared_experts) * per_expert
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts by module kind (whole model)."""
+
+    embedding: int
+    attention: int
+    mlp: int
+    norms: int
+    lm_head: int  # 0 when tied to the embedding
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head
+
+    @property
+    def linear_in_layers(self) -> int:
+        """Params in the decoder layers' projections: what 4-bit/8-bit quantization replaces."""
+        return self.attention + self.mlp
+
+
+def count_params(arch: ModelArch) -> ParamCounts:
+    h, layers = arch.hidden_size, arch.num_layers
+    attention = mlp = 0
+    for spec in layer_linears(arch):
+        if spec.name in ATTENTION_NAMES:
+            attention += spec.params
+        else:
+            mlp += spec.params
+    mlp += expert_params_per_layer(arch)
+    norms_per_layer = arch.norms_per_layer * h + (2 * arch.head_dim if arch.qk_norm else 0)
+    embedding = arch.vocab_size * h
+    return ParamCounts(
+        embedding=embedding,
+        attention=attention * layers,
+        mlp=mlp * layers,
+        norms=norms_per_layer * layers + h,  # + the final norm
+        lm_head=0 if arch.tie_word_embeddings else embedding,
+    )
