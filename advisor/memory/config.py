@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Method = Literal["full", "lora", "qlora", "lora8bit"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"]
-Attention = Literal["sdpa", "flash", "eager"]
+Attention = Literal["auto", "sdpa", "flash", "eager"]
 Offload = Literal["none", "optimizer", "params"]
 QuantType = Literal["nf4", "fp4"]
 LossKind = Literal["standard", "chunked"]
@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     micro_batch: int = Field(1, gt=0, description="Sequences per forward pass on each GPU.")
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
     optimizer: Optimizer = "adamw"
-    attn: Attention = Field("sdpa", description="Attention kernel: sdpa/flash keep no s x s matrix, eager does.")
+    attn: Attention = Field("auto", description="Attention kernel: sdpa/flash keep no s x s matrix, eager does; auto = what transformers picks (sdpa, or eager where sdpa is unsupported).")
     loss: LossKind = Field("standard", description="standard = HF causal-LM loss on fp32 logits; chunked = fused/chunked cross-entropy.")
     gpus: int = Field(1, gt=0, le=1024)
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0 = plain DDP when gpus > 1).")

@@ -12,6 +12,7 @@ run twice so optimizer states exist.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ class DryRunResult:
     total_params: int
     steady_bytes: int  # live between steps: weights + optimizer states
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    peak_ops: dict[str, str] = field(default_factory=dict)  # op running at each phase's peak
 
     @property
     def peak_bytes(self) -> int:
@@ -50,6 +51,8 @@ class _StorageCounter:
     def __init__(self) -> None:
         self.live = 0
         self.peak = 0
+        self.current_op = ""
+        self.peak_op = ""  # the op during which the peak was reached (for diagnosing a mismatch)
         self._seen: dict[int, weakref.ref] = {}
 
     def add(self, tensor) -> None:
@@ -64,12 +67,48 @@ class _StorageCounter:
             return
         nbytes = _round(storage.nbytes())
         self.live += nbytes
-        self.peak = max(self.peak, self.live)
+        if self.live > self.peak:
+            self.peak, self.peak_op = self.live, self.current_op
         self._seen[key] = weakref.ref(storage, lambda _r, k=key, n=nbytes: self._drop(k, n))
 
     def _drop(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
         self._seen.pop(key, None)
+
+
+@contextlib.contextmanager
+def _masks_as_on_gpu():
+    """transformers treats fake tensors as graph tracing, so it cannot read the position ids or the cache
+    offset; it then assumes a packed batch and builds a dense causal mask, which also turns off SDPA's
+    native GQA (k/v get repeated).  A real step on our synthetic batch (one unpacked sequence per row,
+    no KV cache) has no such mask.  Tell the mask code what it would have read."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        yield
+        return
+    saved = masking_utils._ignore_causal_mask_sdpa, masking_utils.find_packed_sequence_indices
+    original_ignore = saved[0]
+
+    def at_offset_zero(padding_mask, q_length, kv_length, q_offset, kv_offset, *args, **kwargs):
+        return original_ignore(padding_mask, q_length, kv_length, 0, 0, *args, **kwargs)
+
+    masking_utils._ignore_causal_mask_sdpa = at_offset_zero
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils._ignore_causal_mask_sdpa, masking_utils.find_packed_sequence_indices = saved
+
+
+def _cpu_attention(arch: ModelArch, cfg: TrainConfig) -> str:
+    """FlashAttention-2 does not run on a CPU; SDPA's CPU flash kernel keeps the same tensors (q, k, v,
+    output, log-sum-exp), so it stands in for it.  transformers refuses SDPA for Gemma 2 (it cannot
+    soft-cap), so there the model is built for eager and switched to SDPA after building."""
+    from ..memory.targets import effective_attention
+
+    kernel = effective_attention(arch, cfg)
+    return "eager" if kernel == "eager" else "sdpa"
 
 
 def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
@@ -89,25 +128,36 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
 
     class _Track(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counter.current_op = str(func)
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
                 counter.add(t)
             return out
 
-    # SDPA picks its CPU flash kernel (no s x s matrix), matching the GPU's flash/memory-efficient kernels.
-    model = build_on_meta(arch, cfg, attn_implementation="eager" if cfg.attn == "eager" else "sdpa")
+    kernel = _cpu_attention(arch, cfg)
+    model = build_on_meta(arch, cfg, attn_implementation="eager" if arch.model_type == "gemma2" else kernel)
+    if kernel == "sdpa" and arch.model_type == "gemma2":
+        # Looked up at run time by every attention layer.  FlashAttention-2 soft-caps inside the kernel
+        # without extra memory; the SDPA stand-in cannot, so it runs without the cap.
+        model.config._attn_implementation = "sdpa"
+        for module in model.modules():
+            if hasattr(module, "attn_logit_softcapping"):
+                module.attn_logit_softcapping = None
+        model.config.attn_logit_softcapping = None
     prepare_quantization(cfg)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # bitsandbytes' quant maps are real tensors
     phase_peaks: dict[str, int] = {}
+    peak_ops: dict[str, str] = {}
     current: list[str] = ["idle"]
 
     def on_phase(name: str) -> None:
         if current[0] in PHASES:
             phase_peaks[current[0]] = counter.peak
+            peak_ops[current[0]] = counter.peak_op
         current[0] = name
         counter.peak = counter.live
 
-    with fake_mode, _Track():
+    with fake_mode, _Track(), _masks_as_on_gpu():
         materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
         for tensor in list(model.parameters()) + list(model.buffers()):
             counter.add(tensor)
@@ -125,5 +175,6 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         trainable_params=sum(p.numel() for p in params),
         total_params=sum(p.numel() for p in model.parameters()),
         steady_bytes=steady,
+        peak_ops=peak_ops,
         seconds=time.perf_counter() - started,
     )

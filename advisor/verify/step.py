@@ -34,15 +34,23 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
 PhaseHook = Callable[[str], None]
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
-               labels: torch.Tensor, phase: PhaseHook = lambda name: None) -> torch.Tensor:
-    """Forward + loss, backward, optimizer step, zero_grad(set_to_none).  ``phase`` is told each start."""
+def forward_backward(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                     phase: PhaseHook = lambda name: None) -> torch.Tensor:
+    """The HF Trainer's training_step: loss, backward, and only the detached loss leaves, so the
+    autograd graph (and anything it still holds) is gone before the optimizer step."""
     phase("forward")
     loss = causal_lm_loss(model, input_ids, labels)
     phase("backward")
     loss.backward()
+    return loss.detach()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
+               labels: torch.Tensor, phase: PhaseHook = lambda name: None) -> torch.Tensor:
+    """Forward + loss, backward, optimizer step, zero_grad(set_to_none).  ``phase`` is told each start."""
+    loss = forward_backward(model, input_ids, labels, phase)
     phase("optimizer")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     phase("idle")
-    return loss.detach()
+    return loss

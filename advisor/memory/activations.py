@@ -1,0 +1,174 @@
+"""What autograd saves for backward, per decoder layer, per token.
+
+The model follows the data flow of a transformers decoder layer op by op and asks, for every op, which of
+its inputs autograd keeps.  PyTorch keeps an input only when it is needed for the gradient of another
+input that requires grad, so the answer depends on what requires grad: for LoRA the first layer (fed by a
+frozen embedding) saves less than the rest, and a frozen Linear saves nothing for its weight.  Every
+number below was checked against the fake-tensor trace of the real step (see tests/test_oracle.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models.arch import ModelArch
+from .config import TrainConfig
+
+FP32 = 4
+
+
+@dataclass
+class SavedTensors:
+    """Bytes per token that one layer keeps for backward, by the op that keeps them."""
+
+    items: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, bytes_per_token: int) -> None:
+        if bytes_per_token:
+            self.items[name] = self.items.get(name, 0) + bytes_per_token
+
+    @property
+    def total(self) -> int:
+        return sum(self.items.values())
+
+
+def _rmsnorm(saved: SavedTensors, name: str, width: int, act: int, in_rg: bool, weight_trained: bool,
+             gemma_style: bool, rows: int = 1) -> bool:
+    """RMSNorm in fp32: pow/mul keep the fp32 input and rsqrt; the weight multiply keeps the normalized
+    input when the weight trains.  Returns whether the output requires grad."""
+    if in_rg:
+        saved.add(f"{name}: fp32 input + rsqrt", FP32 * width + FP32 * rows)
+    if weight_trained:
+        # Llama casts back to the activation dtype before the weight multiply; Gemma multiplies in fp32.
+        saved.add(f"{name}: normalized input", (FP32 if gemma_style else act) * width)
+    return in_rg or weight_trained
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What trains in a layer: the base weights (full FT) and which Linears carry LoRA."""
+
+    full: bool
+    lora: frozenset[str]
+    rank: int
+    act_bytes: int  # bytes of one activation element (2 for bf16/fp16)
+    eager: bool
+
+
+def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
+            input_already_saved: bool) -> bool:
+    """A Linear (optionally with LoRA).  Returns whether its output requires grad."""
+    if plan.full and not input_already_saved:
+        saved.add(f"{name}: input", plan.act_bytes * in_width)
+    if name in plan.lora:
+        # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
+        # that cast, lora_B keeps lora_A's output.
+        cast = 0 if plan.act_bytes == FP32 else FP32 * in_width
+        saved.add(f"{name}: LoRA fp32 input", cast)
+        saved.add(f"{name}: LoRA A output", FP32 * plan.rank)
+    return in_rg or plan.full or name in plan.lora
+
+
+def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTensors, bool]:
+    """Saved bytes per token of one decoder layer (without checkpointing) and whether its output
+    requires grad."""
+    saved = SavedTensors()
+    a = plan.act_bytes
+    h, q_dim, kv_dim, nq = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.num_heads
+    gemma = arch.model_type in ("gemma", "gemma2")
+
+    # --- attention block
+    normed_rg = _rmsnorm(saved, "input norm", h, a, in_rg, plan.full, gemma)
+    if plan.full:
+        saved.add("attention input", a * h)  # one tensor feeds q, k and v
+    if arch.fused_qkv:
+        qkv_rg = _linear(saved, plan, "qkv_proj", h, normed_rg, True)
+        q_rg = k_rg = v_rg = qkv_rg
+    else:
+        q_rg = _linear(saved, plan, "q_proj", h, normed_rg, True)
+        k_rg = _linear(saved, plan, "k_proj", h, normed_rg, True)
+        v_rg = _linear(saved, plan, "v_proj", h, normed_rg, True)
+    if arch.qk_norm:
+        q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, False, rows=arch.num_heads)
+        k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, False, rows=arch.num_kv_heads)
+    attn_rg = q_rg or k_rg or v_rg
+    if attn_rg:
+        if plan.eager:
+            # matmul keeps q and the GQA-repeated k; softmax keeps its fp32 output, the second matmul its
+            # bf16 cast and the repeated v.  The s x s terms are added per sequence in attention_scores().
+            saved.add("attention q, k, v (eager, kv repeated)", a * 3 * q_dim)
+        else:
+            # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
+            saved.add("attention q, k, v", a * (q_dim + 2 * kv_dim))
+            saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
+    o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager)
+    if gemma and arch.norms_per_layer == 4:
+        o_rg = _rmsnorm(saved, "post-attention norm", h, a, o_rg, plan.full, gemma)
+    x2_rg = in_rg or o_rg
+
+    # --- MLP block
+    mlp_norm = "pre-feedforward norm" if arch.norms_per_layer == 4 else "post-attention norm"
+    normed2_rg = _rmsnorm(saved, mlp_norm, h, a, x2_rg, plan.full, gemma)
+    if plan.full:
+        saved.add("MLP input", a * h)
+    if arch.moe is not None:
+        out_rg = _moe_saved(saved, arch, plan, normed2_rg)
+    else:
+        out_rg = _dense_mlp_saved(saved, arch, plan, normed2_rg)
+    if arch.norms_per_layer == 4:
+        out_rg = _rmsnorm(saved, "post-feedforward norm", h, a, out_rg, plan.full, gemma)
+    return saved, x2_rg or out_rg
+
+
+def _dense_mlp_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
+    a, i = plan.act_bytes, arch.intermediate_size
+    if arch.mlp_kind == "gated":
+        if arch.fused_gate_up:
+            gate_rg = up_rg = _linear(saved, plan, "gate_up_proj", arch.hidden_size, in_rg, True)
+        else:
+            gate_rg = _linear(saved, plan, "gate_proj", arch.hidden_size, in_rg, True)
+            up_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True)
+        if gate_rg:
+            saved.add("MLP activation input", a * i)  # silu / gelu keep their input
+        if up_rg:
+            saved.add("MLP activation output", a * i)  # act * up keeps act for up's grad
+        if gate_rg:
+            saved.add("MLP up output", a * i)  # ... and up for act's grad
+        prod_rg = gate_rg or up_rg
+    else:
+        prod_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True)
+        if prod_rg:
+            saved.add("MLP activation input", a * i)
+    return _linear(saved, plan, "down_proj", i, prod_rg, input_already_saved=False)
+
+
+def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
+    """Mixtral-style top-k MoE: every token runs k experts, so the MLP terms count k times, plus the
+    gathered expert inputs and the fp32 router probabilities."""
+    assert arch.moe is not None
+    a, k, ie, e = plan.act_bytes, arch.moe.experts_per_token, arch.moe.expert_intermediate_size, arch.moe.num_experts
+    router_rg = _linear(saved, plan, "gate", arch.hidden_size, in_rg, True)
+    if in_rg or router_rg:
+        saved.add("router softmax (fp32)", FP32 * e)
+    expert_rg = in_rg or plan.full
+    if expert_rg:
+        saved.add("expert inputs (gathered)", a * k * arch.hidden_size)
+        saved.add("expert MLP (act in/out, up)", a * 3 * k * ie)
+        if plan.full:
+            saved.add("expert down input", a * k * ie)
+        saved.add("expert outputs (weighted)", a * k * arch.hidden_size)
+    return expert_rg or router_rg
+
+
+def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, act_bytes: int) -> int:
+    """Eager attention's s x s tensors per layer for one micro batch: the fp32 softmax output and its
+    16-bit cast, per query head, plus the tanh output where scores are soft-capped (Gemma 2).  The
+    causal mask is shared by all layers."""
+    s = cfg.seq_len
+    per_score = FP32 + act_bytes + (act_bytes if arch.attn_logit_softcap else 0)
+    return cfg.micro_batch * arch.num_heads * s * s * per_score
+
+
+def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], eager: bool) -> LayerPlan:
+    act = FP32 if cfg.precision == "fp32" else 2
+    return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=eager)

@@ -1,0 +1,113 @@
+"""estimate(arch, train_config, hardware) -> MemoryEstimate.
+
+The peak of a training step is not the sum of its parts: weights and optimizer states live all the time,
+saved activations grow through the forward pass and shrink through the backward pass while gradients
+grow, and the optimizer step needs gradients, states and its own temporaries but no activations.  So the
+model walks the step in order (forward layer by layer, the loss, backward layer by layer, the optimizer
+step) and takes the largest live total in each phase.
+"""
+
+from __future__ import annotations
+
+from ..models.arch import ModelArch
+from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved
+from .config import TrainConfig
+from .result import Component, MemoryEstimate, PhasePeaks
+from .states import optimizer_bytes, param_bytes, rounded
+from .targets import effective_attention, lora_linears
+
+
+def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) -> MemoryEstimate:
+    pb = param_bytes(arch, cfg)
+    opt = optimizer_bytes(arch, cfg, pb)
+    attn = effective_attention(arch, cfg)
+    lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
+    plan = layer_plan(arch, cfg, lora_names, eager=attn == "eager")
+    a = plan.act_bytes
+    T, V, h, L = cfg.tokens, arch.vocab_size, arch.hidden_size, arch.num_layers
+    full = cfg.method == "full"
+    head_trains = full or cfg.train_embeddings
+
+    # --- saved activations, layer by layer (what requires grad changes after the first layer)
+    in_rg = full or cfg.train_embeddings
+    per_layer: list[int] = []
+    first_items = None
+    for _ in range(L):
+        saved, out_rg = layer_saved(arch, plan, in_rg)
+        layer_bytes = rounded(T * saved.total) if saved.total else 0
+        if plan.eager and saved.total:
+            layer_bytes += attention_scores_bytes(arch, cfg, a)
+        per_layer.append(layer_bytes)
+        first_items = first_items or saved.items
+        in_rg = out_rg
+        if len(per_layer) >= 2 and per_layer[-1] == per_layer[-2]:
+            per_layer += [per_layer[-1]] * (L - len(per_layer))  # the rest repeat
+            break
+    acts_total = sum(per_layer)
+    ckpt_input = rounded(T * a * h)  # what a checkpointed layer keeps: its input hidden states
+
+    # --- saved outside the layers: RoPE cos/sin (shared), the final norm, lm_head's input
+    shared = 2 * rounded(T * arch.head_dim * a)
+    final = 0
+    if in_rg:
+        final += rounded(T * FP32 * h) + rounded(T * FP32)
+    if head_trains:
+        final += rounded(T * a * h) * (1 if arch.model_type in ("gemma", "gemma2") else 2)
+
+    # --- the loss region: bf16 logits, their fp32 copy and the log-softmax output (forward);
+    # the log-softmax output, its gradient and the gradient of the input (backward)
+    tv = T * V
+    softcap_saved = rounded(tv * a) if arch.final_logit_softcap else 0
+    # The final hidden states stay referenced through the loss; saved anyway when lm_head trains.
+    hidden_alive = 0 if head_trains else rounded(T * a * h)
+    loss_fwd = rounded(tv * a) + 2 * rounded(tv * FP32) + softcap_saved + hidden_alive
+    loss_bwd = 3 * rounded(tv * FP32) + softcap_saved
+
+    steady = pb.total + opt.states
+    grads_total = pb.trainable
+
+    if cfg.grad_ckpt:
+        stored_acts = L * ckpt_input
+        fwd_top = stored_acts + shared + final + loss_fwd
+        bwd_top = stored_acts + shared + final + loss_bwd
+        bwd_layers = max(
+            (l + 1) * ckpt_input + per_layer[l] + shared for l in range(L)
+        ) + grads_total
+    else:
+        stored_acts = acts_total
+        fwd_top = stored_acts + shared + final + loss_fwd
+        bwd_top = stored_acts + shared + final + loss_bwd
+        bwd_layers = 0
+    forward = steady + fwd_top
+    backward = steady + max(bwd_top, bwd_layers)
+    optimizer = steady + grads_total + opt.step_temporaries
+
+    phases = PhasePeaks(forward=forward, backward=backward, optimizer=optimizer)
+    peak_phase = max(("forward", "backward", "optimizer"), key=lambda p: getattr(phases, p))
+    peak = getattr(phases, peak_phase)
+    components = [
+        Component(name="weights", label="weights (16-bit)", bytes=pb.frozen_16bit + (pb.trainable if full else 0),
+                  formula="params x bytes/param", inputs={"params": pb.total_params}),
+        Component(name="quantized", label="4-bit weights + constants", bytes=pb.quantized, formula="0.5 B/param + absmax"),
+        Component(name="adapters", label="trainable adapters", bytes=0 if full else pb.trainable,
+                  formula="r x (d_in + d_out) x 4 B per adapted Linear", inputs={"params": pb.adapter_params}),
+        Component(name="gradients", label="gradients", bytes=grads_total, formula="trainable params x their dtype"),
+        Component(name="optimizer_states", label="optimizer states", bytes=opt.states, formula=opt.formula),
+        Component(name="optimizer_temporaries", label="optimizer step temporaries", bytes=opt.step_temporaries, formula=opt.formula),
+        Component(name="activations", label="saved activations", bytes=stored_acts + shared + final,
+                  formula="sum over layers of bytes/token x tokens", inputs={"tokens": T, "first_layer": first_items or {}}),
+        Component(name="logits_loss", label="logits and loss", bytes=max(loss_fwd, loss_bwd),
+                  formula="~12 B x tokens x vocab at the loss peak", inputs={"tokens": T, "vocab": V}),
+    ]
+    return MemoryEstimate(
+        components=components,
+        phases=phases,
+        peak_phase=peak_phase,
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=peak,
+        peak_device_bytes=peak,
+        host_ram_bytes=0,
+        total_params=pb.total_params,
+        trainable_params=pb.trainable_params,
+        tokens_per_micro_batch=T,
+    )

@@ -1,0 +1,49 @@
+"""The memory model's answer: components with their reasons, phase peaks, and the three peak levels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class Component(BaseModel):
+    """One term of the memory breakdown, with the formula and inputs that produced it."""
+
+    name: str = Field(description="Stable identifier, e.g. 'weights', 'activations', 'logits_loss'.")
+    label: str = Field(description="Human name.")
+    bytes: int = Field(description="Bytes per GPU at the phase where this term peaks.")
+    formula: str = Field(description="How the number was computed.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The values the formula used.")
+
+
+class PhasePeaks(BaseModel):
+    """Peak live tensor bytes per GPU inside each phase of a training step."""
+
+    forward: int
+    backward: int
+    optimizer: int
+
+
+class MemoryEstimate(BaseModel):
+    """Everything the memory model says about one configuration on one GPU of the job."""
+
+    components: list[Component]
+    phases: PhasePeaks
+    peak_phase: str
+    peak_allocated_bytes: int = Field(description="Live tensors at the peak (torch.cuda.max_memory_allocated).")
+    peak_reserved_bytes: int = Field(description="What the caching allocator holds at the peak (max_memory_reserved).")
+    peak_device_bytes: int = Field(description="What nvidia-smi shows for the process: reserved + CUDA context.")
+    host_ram_bytes: int = Field(description="CPU RAM for offloaded states/params (0 without offload).")
+    total_params: int
+    trainable_params: int
+    tokens_per_micro_batch: int
+    notes: list[str] = Field(default_factory=list)
+
+    def component(self, name: str) -> Component:
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        raise KeyError(name)

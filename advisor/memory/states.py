@@ -1,0 +1,136 @@
+"""Parameters, gradients and optimizer states: what each tensor of the model costs in bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..models.arch import ModelArch
+from ..models.params import count_params, layer_linears
+from .config import TrainConfig
+from .targets import lora_linears
+
+ALLOC_ROUND = 512  # every CUDA allocation is a multiple of 512 B
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def rounded(n_bytes: int) -> int:
+    return -(-n_bytes // ALLOC_ROUND) * ALLOC_ROUND
+
+
+@dataclass(frozen=True)
+class ParamBytes:
+    """Bytes of the model's tensors on one GPU before sharding, and the counts behind them."""
+
+    frozen_16bit: int  # base weights that do not train, kept in 16 bit (or fp32)
+    quantized: int  # 4-bit packed weights and their quantization constants
+    trainable: int  # trainable parameters in their own dtype (full weights, LoRA, modules_to_save)
+    trainable_params: int
+    total_params: int  # the model's own params (adapters excluded)
+    adapter_params: int
+    trainable_dtype_bytes: int  # bytes per trainable param (for grads and dtype-following states)
+    largest_layer_params: int  # the biggest decoder layer, gathered whole under ZeRO-3/FSDP
+
+    @property
+    def total(self) -> int:
+        return self.frozen_16bit + self.quantized + self.trainable
+
+
+def _quant4_bytes(n: int, double_quant: bool) -> int:
+    """bitsandbytes 4-bit: two weights per byte; one absmax per 64-block, fp32, or with double
+    quantization 8-bit absmax plus one fp32 absmax per 256 blocks (and a 256-entry fp32 code table)."""
+    packed = rounded((n + 1) // 2)
+    blocks = -(-n // 64)
+    if double_quant:
+        return packed + rounded(blocks) + rounded(4 * -(-blocks // 256)) + rounded(256 * 4)
+    return packed + rounded(4 * blocks)
+
+
+def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
+    """Element counts of the model's tensors: outside the layers (embedding, final norm, lm_head), the
+    16-bit ones inside one layer (norms, biases, MoE experts), and one layer's Linear weights."""
+    counts = count_params(arch)
+    h = arch.hidden_size
+    outside = [counts.embedding, h] + ([counts.lm_head] if counts.lm_head else [])
+    in_layer = [h] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+    linears = layer_linears(arch)
+    in_layer += [spec.out_features for spec in linears if spec.bias]
+    if arch.moe is not None:
+        ie, e = arch.moe.expert_intermediate_size, arch.moe.num_experts + arch.moe.shared_experts
+        in_layer += [e * 2 * ie * h, e * h * ie]  # fused gate_up and down expert tensors
+    weights = [spec.weight_params for spec in linears for _ in range(spec.per_layer)]
+    return outside, in_layer, weights
+
+
+def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
+    counts = count_params(arch)
+    wbytes = 4 if cfg.master_weights else DTYPE_BYTES[cfg.precision]
+    L = arch.num_layers
+    outside, in_layer, weights = _tensor_numels(arch)
+
+    def stored(numels: list[int]) -> int:  # each tensor is its own allocation
+        return sum(rounded(n * wbytes) for n in numels)
+
+    largest_layer = sum(in_layer) + sum(weights)
+    if cfg.method == "full":
+        total = stored(outside) + L * (stored(in_layer) + stored(weights))
+        return ParamBytes(0, 0, total, counts.total, counts.total, 0, wbytes, largest_layer)
+
+    lora = lora_linears(arch, cfg)
+    adapter_params = L * sum(cfg.rank * (s.in_features + s.out_features) * s.per_layer for s in lora)
+    adapter_bytes = L * sum(s.per_layer * (rounded(4 * cfg.rank * s.in_features) + rounded(4 * cfg.rank * s.out_features))
+                            for s in lora)  # PEFT keeps adapters in fp32
+    copies, copy_params = 0, 0
+    if cfg.train_embeddings:
+        # PEFT modules_to_save keeps the original frozen module and trains a copy of it.
+        embed_like = [counts.embedding] + ([counts.lm_head] if counts.lm_head else [])
+        copies, copy_params = stored(embed_like), sum(embed_like)
+    if cfg.method == "qlora":
+        quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
+        frozen = stored(outside) + L * stored(in_layer)
+    else:
+        quantized = 0
+        frozen = stored(outside) + L * (stored(in_layer) + stored(weights))
+    return ParamBytes(
+        frozen_16bit=frozen,
+        quantized=quantized,
+        trainable=adapter_bytes + copies,
+        trainable_params=adapter_params + copy_params,
+        total_params=counts.total,
+        adapter_params=adapter_params,
+        trainable_dtype_bytes=4,
+        largest_layer_params=largest_layer,
+    )
+
+
+@dataclass(frozen=True)
+class OptimizerBytes:
+    states: int
+    step_temporaries: int
+    formula: str
+
+
+def optimizer_bytes(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes) -> OptimizerBytes:
+    """Optimizer states and the extra memory inside ``optimizer.step()``."""
+    grads = pb.trainable  # grads have the trainable params' dtype and shapes
+    if cfg.optimizer == "adamw":
+        # m and v in the param dtype; foreach keeps one temporary (sqrt(v)) the size of all params.
+        return OptimizerBytes(2 * grads, grads, "AdamW: m + v in the param dtype; foreach step: +1x params (sqrt(v))")
+    if cfg.optimizer == "sgd":
+        return OptimizerBytes(grads, 0, "SGD momentum: one buffer in the param dtype")
+    if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        n = pb.trainable_params
+        # bitsandbytes: uint8 m and v plus an fp32 absmax per 256-block each (tensors < 4096 elements stay fp32).
+        return OptimizerBytes(2 * n + 2 * 4 * -(-n // 256), 0, "8-bit AdamW: 2 B/param + absmax per 256 block")
+    # adafactor: factored second moment (rows + cols) for matrices; no first moment by default.
+    factored = _adafactor_state_elems(arch, cfg)
+    return OptimizerBytes(4 * factored, grads, "Adafactor: row + column second moments in fp32")
+
+
+def _adafactor_state_elems(arch: ModelArch, cfg: TrainConfig) -> int:
+    L = arch.num_layers
+    if cfg.method != "full":
+        return L * sum(cfg.rank + s.in_features + cfg.rank + s.out_features for s in lora_linears(arch, cfg))
+    elems = sum(L * (s.in_features + s.out_features) for s in layer_linears(arch))
+    elems += (arch.vocab_size + arch.hidden_size) * (1 if arch.tie_word_embeddings else 2)
+    elems += L * arch.norms_per_layer * arch.hidden_size + arch.hidden_size
+    return elems

@@ -1,0 +1,44 @@
+"""Which Linear layers LoRA adapts, resolved against the model's real module names."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from ..models.arch import ModelArch
+from ..models.params import ATTENTION_NAMES, LinearSpec, layer_linears
+from .config import TrainConfig
+
+# Names PEFT can adapt outside the decoder layers; we count them as trained in full (modules_to_save).
+OUTSIDE_LAYERS = frozenset({"lm_head", "embed_tokens"})
+
+
+def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
+    """The per-layer Linears that carry a LoRA adapter (empty for full fine-tuning)."""
+    if not cfg.uses_adapters:
+        return []
+    linears = layer_linears(arch)
+    names = {spec.name for spec in linears}
+    if cfg.targets == ("all-linear",):
+        return linears
+    if cfg.targets == ("attention",):
+        return [spec for spec in linears if spec.name in ATTENTION_NAMES]
+    wanted = {"q_proj", "v_proj"} if cfg.targets == ("q,v",) else set(cfg.targets)
+    unknown = sorted(wanted - names - OUTSIDE_LAYERS)
+    if unknown:
+        raise UsageError(
+            f"--targets: {arch.name} has no module named {', '.join(unknown)}",
+            f"its layer Linears are {', '.join(sorted(names))} (or use all-linear / attention)",
+        )
+    chosen = [spec for spec in linears if spec.name in wanted]
+    if not chosen:
+        raise UsageError("--targets selects no Linear inside the decoder layers", "name at least one of " + ", ".join(sorted(names)))
+    return chosen
+
+
+def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
+    """The kernel transformers really runs: 'auto' follows its defaults; Gemma 2 has no SDPA path."""
+    if cfg.attn == "auto":
+        return "eager" if arch.model_type == "gemma2" else "sdpa"
+    if cfg.attn == "sdpa" and arch.model_type == "gemma2":
+        raise UsageError("--attn sdpa: transformers has no SDPA path for Gemma 2 (attention soft-capping)",
+                         "use --attn flash (FlashAttention-2) or --attn eager")
+    return cfg.attn
