@@ -13,7 +13,7 @@ from ..models.arch import ModelArch
 from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved
 from .config import TrainConfig
 from .result import Component, MemoryEstimate, PhasePeaks
-from .states import optimizer_bytes, param_bytes, rounded
+from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
 
 
@@ -49,10 +49,12 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     # --- saved outside the layers: RoPE cos/sin (shared), the final norm, lm_head's input
     shared = 2 * rounded(T * arch.head_dim * a)
     final = 0
-    if in_rg:
+    if in_rg:  # the final norm: fp32 input and rsqrt; the normalized input when its weight trains
         final += rounded(T * FP32 * h) + rounded(T * FP32)
+    if full:
+        final += rounded(T * (FP32 if arch.model_type in ("gemma", "gemma2") else a) * h)
     if head_trains:
-        final += rounded(T * a * h) * (1 if arch.model_type in ("gemma", "gemma2") else 2)
+        final += rounded(T * a * h)  # lm_head's input, for its weight gradient
 
     # --- the loss region: bf16 logits, their fp32 copy and the log-softmax output (forward);
     # the log-softmax output, its gradient and the gradient of the input (backward)
@@ -64,23 +66,27 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     loss_bwd = 3 * rounded(tv * FP32) + softcap_saved
 
     steady = pb.total + opt.states
-    grads_total = pb.trainable
+    grads = gradient_timeline(arch, cfg, pb)
 
-    if cfg.grad_ckpt:
-        stored_acts = L * ckpt_input
-        fwd_top = stored_acts + shared + final + loss_fwd
-        bwd_top = stored_acts + shared + final + loss_bwd
-        bwd_layers = max(
-            (l + 1) * ckpt_input + per_layer[l] + shared for l in range(L)
-        ) + grads_total
-    else:
-        stored_acts = acts_total
-        fwd_top = stored_acts + shared + final + loss_fwd
-        bwd_top = stored_acts + shared + final + loss_bwd
-        bwd_layers = 0
-    forward = steady + fwd_top
-    backward = steady + max(bwd_top, bwd_layers)
-    optimizer = steady + grads_total + opt.step_temporaries
+    # --- forward: activations pile up; the peak is in the loss region at the end
+    stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
+    forward = steady + stored_acts + shared + final + loss_fwd
+
+    # --- backward: starts at the loss with everything saved; then layer by layer activations go and
+    # gradients come; it ends with every gradient (and, for tied embeddings, two partial gradients
+    # summed into the shared weight's).
+    candidates = [stored_acts + shared + final + loss_bwd]
+    grads_so_far = grads.head
+    for l in reversed(range(L)):
+        grads_so_far += grads.per_layer
+        if cfg.grad_ckpt:
+            # inputs of layers <= l are still held; layer l is recomputed in full
+            candidates.append((l + 1) * ckpt_input + per_layer[l] + shared + grads_so_far)
+        else:
+            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far)
+    candidates.append(grads.total + grads.embedding_transient)
+    backward = steady + max(candidates)
+    optimizer = steady + grads.total + opt.step_temporaries
 
     phases = PhasePeaks(forward=forward, backward=backward, optimizer=optimizer)
     peak_phase = max(("forward", "backward", "optimizer"), key=lambda p: getattr(phases, p))
@@ -91,7 +97,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
         Component(name="quantized", label="4-bit weights + constants", bytes=pb.quantized, formula="0.5 B/param + absmax"),
         Component(name="adapters", label="trainable adapters", bytes=0 if full else pb.trainable,
                   formula="r x (d_in + d_out) x 4 B per adapted Linear", inputs={"params": pb.adapter_params}),
-        Component(name="gradients", label="gradients", bytes=grads_total, formula="trainable params x their dtype"),
+        Component(name="gradients", label="gradients", bytes=grads.total, formula="trainable params x their dtype"),
         Component(name="optimizer_states", label="optimizer states", bytes=opt.states, formula=opt.formula),
         Component(name="optimizer_temporaries", label="optimizer step temporaries", bytes=opt.step_temporaries, formula=opt.formula),
         Component(name="activations", label="saved activations", bytes=stored_acts + shared + final,

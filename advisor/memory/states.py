@@ -134,3 +134,45 @@ def _adafactor_state_elems(arch: ModelArch, cfg: TrainConfig) -> int:
     elems += (arch.vocab_size + arch.hidden_size) * (1 if arch.tie_word_embeddings else 2)
     elems += L * arch.norms_per_layer * arch.hidden_size + arch.hidden_size
     return elems
+
+
+@dataclass(frozen=True)
+class GradientBytes:
+    """Gradients as backward creates them: the head's first, then one layer's at a time."""
+
+    head: int  # lm_head (or its partial grad when tied), final norm
+    per_layer: int
+    total: int
+    embedding_transient: int  # extra at the end of backward while the embedding grad is formed
+
+
+def gradient_timeline(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes) -> GradientBytes:
+    L = arch.num_layers
+    if cfg.method == "full":
+        wbytes = pb.trainable_dtype_bytes
+        outside, in_layer, weights = _tensor_numels(arch)
+        embedding = rounded(arch.vocab_size * arch.hidden_size * wbytes)
+        per_layer = sum(rounded(n * wbytes) for n in in_layer + weights)
+        head = embedding + rounded(arch.hidden_size * wbytes)  # lm_head (or tied partial) + final norm
+        # Tied: the partial grads from lm_head and from the embedding are summed into a third tensor.
+        if arch.tie_word_embeddings:
+            transient = 2 * embedding
+        else:  # the gradient of the embedding output is still alive while the embedding grad is formed
+            transient = rounded(cfg.tokens * wbytes * arch.hidden_size)
+        return GradientBytes(head, per_layer, pb.trainable, transient)
+    per_layer = (pb.trainable - _copies_bytes(arch, cfg)) // L
+    if not cfg.train_embeddings:
+        return GradientBytes(0, per_layer, pb.trainable, 0)
+    copies = _copies_bytes(arch, cfg)
+    head = copies if arch.tie_word_embeddings else copies // 2
+    transient = 2 * copies if arch.tie_word_embeddings else rounded(cfg.tokens * DTYPE_BYTES[cfg.precision] * arch.hidden_size)
+    return GradientBytes(head, per_layer, pb.trainable, transient)
+
+
+def _copies_bytes(arch: ModelArch, cfg: TrainConfig) -> int:
+    """modules_to_save copies (embedding, and lm_head when untied) trained in full."""
+    if not cfg.train_embeddings:
+        return 0
+    wbytes = DTYPE_BYTES[cfg.precision]
+    n = 1 if arch.tie_word_embeddings else 2
+    return n * rounded(arch.vocab_size * arch.hidden_size * wbytes)

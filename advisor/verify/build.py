@@ -72,7 +72,10 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
     """The model with LoRA/QLoRA applied and gradient checkpointing set, all on the meta device."""
     from transformers import AutoModelForCausalLM
 
-    attn_implementation = attn_implementation or ATTN_IMPLEMENTATION[cfg.attn]
+    if attn_implementation is None:
+        from ..memory.targets import effective_attention
+
+        attn_implementation = ATTN_IMPLEMENTATION[effective_attention(arch, cfg)]
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(_hf_config(arch, cfg, attn_implementation), dtype=weight_dtype(cfg))
     if cfg.method == "qlora":
