@@ -22,6 +22,7 @@ class SavedTensors:
     """Bytes per token that one layer keeps for backward, by the op that keeps them."""
 
     items: dict[str, int] = field(default_factory=dict)
+    scores_bytes: int = 0  # eager attention: bytes kept per s x s score element per head
 
     def add(self, name: str, bytes_per_token: int) -> None:
         if bytes_per_token:
@@ -92,15 +93,19 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, False, rows=arch.num_heads)
         k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, False, rows=arch.num_kv_heads)
     attn_rg = q_rg or k_rg or v_rg
-    if attn_rg:
-        if plan.eager:
-            # matmul keeps q and the GQA-repeated k; softmax keeps its fp32 output, the second matmul its
-            # bf16 cast and the repeated v.  The s x s terms are added per sequence in attention_scores().
-            saved.add("attention q, k, v (eager, kv repeated)", a * 3 * q_dim)
-        else:
-            # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
-            saved.add("attention q, k, v", a * (q_dim + 2 * kv_dim))
-            saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
+    if attn_rg and plan.eager:
+        # scores = q @ k^T keeps k (GQA-repeated) for q's grad and q for k's grad; softmax keeps its fp32
+        # output, soft-capping its tanh output; probs(16-bit) @ v keeps v (repeated) for the probs' grad
+        # and the probs for v's grad.  The s x s terms are per score element (scores_bytes).
+        scores_rg = q_rg or k_rg
+        saved.add("attention k (repeated)", a * q_dim if q_rg else 0)
+        saved.add("attention q", a * q_dim if k_rg else 0)
+        saved.add("attention v (repeated)", a * q_dim if scores_rg else 0)
+        saved.scores_bytes = (FP32 + (a if arch.attn_logit_softcap else 0) if scores_rg else 0) + (a if v_rg else 0)
+    elif attn_rg:
+        # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
+        saved.add("attention q, k, v", a * (q_dim + 2 * kv_dim))
+        saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
     o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager)
     if gemma and arch.norms_per_layer == 4:
         o_rg = _rmsnorm(saved, "post-attention norm", h, a, o_rg, plan.full, gemma)
@@ -160,15 +165,65 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     return expert_rg or router_rg
 
 
-def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, act_bytes: int) -> int:
-    """Eager attention's s x s tensors per layer for one micro batch: the fp32 softmax output and its
-    16-bit cast, per query head, plus the tanh output where scores are soft-capped (Gemma 2).  The
-    causal mask is shared by all layers."""
-    s = cfg.seq_len
-    per_score = FP32 + act_bytes + (act_bytes if arch.attn_logit_softcap else 0)
-    return cfg.micro_batch * arch.num_heads * s * s * per_score
+def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensors) -> int:
+    """Eager attention's s x s tensors kept by one layer for one micro batch (per query head)."""
+    return cfg.micro_batch * arch.num_heads * cfg.seq_len * cfg.seq_len * saved.scores_bytes
 
 
 def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], eager: bool) -> LayerPlan:
     act = FP32 if cfg.precision == "fp32" else 2
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=eager)
+
+
+@dataclass(frozen=True)
+class Transients:
+    """Short-lived tensors on top of a layer's saved activations, in bytes for one micro batch.
+
+    forward: the layer's peak while it runs with saving (all its saved tensors are alive by its last op);
+    forward_unsaved: its peak while it runs under checkpointing (nothing saved, only the working set);
+    backward: the peak of its backward on top of its saved activations and the incoming gradient;
+    norm_backward: its end, the input RMSNorm's backward (fp32 temporaries) next to the residual grads.
+    """
+
+    forward: int
+    forward_unsaved: int
+    backward: int
+    norm_backward: int
+
+
+def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantized: bool) -> Transients:
+    """The MLP is where a layer peaks (it is the widest part); the terms follow its data flow:
+    ``down(act(gate(x)) * up(x))`` with PEFT's LoRA branch ``result + B(A(x.float())) * scale`` computed
+    in fp32 next to the 16-bit base output, and bitsandbytes dequantizing a whole 4-bit weight per matmul."""
+    a, h, T = plan.act_bytes, arch.hidden_size, cfg.tokens
+    i = arch.moe.expert_intermediate_size if arch.moe else arch.intermediate_size
+    lora = plan.lora
+    lora_out = (a + 2 * FP32)  # base output + scaled fp32 LoRA output + their fp32 sum, per output
+    # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
+    dequant = 2 * h * i if quantized else 0  # one dequantized MLP weight, independent of tokens
+    gated = arch.mlp_kind == "gated"
+    up_name = "gate_up_proj" if arch.fused_gate_up else "up_proj"
+
+    # -- with saving: at up_proj (act is alive, up's LoRA branch computing; act/up outputs and down's
+    # cast are not saved yet) and at down_proj (prod alive unless saved, down's LoRA branch computing)
+    at_up = T * (FP32 * i if up_name in lora else 0)
+    at_down = T * (a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h))
+    forward = max(at_up, at_down)
+
+    # -- without saving (checkpointed forward): residual + normed input + the MLP working set
+    base = T * 2 * a * h
+    up_lora = T * (FP32 * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
+    at_mul = T * 3 * a * i if gated else T * 2 * a * i
+    down_work = T * (a * i + (FP32 * i + lora_out * h if "down_proj" in lora else a * h))
+    forward_unsaved = base + max(up_lora, at_mul, down_work)
+
+    # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
+    # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
+    mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
+    down_lora_bwd = T * (a * i + FP32 * i + FP32 * h) if "down_proj" in lora else 0
+    down_q_bwd = dequant + T * a * i if quantized else 0
+    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd)
+    # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
+    # next to the 16-bit grads of the residual and of the layer input
+    norm_backward = T * (4 * FP32 * h + 2 * a * h)
+    return Transients(forward, forward_unsaved, backward, norm_backward)

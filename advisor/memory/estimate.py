@@ -10,7 +10,7 @@ step) and takes the largest live total in each phase.
 from __future__ import annotations
 
 from ..models.arch import ModelArch
-from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved
+from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
 from .result import Component, MemoryEstimate, PhasePeaks
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
@@ -35,8 +35,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     for _ in range(L):
         saved, out_rg = layer_saved(arch, plan, in_rg)
         layer_bytes = rounded(T * saved.total) if saved.total else 0
-        if plan.eager and saved.total:
-            layer_bytes += attention_scores_bytes(arch, cfg, a)
+        layer_bytes += attention_scores_bytes(arch, cfg, saved)
         per_layer.append(layer_bytes)
         first_items = first_items or saved.items
         in_rg = out_rg
@@ -47,7 +46,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     ckpt_input = rounded(T * a * h)  # what a checkpointed layer keeps: its input hidden states
 
     # --- saved outside the layers: RoPE cos/sin (shared), the final norm, lm_head's input
-    shared = 2 * rounded(T * arch.head_dim * a)
+    shared = 2 * rounded(cfg.seq_len * arch.head_dim * a)  # position ids are (1, s): shared by the batch
     final = 0
     if in_rg:  # the final norm: fp32 input and rsqrt; the normalized input when its weight trains
         final += rounded(T * FP32 * h) + rounded(T * FP32)
@@ -68,9 +67,16 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     steady = pb.total + opt.states
     grads = gradient_timeline(arch, cfg, pb)
 
-    # --- forward: activations pile up; the peak is in the loss region at the end
+    tr = layer_transients(arch, plan, cfg, quantized=cfg.method == "qlora")
+
+    # --- forward: activations pile up; the peak is in the loss region at the end, or inside the last
+    # layer (its MLP) when the vocabulary is small
     stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
-    forward = steady + stored_acts + shared + final + loss_fwd
+    if cfg.grad_ckpt:
+        in_layer = L * ckpt_input + tr.forward_unsaved
+    else:
+        in_layer = stored_acts + tr.forward
+    forward = steady + shared + max(stored_acts + final + loss_fwd, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
     # gradients come; it ends with every gradient (and, for tied embeddings, two partial gradients
@@ -80,10 +86,14 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     for l in reversed(range(L)):
         grads_so_far += grads.per_layer
         if cfg.grad_ckpt:
-            # inputs of layers <= l are still held; layer l is recomputed in full
-            candidates.append((l + 1) * ckpt_input + per_layer[l] + shared + grads_so_far)
+            # inputs of layers <= l are still held; layer l is recomputed (with saving), then run backward
+            held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
+            candidates.append(held + shared + grads_so_far - grads.per_layer + max(tr.forward, tr.backward))
         else:
-            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far)
+            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far - grads.per_layer + tr.backward)
+        # the layer's end: its weight grads exist, its activations are gone, the input norm runs backward
+        below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
+        candidates.append(below + shared + grads_so_far + tr.norm_backward)
     candidates.append(grads.total + grads.embedding_transient)
     backward = steady + max(candidates)
     optimizer = steady + grads.total + opt.step_temporaries

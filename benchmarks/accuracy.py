@@ -1,0 +1,115 @@
+"""Accuracy of the memory model against the fake-tensor oracle, over the full matrix.
+
+    python benchmarks/accuracy.py [--quick] [--out benchmarks/results/accuracy-<date>.md]
+
+For every config: the oracle's phase peaks (the real PyTorch step on fake CPU tensors) next to the
+estimate, and the relative error of each phase peak.  Prints the table, the median and the max |error|,
+and writes the table to benchmarks/results/.  Target: median |error| <= 1 %, max <= 3 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from advisor.memory import TrainConfig, estimate  # noqa: E402
+from advisor.models import resolve_model  # noqa: E402
+from advisor.verify.dryrun import PHASES, run_dry  # noqa: E402
+
+GiB = 1 << 30
+
+# Three families, each with what makes it hard: GQA + 128k vocab (Llama 3), qkv bias + tied embeddings
+# (Qwen2.5 small), and tied 256k vocab + head_dim != hidden/heads + four norms + soft-capping (Gemma 2).
+FAMILIES = {
+    "llama-3.1-8b": {},
+    "llama-3.2-1b": {},
+    "qwen2.5-7b": {},
+    "qwen2.5-0.5b": {},
+    "gemma-2-2b": {},
+    "gemma-2-9b": {},
+}
+
+
+def matrix(quick: bool) -> list[tuple[str, TrainConfig]]:
+    methods = [
+        dict(method="full"),
+        dict(method="lora", targets=("all-linear",)),
+        dict(method="lora", targets=("q,v",), rank=8),
+        dict(method="qlora", targets=("all-linear",), rank=64),
+    ]
+    shapes = [(256, 8), (1024, 4), (2048, 1), (4096, 2), (8192, 1)]
+    out = []
+    for model, method, ckpt, (seq, batch) in itertools.product(FAMILIES, methods, (False, True), shapes):
+        # Spread the matrix: each (model, method, ckpt) gets two of the five shapes, rotating.
+        index = shapes.index((seq, batch))
+        key = (list(FAMILIES).index(model) + methods.index(method) + int(ckpt)) % len(shapes)
+        if index not in (key, (key + 2) % len(shapes)):
+            continue
+        if quick and index != key:
+            continue
+        out.append((model, TrainConfig(seq_len=seq, micro_batch=batch, grad_ckpt=ckpt, **method)))
+    return out
+
+
+def describe(cfg: TrainConfig) -> str:
+    targets = "" if cfg.method == "full" else f" r{cfg.rank} {','.join(cfg.targets)}"
+    return f"{cfg.method}{targets}{' ckpt' if cfg.grad_ckpt else ''} s{cfg.seq_len} b{cfg.micro_batch}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one shape per (model, method, ckpt)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")
+    args = parser.parse_args()
+
+    rows, errors = [], []
+    header = f"| model | config | phase | oracle GiB | estimate GiB | error % | oracle s |"
+    lines = [header, "|---|---|---|---:|---:|---:|---:|"]
+    print(header)
+    started = time.perf_counter()
+    for model, cfg in matrix(args.quick):
+        arch = resolve_model(model)
+        oracle = run_dry(arch, cfg)
+        est = estimate(arch, cfg)
+        # Each config's headline: its overall peak; every phase is also checked.
+        worst = 0.0
+        for phase in PHASES:
+            measured = oracle.phase_peaks[phase]
+            predicted = getattr(est.phases, phase)
+            err = 100.0 * (predicted - measured) / measured
+            worst = max(worst, abs(err))
+            errors.append(abs(err))
+            line = f"| {model} | {describe(cfg)} | {phase} | {measured / GiB:.3f} | {predicted / GiB:.3f} | {err:+.2f} | {oracle.seconds:.1f} |"
+            lines.append(line)
+            print(line, flush=True)
+        rows.append(worst)
+    summary = (f"\n{len(rows)} configs, {len(errors)} phase peaks: median |error| {statistics.median(errors):.2f} %, "
+               f"max |error| {max(errors):.2f} % (target: median <= 1 %, max <= 3 %); "
+               f"{time.perf_counter() - started:.0f} s")
+    print(summary)
+    out = args.out or Path(__file__).parent / "results" / f"accuracy-{dt.date.today().isoformat()}.md"
+    machine = f"{platform.node()} ({platform.machine()}, {platform.python_version()})"
+    import torch
+    import transformers
+    import peft
+
+    meta = (f"# Memory model vs fake-tensor oracle\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
+            f"machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}.\n"
+            f"Oracle: advisor/verify/dryrun.py (the real training step on FakeTensorMode CPU tensors).\n\n")
+    if not args.quick:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(meta + "\n".join(lines) + "\n" + summary + "\n")
+        print(f"wrote {out}")
+    return 0 if max(errors) <= 3.0 and statistics.median(errors) <= 1.0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
