@@ -4,22 +4,26 @@ The peak of a training step is not the sum of its parts: weights and optimizer s
 saved activations grow through the forward pass and shrink through the backward pass while gradients
 grow, and the optimizer step needs gradients, states and its own temporaries but no activations.  So the
 model walks the step in order (forward layer by layer, the loss, backward layer by layer, the optimizer
-step) and takes the largest live total in each phase.
+step) and takes the largest live total in each phase.  All sizes are per GPU.
 """
 
 from __future__ import annotations
 
+from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
+from .overheads import overheads
 from .result import Component, MemoryEstimate, PhasePeaks
+from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
 
 
-def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) -> MemoryEstimate:
+def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None) -> MemoryEstimate:
     pb = param_bytes(arch, cfg)
     opt = optimizer_bytes(arch, cfg, pb)
+    gpu = per_gpu_states(arch, cfg, pb, opt)
     attn = effective_attention(arch, cfg)
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
     plan = layer_plan(arch, cfg, lora_names, eager=attn == "eager")
@@ -28,102 +32,159 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: object | None = None) 
     full = cfg.method == "full"
     head_trains = full or cfg.train_embeddings
 
-    # --- saved activations, layer by layer (what requires grad changes after the first layer)
-    in_rg = full or cfg.train_embeddings
+    # --- saved activations, layer by layer: what requires grad changes after the first layer (for LoRA
+    # the first layer's input comes from a frozen embedding), then every layer is the same
+    in_rg = head_trains
     per_layer: list[int] = []
-    first_items = None
+    first_layer: dict[str, int] = {}
     for _ in range(L):
         saved, out_rg = layer_saved(arch, plan, in_rg)
-        layer_bytes = rounded(T * saved.total) if saved.total else 0
-        layer_bytes += attention_scores_bytes(arch, cfg, saved)
-        per_layer.append(layer_bytes)
-        first_items = first_items or saved.items
+        per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved))
+        first_layer = first_layer or saved.items
         in_rg = out_rg
-        if len(per_layer) >= 2 and per_layer[-1] == per_layer[-2]:
-            per_layer += [per_layer[-1]] * (L - len(per_layer))  # the rest repeat
-            break
-    acts_total = sum(per_layer)
-    ckpt_input = rounded(T * a * h)  # what a checkpointed layer keeps: its input hidden states
+    ckpt_input = rounded(T * a * h)  # all a checkpointed layer keeps: its input hidden states
+    stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
 
-    # --- saved outside the layers: RoPE cos/sin (shared), the final norm, lm_head's input
-    shared = 2 * rounded(cfg.seq_len * arch.head_dim * a)  # position ids are (1, s): shared by the batch
+    # --- saved outside the layers: RoPE cos/sin (position ids are (1, s): one copy for the batch), the
+    # final norm (fp32 input, rsqrt; its normalized input when its weight trains), lm_head's input
+    shared = 2 * rounded(cfg.seq_len * arch.head_dim * a)
     final = 0
-    if in_rg:  # the final norm: fp32 input and rsqrt; the normalized input when its weight trains
+    if in_rg:
         final += rounded(T * FP32 * h) + rounded(T * FP32)
     if full:
         final += rounded(T * (FP32 if arch.model_type in ("gemma", "gemma2") else a) * h)
     if head_trains:
-        final += rounded(T * a * h)  # lm_head's input, for its weight gradient
+        final += rounded(T * a * h)
 
-    # --- the loss region: bf16 logits, their fp32 copy and the log-softmax output (forward);
-    # the log-softmax output, its gradient and the gradient of the input (backward)
-    tv = T * V
-    softcap_saved = rounded(tv * a) if arch.final_logit_softcap else 0
-    # The final hidden states stay referenced through the loss; saved anyway when lm_head trains.
-    hidden_alive = 0 if head_trains else rounded(T * a * h)
-    loss_fwd = rounded(tv * a) + 2 * rounded(tv * FP32) + softcap_saved + hidden_alive
-    loss_bwd = 3 * rounded(tv * FP32) + softcap_saved
-
-    steady = pb.total + opt.states
-    grads = gradient_timeline(arch, cfg, pb)
+    # --- the loss region (HF ForCausalLMLoss): forward holds the 16-bit logits, their fp32 copy and the
+    # log-softmax output (and the final hidden states, still referenced); backward holds the log-softmax
+    # output, its gradient and the gradient of its input.  Soft-capping keeps its tanh output too.
+    loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains)
 
     tr = layer_transients(arch, plan, cfg, quantized=cfg.method == "qlora")
+    grads = gradient_timeline(arch, cfg, pb)
+    grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
+    steady = gpu.params + gpu.states
 
-    # --- forward: activations pile up; the peak is in the loss region at the end, or inside the last
-    # layer (its MLP) when the vocabulary is small
-    stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
-    if cfg.grad_ckpt:
-        in_layer = L * ckpt_input + tr.forward_unsaved
-    else:
-        in_layer = stored_acts + tr.forward
-    forward = steady + shared + max(stored_acts + final + loss_fwd, in_layer)
+    # --- forward: the peak is in the loss region at the end, or inside the last layer's MLP
+    in_layer = (L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt else (stored_acts + tr.forward)
+    forward = steady + gpu.gathered + shared + max(stored_acts + final + loss_fwd, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
-    # gradients come; it ends with every gradient (and, for tied embeddings, two partial gradients
-    # summed into the shared weight's).
+    # gradients come; it ends with every gradient (for tied embeddings: two partial grads and their sum)
     candidates = [stored_acts + shared + final + loss_bwd]
-    grads_so_far = grads.head
+    grads_so_far = int(grads.head * grad_share)
+    layer_grads = int(grads.per_layer * grad_share)
     for l in reversed(range(L)):
-        grads_so_far += grads.per_layer
-        if cfg.grad_ckpt:
-            # inputs of layers <= l are still held; layer l is recomputed (with saving), then run backward
+        if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
-            candidates.append(held + shared + grads_so_far - grads.per_layer + max(tr.forward, tr.backward))
+            candidates.append(held + shared + grads_so_far + max(tr.forward, tr.backward))
         else:
-            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far - grads.per_layer + tr.backward)
-        # the layer's end: its weight grads exist, its activations are gone, the input norm runs backward
+            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far + tr.backward)
+        grads_so_far += layer_grads
         below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
         candidates.append(below + shared + grads_so_far + tr.norm_backward)
-    candidates.append(grads.total + grads.embedding_transient)
-    backward = steady + max(candidates)
-    optimizer = steady + grads.total + opt.step_temporaries
+    candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
+    backward = steady + gpu.gathered + gpu.grad_buckets + max(candidates)
+
+    # --- optimizer step: no activations; grads, states and the step's temporaries
+    optimizer = steady + gpu.grads + gpu.step_temporaries
 
     phases = PhasePeaks(forward=forward, backward=backward, optimizer=optimizer)
     peak_phase = max(("forward", "backward", "optimizer"), key=lambda p: getattr(phases, p))
-    peak = getattr(phases, peak_phase)
-    components = [
-        Component(name="weights", label="weights (16-bit)", bytes=pb.frozen_16bit + (pb.trainable if full else 0),
-                  formula="params x bytes/param", inputs={"params": pb.total_params}),
-        Component(name="quantized", label="4-bit weights + constants", bytes=pb.quantized, formula="0.5 B/param + absmax"),
-        Component(name="adapters", label="trainable adapters", bytes=0 if full else pb.trainable,
-                  formula="r x (d_in + d_out) x 4 B per adapted Linear", inputs={"params": pb.adapter_params}),
-        Component(name="gradients", label="gradients", bytes=grads.total, formula="trainable params x their dtype"),
-        Component(name="optimizer_states", label="optimizer states", bytes=opt.states, formula=opt.formula),
-        Component(name="optimizer_temporaries", label="optimizer step temporaries", bytes=opt.step_temporaries, formula=opt.formula),
-        Component(name="activations", label="saved activations", bytes=stored_acts + shared + final,
-                  formula="sum over layers of bytes/token x tokens", inputs={"tokens": T, "first_layer": first_items or {}}),
-        Component(name="logits_loss", label="logits and loss", bytes=max(loss_fwd, loss_bwd),
-                  formula="~12 B x tokens x vocab at the loss peak", inputs={"tokens": T, "vocab": V}),
-    ]
-    return MemoryEstimate(
-        components=components,
-        phases=phases,
-        peak_phase=peak_phase,
-        peak_allocated_bytes=peak,
-        peak_reserved_bytes=peak,
-        peak_device_bytes=peak,
-        host_ram_bytes=0,
-        total_params=pb.total_params,
-        trainable_params=pb.trainable_params,
-        tokens_per_micro_batch=T,
+    tensor_peak = getattr(phases, peak_phase)
+    paged = gpu.states if cfg.optimizer == "paged_adamw_8bit" else 0
+    over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged)
+    allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
+    reserved = allocated + over.fragmentation
+    device = reserved + over.context + over.outside_torch
+
+    components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
+                             loss_fwd, loss_bwd, over, per_layer)
+    notes = _notes(arch, cfg, attn)
+    result = MemoryEstimate(
+        components=components, phases=phases, peak_phase=peak_phase,
+        peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
+        host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
+        tokens_per_micro_batch=T, notes=notes,
     )
+    if hardware is not None:
+        result.capacity_bytes = hardware.memory_bytes
+        result.fits = device <= hardware.memory_bytes
+        result.headroom_bytes = hardware.memory_bytes - device
+    return result
+
+
+def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
+    """Peak bytes of the logits/loss region in the forward and in the backward pass."""
+    T, V = cfg.tokens, arch.vocab_size
+    if cfg.loss == "chunked":
+        # fused / chunked cross-entropy computes the loss and its gradient one chunk of tokens at a time
+        T = min(T, CHUNKED_LOSS_TOKENS)
+    tv = T * V
+    softcap = rounded(tv * a) if arch.final_logit_softcap else 0
+    hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * arch.hidden_size)
+    forward = rounded(tv * a) + 2 * rounded(tv * FP32) + softcap + hidden_alive
+    backward = 3 * rounded(tv * FP32) + softcap
+    return forward, backward
+
+
+# Chunk size of the chunked cross-entropy option (Liger / torchtune style).
+CHUNKED_LOSS_TOKENS = 1024
+
+
+def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_fwd, loss_bwd, over, per_layer):
+    full = cfg.method == "full"
+    weights16 = pb.frozen_16bit + (pb.trainable if full else 0)
+    shard = gpu.params / pb.total if pb.total else 1.0
+    return [
+        Component(name="weights", label="weights", bytes=int(weights16 * shard),
+                  formula="params x bytes/param (16-bit unless quantized)",
+                  inputs={"params": pb.total_params, "bytes_per_param": 4 if cfg.master_weights else 2 if cfg.precision != "fp32" else 4}),
+        Component(name="quantized", label="4-bit weights + constants", bytes=int(pb.quantized * shard),
+                  formula="0.5 B/param + absmax per 64-block (8-bit with double quant)",
+                  inputs={"quant_type": cfg.quant_type, "double_quant": cfg.double_quant} if cfg.method == "qlora" else {}),
+        Component(name="adapters", label="LoRA adapters (+ trained copies)", bytes=0 if full else int(pb.trainable * shard),
+                  formula="r x (d_in + d_out) x 4 B per adapted Linear (fp32)",
+                  inputs={"adapter_params": pb.adapter_params, "rank": cfg.rank, "targets": sorted(
+                      s.name for s in lora_linears(arch, cfg))} if not full else {}),
+        Component(name="gathered_params", label="gathered params (ZeRO-3/FSDP)", bytes=gpu.gathered,
+                  formula="2 layers gathered whole + embeddings", inputs={"largest_layer_params": pb.largest_layer_params}),
+        Component(name="gradients", label="gradients", bytes=gpu.grads + gpu.grad_buckets,
+                  formula="trainable params x their dtype" + (" (+ communication buckets)" if gpu.grad_buckets else ""),
+                  inputs={"trainable_params": pb.trainable_params}),
+        Component(name="optimizer_states", label="optimizer states", bytes=gpu.states, formula=opt_formula,
+                  inputs={"optimizer": cfg.optimizer, "sharding": gpu.formula}),
+        Component(name="optimizer_temporaries", label="optimizer step temporaries", bytes=gpu.step_temporaries,
+                  formula="foreach AdamW: one temporary the size of the trainable params"),
+        Component(name="activations", label="saved activations", bytes=activations,
+                  formula=("layer inputs kept by checkpointing + one layer recomputed" if cfg.grad_ckpt
+                           else "sum over layers of saved bytes/token x tokens"),
+                  inputs={"tokens": cfg.tokens, "layers": arch.num_layers, "per_layer_bytes": per_layer[-1],
+                          "saved_per_token_first_layer": first_layer}),
+        Component(name="logits_loss", label="logits and loss", bytes=max(loss_fwd, loss_bwd),
+                  formula="fp32 logits, log-softmax and its gradient: ~12 B x tokens x vocab",
+                  inputs={"tokens": cfg.tokens, "vocab": arch.vocab_size, "loss": cfg.loss}),
+        Component(name="cublas_workspace", label="cuBLAS workspaces", bytes=over.workspace,
+                  formula="2 x 8.125 MiB (32 MiB on Hopper)"),
+        Component(name="allocator_fragmentation", label="allocator fragmentation", bytes=over.fragmentation,
+                  formula="5% of allocated (fixed shapes, default allocator)"),
+        Component(name="cuda_context", label="CUDA context + outside torch", bytes=over.context + over.outside_torch,
+                  formula="768 MiB context (+1 GiB NCCL with several GPUs, + paged optimizer states)"),
+    ]
+
+
+def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
+    notes = []
+    if cfg.seq_len > arch.max_position_embeddings:
+        notes.append(f"seq len {cfg.seq_len} exceeds the model's max positions {arch.max_position_embeddings}")
+    if attn == "eager" and cfg.attn == "auto":
+        notes.append(f"{arch.model_type} runs eager attention by default (s x s scores per head); --attn flash avoids them")
+    if cfg.optimizer == "paged_adamw_8bit":
+        notes.append("paged optimizer states live in unified memory: counted at device level, not in torch's pool")
+    if cfg.gpus > 1 or cfg.offload != "none":
+        notes.append("multi-GPU sharding and offload terms follow the ZeRO paper and framework defaults; "
+                     "the single-process oracle does not check them")
+    if arch.moe is not None:
+        notes.append("MoE activations assume balanced top-k routing")
+    return notes

@@ -41,6 +41,9 @@ class MemoryEstimate(BaseModel):
     trainable_params: int
     tokens_per_micro_batch: int
     notes: list[str] = Field(default_factory=list)
+    capacity_bytes: int | None = Field(None, description="One GPU's usable memory, when known.")
+    fits: bool | None = Field(None, description="peak_device_bytes <= capacity_bytes, when a capacity is known.")
+    headroom_bytes: int | None = Field(None, description="capacity_bytes - peak_device_bytes (negative: does not fit).")
 
     def component(self, name: str) -> Component:
         for comp in self.components:

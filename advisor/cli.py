@@ -1,0 +1,216 @@
+"""Command line: `lora-advisor estimate`, `lora-advisor models`, `--json` everywhere.
+
+Exit codes: 0 ok; 2 bad input (one line on stderr: the error and a hint; with --json also an error
+document on stdout); 1 an unexpected internal error (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn, Sequence
+
+from pydantic import ValidationError
+
+from .errors import AdvisorError, UsageError
+
+FLAG_FOR_FIELD = {
+    "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
+    "alpha": "--alpha", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
+    "double_quant": "--no-double-quant", "seq_len": "--seq-len", "micro_batch": "--micro-batch",
+    "grad_ckpt": "--grad-ckpt", "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "gpus": "--gpus",
+    "zero": "--zero", "fsdp": "--fsdp", "offload": "--offload",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line with a hint, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _ranks(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",") if part.strip()] or [_positive_int(text)]
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    if text in ("all-linear", "attention", "q,v"):
+        return (text,)
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give a preset (all-linear, attention, q,v) or module names like q_proj,v_proj")
+    return names
+
+
+def add_model_and_training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every planning command shares (estimate now; plan, export, verify later)."""
+    p.add_argument("--model", "-m", required=True, help="catalog name (llama-3.1-8b), config.json, model dir, or hub id")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=["full", "lora", "qlora", "lora8bit"], default="lora")
+    g.add_argument("--rank", "-r", type=_ranks, default=[16], help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
+    g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--targets", type=_targets, default=("all-linear",),
+                   help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
+    g.add_argument("--train-embeddings", action="store_true", help="also train embed_tokens and lm_head (modules_to_save)")
+    g.add_argument("--quant", dest="quant_type", choices=["nf4", "fp4"], default="nf4", help="QLoRA 4-bit type")
+    g.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="QLoRA without double quantization")
+    g.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    g.add_argument("--master-weights", action="store_true", help="full FT with fp32 master weights (mixed precision)")
+    t = p.add_argument_group("step")
+    t.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
+    t.add_argument("--micro-batch", "-b", type=_positive_int, default=1)
+    t.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False, help="gradient checkpointing")
+    t.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"], default="adamw")
+    t.add_argument("--attn", choices=["auto", "sdpa", "flash", "eager"], default="auto")
+    t.add_argument("--loss", choices=["standard", "chunked"], default="standard",
+                   help="chunked = fused/chunked cross-entropy (Liger, CCE)")
+    d = p.add_argument_group("GPUs")
+    d.add_argument("--gpus", type=_positive_int, default=1, help="GPUs in the job (data parallel)")
+    d.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=0, help="DeepSpeed ZeRO stage")
+    d.add_argument("--fsdp", action="store_true", help="FSDP full shard")
+    d.add_argument("--offload", choices=["none", "optimizer", "params"], default="none")
+    d.add_argument("--vram", default=None, help="one GPU's memory (24GiB, 80GB, 24): adds fits/headroom")
+
+
+def train_config(args: argparse.Namespace, rank: int | None = None):
+    from .memory.config import TrainConfig
+
+    fields = {name: getattr(args, name) for name in FLAG_FOR_FIELD if name != "rank"}
+    fields["rank"] = rank if rank is not None else args.rank[0]
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        message = err["msg"].removeprefix("Value error, ")
+        if field in FLAG_FOR_FIELD:
+            message = f"{FLAG_FOR_FIELD[field]}: {message}"
+        raise UsageError(message, "see `lora-advisor estimate --help`") from None
+
+
+def _hardware(args: argparse.Namespace):
+    if not args.vram:
+        return None
+    from .hardware import Hardware
+    from .units import parse_size
+
+    return Hardware(memory_bytes=parse_size(args.vram), count=args.gpus)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .memory import estimate
+    from .models import resolve_model
+    from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
+
+    arch = resolve_model(args.model)
+    hardware = _hardware(args)
+    if len(args.rank) > 1:
+        if args.method == "full":
+            raise UsageError("--rank with several values needs --method lora or qlora", "full fine-tuning has no rank")
+        rows = []
+        for rank in args.rank:
+            cfg = train_config(args, rank)
+            est = estimate(arch, cfg, hardware)
+            adapter_bytes = est.component("adapters").bytes
+            rows.append(RankRow(rank=rank, adapter_params=est.component("adapters").inputs["adapter_params"],
+                                adapter_state_bytes=adapter_bytes + est.component("gradients").bytes
+                                + est.component("optimizer_states").bytes,
+                                peak_allocated_bytes=est.peak_allocated_bytes, peak_device_bytes=est.peak_device_bytes,
+                                fits=est.fits))
+        cfg = train_config(args)
+        info = ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
+                         trainable_params=est.trainable_params)
+        report = RankSweepReport(model=info, config=cfg, ranks=rows)
+        if args.json:
+            _print_json(report)
+        else:
+            from .render import rank_table
+
+            print(rank_table(arch, cfg, rows))
+        return 0
+    cfg = train_config(args)
+    est = estimate(arch, cfg, hardware)
+    report = EstimateReport.build(arch, cfg, est)
+    if args.json:
+        _print_json(report)
+    else:
+        from .render import estimate_table
+
+        print(estimate_table(arch, cfg, est))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_params
+    from .models.catalog import catalog_arch, catalog_entries
+
+    rows = []
+    for entry in catalog_entries():
+        arch = catalog_arch(entry["name"])
+        rows.append({"name": entry["name"], "hf_id": entry.get("hf_id"), "model_type": arch.model_type,
+                     "params": count_params(arch).total, "layers": arch.num_layers, "hidden_size": arch.hidden_size,
+                     "vocab_size": arch.vocab_size, "max_position_embeddings": arch.max_position_embeddings})
+    if args.json:
+        print(json.dumps({"schema_version": 1, "models": rows}, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['params'] / 1e9:7.2f} B  {r['model_type']:<8} {r['hf_id'] or ''}")
+    return 0
+
+
+def _print_json(model: Any) -> None:
+    print(model.model_dump_json(indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lora-advisor", description="Which LoRA / QLoRA / full fine-tuning setup fits your GPUs, and why.")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    est = sub.add_parser("estimate", help="memory of one configuration: breakdown, phases, peaks")
+    add_model_and_training_flags(est)
+    est.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
+    est.set_defaults(func=cmd_estimate)
+    models = sub.add_parser("models", help="list the model catalog")
+    models.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "command", None):
+            raise UsageError("name a command: estimate or models",
+                             "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")
+        return args.func(args)
+    except AdvisorError as err:
+        print(err.one_line(), file=sys.stderr)
+        if want_json:
+            from .report import ErrorReport
+
+            _print_json(ErrorReport(error=err.message, hint=err.hint))
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Plain-text rendering for the terminal (the --json path never imports this)."""
+
+from __future__ import annotations
+
+from .memory.config import TrainConfig
+from .memory.result import MemoryEstimate
+from .models.arch import ModelArch
+from .units import GiB, format_bytes
+
+
+def _describe(cfg: TrainConfig) -> str:
+    parts = [cfg.method]
+    if cfg.uses_adapters:
+        parts.append(f"r{cfg.rank} {','.join(cfg.targets)}")
+    if cfg.method == "qlora":
+        parts.append(cfg.quant_type + ("+dq" if cfg.double_quant else ""))
+    parts += [cfg.precision, f"seq {cfg.seq_len} x micro batch {cfg.micro_batch}", cfg.optimizer]
+    if cfg.grad_ckpt:
+        parts.append("grad ckpt")
+    if cfg.gpus > 1 or cfg.sharding != "single":
+        parts.append(f"{cfg.gpus} GPUs {cfg.sharding}")
+    if cfg.offload != "none":
+        parts.append(f"offload {cfg.offload}")
+    return " · ".join(parts)
+
+
+def estimate_table(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate) -> str:
+    lines = [f"{arch.name}: {est.total_params / 1e9:.2f} B params, {est.trainable_params:,} trainable",
+             _describe(cfg), ""]
+    peak = est.peak_device_bytes
+    lines.append(f"{'component':<34}{'GiB':>9}{'share':>8}")
+    for comp in est.components:
+        if comp.bytes:
+            lines.append(f"{comp.label:<34}{comp.bytes / GiB:>9.2f}{100 * comp.bytes / peak:>7.1f}%")
+    lines.append("(each term at its own largest; they peak at different moments of the step)")
+    lines.append("")
+    ph = est.phases
+    lines.append(f"phase peaks (tensors): forward {ph.forward / GiB:.2f} · backward {ph.backward / GiB:.2f} · "
+                 f"optimizer {ph.optimizer / GiB:.2f} GiB  (peak in {est.peak_phase})")
+    lines.append(f"peak allocated {format_bytes(est.peak_allocated_bytes)} · reserved {format_bytes(est.peak_reserved_bytes)}"
+                 f" · device (nvidia-smi) {format_bytes(est.peak_device_bytes)}")
+    if est.host_ram_bytes:
+        lines.append(f"host RAM for offload: {format_bytes(est.host_ram_bytes)}")
+    if est.capacity_bytes is not None:
+        verdict = "fits" if est.fits else "does NOT fit"
+        lines.append(f"{verdict}: {format_bytes(est.peak_device_bytes)} of {format_bytes(est.capacity_bytes)} "
+                     f"(headroom {format_bytes(est.headroom_bytes)})")
+    lines += [f"note: {note}" for note in est.notes]
+    return "\n".join(lines)
+
+
+def rank_table(arch: ModelArch, cfg: TrainConfig, rows) -> str:
+    lines = [f"{arch.name}: rank sweep · {_describe(cfg)}", "",
+             f"{'rank':>5}{'adapter params':>16}{'adapter+grad+opt':>18}{'peak alloc':>12}{'device':>10}"]
+    for row in rows:
+        fits = "" if row.fits is None else ("  fits" if row.fits else "  no fit")
+        lines.append(f"{row.rank:>5}{row.adapter_params:>16,}{row.adapter_state_bytes / GiB:>14.2f} GiB"
+                     f"{row.peak_allocated_bytes / GiB:>8.2f} GiB{row.peak_device_bytes / GiB:>6.2f} GiB{fits}")
+    lines.append("rank moves the adapters; sequence length, micro batch and targets move the activations.")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The JSON documents the CLI prints (the ``--json`` contract).  Their schemas are published in
+advisor/schema/ and a test keeps the files equal to these models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from .memory.config import TrainConfig
+from .memory.result import SCHEMA_VERSION, Component, MemoryEstimate, PhasePeaks
+
+
+class ModelInfo(BaseModel):
+    name: str
+    model_type: str
+    params: int = Field(description="Parameters of the base model.")
+    trainable_params: int = Field(description="Parameters that receive gradients in this configuration.")
+
+
+class EstimateReport(BaseModel):
+    """`lora-advisor estimate --json`: the memory of one configuration, per GPU."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    config: TrainConfig
+    peak_allocated_bytes: int = Field(description="Live tensors + cuBLAS workspaces (torch.cuda.max_memory_allocated).")
+    peak_reserved_bytes: int = Field(description="Caching allocator's pool at the peak (torch.cuda.max_memory_reserved).")
+    peak_device_bytes: int = Field(description="What nvidia-smi shows for the process (reserved + CUDA context + outside torch).")
+    peak_phase: str
+    phases: PhasePeaks = Field(description="Tensor bytes at the peak of each phase of a step.")
+    components: list[Component]
+    host_ram_bytes: int
+    tokens_per_micro_batch: int
+    capacity_bytes: int | None = None
+    fits: bool | None = None
+    headroom_bytes: int | None = None
+    notes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def build(cls, arch, cfg: TrainConfig, est: MemoryEstimate) -> "EstimateReport":
+        return cls(
+            model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
+                            trainable_params=est.trainable_params),
+            config=cfg,
+            **est.model_dump(include={"peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_phase",
+                                      "phases", "components", "host_ram_bytes", "tokens_per_micro_batch",
+                                      "capacity_bytes", "fits", "headroom_bytes", "notes"}),
+        )
+
+
+class RankRow(BaseModel):
+    rank: int
+    adapter_params: int
+    adapter_state_bytes: int = Field(description="Adapters + their gradients + optimizer states.")
+    peak_allocated_bytes: int
+    peak_device_bytes: int
+    fits: bool | None = None
+
+
+class RankSweepReport(BaseModel):
+    """`lora-advisor estimate --rank 4,8,16 --json`: how rank moves memory (it barely does)."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    config: TrainConfig
+    ranks: list[RankRow]
+
+
+class ErrorReport(BaseModel):
+    """What `--json` prints on stdout when the input is bad (exit code 2)."""
+
+    schema_version: int = SCHEMA_VERSION
+    error: str
+    hint: str
+
+
+SCHEMAS = {"estimate": EstimateReport, "rank-sweep": RankSweepReport, "error": ErrorReport}
