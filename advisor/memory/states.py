@@ -76,8 +76,11 @@ def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         return ParamBytes(0, 0, total, counts.total, counts.total, 0, wbytes, largest_layer)
 
     lora = lora_linears(arch, cfg)
-    adapter_params = L * sum(cfg.rank * (s.in_features + s.out_features) * s.per_layer for s in lora)
-    adapter_bytes = L * sum(s.per_layer * (rounded(4 * cfg.rank * s.in_features) + rounded(4 * cfg.rank * s.out_features))
+    def rank(spec) -> int:
+        return cfg.rank * spec.lora_rank_multiplier
+
+    adapter_params = L * sum(rank(s) * (s.in_features + s.out_features) * s.per_layer for s in lora)
+    adapter_bytes = L * sum(s.per_layer * (rounded(4 * rank(s) * s.in_features) + rounded(4 * rank(s) * s.out_features))
                             for s in lora)  # PEFT keeps adapters in fp32
     copies, copy_params = 0, 0
     if cfg.train_embeddings:
@@ -129,7 +132,7 @@ def optimizer_bytes(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes) -> Optimi
 def _adafactor_state_elems(arch: ModelArch, cfg: TrainConfig) -> int:
     L = arch.num_layers
     if cfg.method != "full":
-        return L * sum(cfg.rank + s.in_features + cfg.rank + s.out_features for s in lora_linears(arch, cfg))
+        return L * sum(2 * cfg.rank * s.lora_rank_multiplier + s.in_features + s.out_features for s in lora_linears(arch, cfg))
     elems = sum(L * (s.in_features + s.out_features) for s in layer_linears(arch))
     elems += (arch.vocab_size + arch.hidden_size) * (1 if arch.tie_word_embeddings else 2)
     elems += L * arch.norms_per_layer * arch.hidden_size + arch.hidden_size

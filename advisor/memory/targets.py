@@ -18,7 +18,7 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     linears = layer_linears(arch)
     names = {spec.name for spec in linears}
     if cfg.targets == ("all-linear",):
-        return linears
+        return linears + _moe_expert_adapters(arch)
     if cfg.targets == ("attention",):
         return [spec for spec in linears if spec.name in ATTENTION_NAMES]
     wanted = {"q_proj", "v_proj"} if cfg.targets == ("q,v",) else set(cfg.targets)
@@ -42,3 +42,13 @@ def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
         raise UsageError("--attn sdpa: transformers has no SDPA path for Gemma 2 (attention soft-capping)",
                          "use --attn flash (FlashAttention-2) or --attn eager")
     return cfg.attn
+
+
+def _moe_expert_adapters(arch: ModelArch) -> list[LinearSpec]:
+    """PEFT (0.21+) also adapts Mixtral's fused expert tensors under all-linear, with a LoRA whose rank
+    is r x experts (x2 for the fused gate/up projection)."""
+    if arch.moe is None:
+        return []
+    h, ie, e = arch.hidden_size, arch.moe.expert_intermediate_size, arch.moe.num_experts
+    return [LinearSpec("experts.gate_up_proj", h, 2 * ie, False, lora_rank_multiplier=2 * e),
+            LinearSpec("experts.down_proj", ie, h, False, lora_rank_multiplier=e)]

@@ -20,6 +20,7 @@ class LinearSpec:
     out_features: int
     bias: bool
     per_layer: int = 1  # how many such Linears one layer holds
+    lora_rank_multiplier: int = 1  # PEFT's LoRA on fused MoE expert tensors uses rank x experts (x2 for gate_up)
 
     @property
     def weight_params(self) -> int:

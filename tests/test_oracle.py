@@ -1,0 +1,56 @@
+"""The memory model against its independent oracle: the real training step (transformers + PEFT +
+bitsandbytes + torch.optim) traced on fake CPU tensors.  Every phase peak must agree within 2 %.
+
+Shapes are real model widths and vocabularies with fewer layers, so the matrix runs in about a minute.
+The full matrix (48+ configs, 7B shapes, seq 256-8192) is benchmarks/accuracy.py.
+"""
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from advisor.memory import TrainConfig, estimate  # noqa: E402
+from advisor.models import resolve_model  # noqa: E402
+from advisor.verify.dryrun import PHASES, run_dry  # noqa: E402
+
+TOLERANCE = 0.02
+
+CASES = [
+    ("llama-3.2-1b", 4, dict(method="full", seq_len=512, micro_batch=2)),
+    ("llama-3.2-1b", 4, dict(method="lora", targets=("all-linear",), seq_len=1024)),
+    ("llama-3.2-1b", 4, dict(method="lora", targets=("q,v",), rank=8, seq_len=512, micro_batch=2, grad_ckpt=True)),
+    ("llama-3.2-1b", 4, dict(method="qlora", targets=("all-linear",), rank=64, seq_len=1024, grad_ckpt=True)),
+    ("llama-3.2-1b", 4, dict(method="qlora", targets=("attention",), quant_type="fp4", double_quant=False, seq_len=512)),
+    ("qwen2.5-0.5b", 6, dict(method="lora", targets=("all-linear",), seq_len=512, micro_batch=4)),
+    ("qwen2.5-0.5b", 6, dict(method="full", seq_len=256, micro_batch=2, grad_ckpt=True, optimizer="sgd")),
+    ("qwen3-0.6b", 4, dict(method="lora", targets=("o_proj", "down_proj"), seq_len=512)),
+    ("gemma-2-2b", 3, dict(method="lora", targets=("all-linear",), seq_len=512)),  # eager, soft-capped
+    ("gemma-2-2b", 3, dict(method="full", attn="flash", seq_len=512, grad_ckpt=True)),
+    ("llama-2-7b", 2, dict(method="lora", targets=("all-linear",), train_embeddings=True, seq_len=256)),
+    ("tinyllama-1.1b", 3, dict(method="lora", targets=("all-linear",), seq_len=1024, micro_batch=2, attn="eager")),
+]
+
+
+@pytest.mark.parametrize("name,layers,settings", CASES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(CASES)])
+def test_every_phase_peak_within_two_percent(name, layers, settings):
+    arch = resolve_model(name).model_copy(update={"num_layers": layers})
+    cfg = TrainConfig(**settings)
+    oracle = run_dry(arch, cfg)
+    est = estimate(arch, cfg)
+    assert oracle.trainable_params == est.trainable_params
+    for phase in PHASES:
+        measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
+        assert abs(predicted - measured) / measured <= TOLERANCE, (
+            f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
+
+
+def test_oracle_sees_what_the_formula_ignores():
+    """Sanity of the oracle itself: checkpointing must cut the traced forward peak, and a longer
+    sequence must raise it: it measures the step, it does not echo the model."""
+    arch = resolve_model("llama-3.2-1b").model_copy(update={"num_layers": 2})
+    base = run_dry(arch, TrainConfig(method="lora", seq_len=512)).phase_peaks
+    ckpt = run_dry(arch, TrainConfig(method="lora", seq_len=512, grad_ckpt=True)).phase_peaks
+    longer = run_dry(arch, TrainConfig(method="lora", seq_len=1024)).phase_peaks
+    assert ckpt["forward"] < base["forward"] < longer["forward"]
