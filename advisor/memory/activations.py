@@ -22,7 +22,8 @@ class SavedTensors:
     """Bytes per token that one layer keeps for backward, by the op that keeps them."""
 
     items: dict[str, int] = field(default_factory=dict)
-    scores_bytes: int = 0  # eager attention: bytes kept per s x s score element per head
+    scores_bytes: int = 0  # bytes kept per s x s element (eager: per head; SDPA window mask: once)
+    scores_per_head: bool = True
 
     def add(self, name: str, bytes_per_token: int) -> None:
         if bytes_per_token:
@@ -54,6 +55,8 @@ class LayerPlan:
     rank: int
     act_bytes: int  # bytes of one activation element (2 for bf16/fp16)
     eager: bool
+    sdpa_masked: bool = False  # SDPA with an explicit (sliding-window) mask
+    kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
 
 
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
@@ -104,7 +107,17 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         saved.scores_bytes = (FP32 + (a if arch.attn_logit_softcap else 0) if scores_rg else 0) + (a if v_rg else 0)
     elif attn_rg:
         # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
-        saved.add("attention q, k, v", a * (q_dim + 2 * kv_dim))
+        kv_saved = q_dim if plan.kv_repeated else kv_dim
+        saved.add("attention q, k, v", a * (q_dim + 2 * kv_saved))
+        if arch.fused_qkv:
+            # v is a slice of the fused qkv output: keeping v keeps the whole qkv tensor alive
+            saved.add("fused qkv output (held by v)", a * (q_dim + kv_dim))
+        if plan.sdpa_masked:
+            # SDPA converts the boolean window mask to a float mask per call and keeps it for backward
+            # (an s x s term, added by attention_scores_bytes); its output is then laid out so that
+            # o_proj's input is a copy, which o_proj keeps when its weight trains.
+            saved.scores_bytes, saved.scores_per_head = a, False
+            saved.add("o_proj input (copy)", a * q_dim if plan.full else 0)
         saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
     o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager)
     if gemma and arch.norms_per_layer == 4:
@@ -166,13 +179,34 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
 
 
 def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensors) -> int:
-    """Eager attention's s x s tensors kept by one layer for one micro batch (per query head)."""
-    return cfg.micro_batch * arch.num_heads * cfg.seq_len * cfg.seq_len * saved.scores_bytes
+    """s x s tensors kept by one layer for one micro batch: eager attention's scores (per query head),
+    or SDPA's float copy of a window mask (one per layer)."""
+    heads = arch.num_heads if saved.scores_per_head else 1
+    return cfg.micro_batch * heads * cfg.seq_len * cfg.seq_len * saved.scores_bytes
 
 
-def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], eager: bool) -> LayerPlan:
+def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], attn: str) -> LayerPlan:
     act = FP32 if cfg.precision == "fp32" else 2
-    return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=eager)
+    masked = attn == "sdpa" and attention_masks(arch, cfg, attn)[0] > 0
+    return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
+                     sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads)
+
+
+def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:
+    """(number, bytes) of the dense (b, 1, s, s) masks transformers materializes for one forward.
+
+    Eager attention always needs a float mask in the compute dtype (Gemma 2 a second one for its sliding
+    layers); SDPA needs a boolean mask only where a sliding window is shorter than the sequence;
+    FlashAttention-2 handles causality and windows in the kernel."""
+    s, b = cfg.seq_len, cfg.micro_batch
+    windowed = arch.sliding_window is not None and s >= arch.sliding_window
+    if attn == "eager":
+        count, elem = (2 if arch.model_type == "gemma2" else 1), (FP32 if cfg.precision == "fp32" else 2)
+    elif attn == "sdpa" and windowed:
+        count, elem = 1, 1
+    else:
+        return 0, 0
+    return count, count * b * s * s * elem
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..hardware import Hardware
 from ..models.arch import ModelArch
-from .activations import FP32, attention_scores_bytes, layer_plan, layer_saved, layer_transients
+from .activations import FP32, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
 from .overheads import overheads
 from .result import Component, MemoryEstimate, PhasePeaks
@@ -26,7 +26,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     gpu = per_gpu_states(arch, cfg, pb, opt)
     attn = effective_attention(arch, cfg)
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
-    plan = layer_plan(arch, cfg, lora_names, eager=attn == "eager")
+    plan = layer_plan(arch, cfg, lora_names, attn)
     a = plan.act_bytes
     T, V, h, L = cfg.tokens, arch.vocab_size, arch.hidden_size, arch.num_layers
     full = cfg.method == "full"
@@ -66,9 +66,14 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
     steady = gpu.params + gpu.states
 
+    # Attention masks live while the decoder runs; checkpointing keeps them (a layer input) until the
+    # backward pass has recomputed every layer.
+    masks = attention_masks(arch, cfg, attn)[1]
+    held_masks = masks if cfg.grad_ckpt else 0
+
     # --- forward: the peak is in the loss region at the end, or inside the last layer's MLP
-    in_layer = (L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt else (stored_acts + tr.forward)
-    forward = steady + gpu.gathered + shared + max(stored_acts + final + loss_fwd, in_layer)
+    in_layer = masks + ((L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt else (stored_acts + tr.forward))
+    forward = steady + gpu.gathered + shared + max(stored_acts + final + loss_fwd + held_masks, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
     # gradients come; it ends with every gradient (for tied embeddings: two partial grads and their sum)
@@ -85,7 +90,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
         candidates.append(below + shared + grads_so_far + tr.norm_backward)
     candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
-    backward = steady + gpu.gathered + gpu.grad_buckets + max(candidates)
+    backward = steady + gpu.gathered + gpu.grad_buckets + held_masks + max(candidates)
 
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries

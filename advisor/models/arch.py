@@ -47,6 +47,7 @@ class ModelArch(BaseModel):
     fused_gate_up: bool = Field(False, description="One gate_up_proj instead of gate/up (Phi-3).")
     final_logit_softcap: float | None = Field(None, description="tanh soft-capping of logits (Gemma 2).")
     attn_logit_softcap: float | None = Field(None, description="tanh soft-capping of attention scores.")
+    sliding_window: int | None = Field(None, description="Local attention window (Mistral v0.1, Phi-3, Gemma 2's alternate layers).")
     moe: MoE | None = None
 
     @model_validator(mode="after")

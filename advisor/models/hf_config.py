@@ -47,6 +47,11 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
     qkv_bias = True if model_type == "qwen2" else attention_bias and model_type not in ("phi3",)
     o_bias = attention_bias and model_type in ("llama", "qwen3", "gemma", "gemma2")
     activation = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+    sliding_window = cfg.get("sliding_window")
+    if model_type in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
+        sliding_window = None  # their configs carry a window that is off unless use_sliding_window
+    if model_type in ("llama", "gemma"):
+        sliding_window = None
     moe = None
     if model_type == "mixtral":
         moe = MoE(
@@ -77,6 +82,7 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
             fused_gate_up=model_type == "phi3",
             final_logit_softcap=cfg.get("final_logit_softcapping") if model_type == "gemma2" else None,
             attn_logit_softcap=cfg.get("attn_logit_softcapping") if model_type == "gemma2" else None,
+            sliding_window=sliding_window,
             moe=moe,
         )
     except ValidationError as exc:
@@ -126,6 +132,10 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         cfg["final_logit_softcapping"] = arch.final_logit_softcap
         cfg["attn_logit_softcapping"] = arch.attn_logit_softcap
         cfg["query_pre_attn_scalar"] = arch.head_dim
+    if arch.model_type in ("mistral", "mixtral", "phi3", "gemma2", "qwen2", "qwen3"):
+        cfg["sliding_window"] = arch.sliding_window
+        if arch.model_type in ("qwen2", "qwen3"):
+            cfg["use_sliding_window"] = arch.sliding_window is not None
     if arch.moe is not None:
         cfg["num_local_experts"] = arch.moe.num_experts
         cfg["num_experts_per_tok"] = arch.moe.experts_per_token
