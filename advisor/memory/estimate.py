@@ -77,20 +77,21 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
     # gradients come; it ends with every gradient (for tied embeddings: two partial grads and their sum)
-    candidates = [stored_acts + shared + final + loss_bwd]
+    candidates = [stored_acts + shared + final + loss_bwd + held_masks]
     grads_so_far = int(grads.head * grad_share)
     layer_grads = int(grads.per_layer * grad_share)
     for l in reversed(range(L)):
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
-            candidates.append(held + shared + grads_so_far + max(tr.forward, tr.backward))
+            candidates.append(held + held_masks + shared + grads_so_far + max(tr.forward, tr.backward))
         else:
             candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far + tr.backward)
         grads_so_far += layer_grads
         below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
-        candidates.append(below + shared + grads_so_far + tr.norm_backward)
+        candidates.append(below + (held_masks if l else 0) + shared + grads_so_far + tr.norm_backward)
+    # after the first layer's backward the checkpoints (and the masks they held) are released
     candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
-    backward = steady + gpu.gathered + gpu.grad_buckets + held_masks + max(candidates)
+    backward = steady + gpu.gathered + gpu.grad_buckets + max(candidates)
 
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries
