@@ -55,6 +55,7 @@ class LayerPlan:
     rank: int
     act_bytes: int  # bytes of one activation element (2 for bf16/fp16)
     eager: bool
+    autocast: bool = False  # fp32 master weights under autocast: fp32 residual stream, 16-bit matmuls
     sdpa_masked: bool = False  # SDPA with an explicit (sliding-window) mask
     kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
 
@@ -62,7 +63,9 @@ class LayerPlan:
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
             input_already_saved: bool) -> bool:
     """A Linear (optionally with LoRA).  Returns whether its output requires grad."""
-    if plan.full and not input_already_saved:
+    if plan.full and plan.autocast:
+        saved.add(f"{name}: input (autocast 16-bit copy)", plan.act_bytes * in_width)  # one cast per Linear
+    elif plan.full and not input_already_saved:
         saved.add(f"{name}: input", plan.act_bytes * in_width)
     if name in plan.lora:
         # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
@@ -82,8 +85,9 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     gemma = arch.model_type in ("gemma", "gemma2")
 
     # --- attention block
-    normed_rg = _rmsnorm(saved, "input norm", h, a, in_rg, plan.full, gemma)
-    if plan.full:
+    norm_act = FP32 if plan.autocast else a  # under autocast the norms run on the fp32 residual stream
+    normed_rg = _rmsnorm(saved, "input norm", h, norm_act, in_rg, plan.full, gemma)
+    if plan.full and not plan.autocast:
         saved.add("attention input", a * h)  # one tensor feeds q, k and v
     if arch.fused_qkv:
         qkv_rg = _linear(saved, plan, "qkv_proj", h, normed_rg, True)
@@ -121,20 +125,20 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
     o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager)
     if gemma and arch.norms_per_layer == 4:
-        o_rg = _rmsnorm(saved, "post-attention norm", h, a, o_rg, plan.full, gemma)
+        o_rg = _rmsnorm(saved, "post-attention norm", h, norm_act, o_rg, plan.full, gemma)
     x2_rg = in_rg or o_rg
 
     # --- MLP block
     mlp_norm = "pre-feedforward norm" if arch.norms_per_layer == 4 else "post-attention norm"
-    normed2_rg = _rmsnorm(saved, mlp_norm, h, a, x2_rg, plan.full, gemma)
-    if plan.full:
+    normed2_rg = _rmsnorm(saved, mlp_norm, h, norm_act, x2_rg, plan.full, gemma)
+    if plan.full and not plan.autocast:
         saved.add("MLP input", a * h)
     if arch.moe is not None:
         out_rg = _moe_saved(saved, arch, plan, normed2_rg)
     else:
         out_rg = _dense_mlp_saved(saved, arch, plan, normed2_rg)
     if arch.norms_per_layer == 4:
-        out_rg = _rmsnorm(saved, "post-feedforward norm", h, a, out_rg, plan.full, gemma)
+        out_rg = _rmsnorm(saved, "post-feedforward norm", h, norm_act, out_rg, plan.full, gemma)
     return saved, x2_rg or out_rg
 
 
@@ -189,7 +193,7 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
     act = FP32 if cfg.precision == "fp32" else 2
     masked = attn == "sdpa" and attention_masks(arch, cfg, attn)[0] > 0
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
-                     sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads)
+                     autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads)
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:

@@ -42,17 +42,18 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved))
         first_layer = first_layer or saved.items
         in_rg = out_rg
-    ckpt_input = rounded(T * a * h)  # all a checkpointed layer keeps: its input hidden states
+    stream = FP32 if cfg.master_weights else a  # the residual stream's dtype (fp32 under autocast)
+    ckpt_input = rounded(T * stream * h)  # all a checkpointed layer keeps: its input hidden states
     stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
 
     # --- saved outside the layers: RoPE cos/sin (position ids are (1, s): one copy for the batch), the
     # final norm (fp32 input, rsqrt; its normalized input when its weight trains), lm_head's input
-    shared = 2 * rounded(cfg.seq_len * arch.head_dim * a)
+    shared = 2 * rounded(cfg.seq_len * arch.head_dim * stream)
     final = 0
     if in_rg:
         final += rounded(T * FP32 * h) + rounded(T * FP32)
     if full:
-        final += rounded(T * (FP32 if arch.model_type in ("gemma", "gemma2") else a) * h)
+        final += rounded(T * (FP32 if arch.model_type in ("gemma", "gemma2") else stream) * h)
     if head_trains:
         final += rounded(T * a * h)
 
@@ -61,7 +62,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # output, its gradient and the gradient of its input.  Soft-capping keeps its tanh output too.
     loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains)
 
-    tr = layer_transients(arch, plan, cfg, quantized=cfg.method == "qlora")
+    tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"))
     grads = gradient_timeline(arch, cfg, pb)
     grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
     steady = gpu.params + gpu.states
@@ -71,21 +72,32 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     masks = attention_masks(arch, cfg, attn)[1]
     held_masks = masks if cfg.grad_ckpt else 0
 
+    # Mixed precision: autocast caches a 16-bit copy of every Linear weight (and lm_head) for the whole
+    # forward; the copies are kept for backward until each Linear's backward has run.
+    cache_layer, cache_head = _autocast_cache(arch) if cfg.master_weights else (0, 0)
+    if cfg.grad_ckpt:
+        # the forward caches every copy until autocast exits; the backward holds lm_head's copy and the
+        # copies of the one layer being recomputed
+        fwd_cache, bwd_cache = L * cache_layer + cache_head, cache_layer + cache_head
+    else:
+        fwd_cache = bwd_cache = L * cache_layer + cache_head
+
     # --- forward: the peak is in the loss region at the end, or inside the last layer's MLP
     in_layer = masks + ((L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt else (stored_acts + tr.forward))
-    forward = steady + gpu.gathered + shared + max(stored_acts + final + loss_fwd + held_masks, in_layer)
+    forward = steady + gpu.gathered + shared + fwd_cache + max(stored_acts + final + loss_fwd + held_masks, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
     # gradients come; it ends with every gradient (for tied embeddings: two partial grads and their sum)
-    candidates = [stored_acts + shared + final + loss_bwd + held_masks]
+    candidates = [stored_acts + shared + final + loss_bwd + held_masks + bwd_cache]
     grads_so_far = int(grads.head * grad_share)
     layer_grads = int(grads.per_layer * grad_share)
     for l in reversed(range(L)):
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
-            candidates.append(held + held_masks + shared + grads_so_far + max(tr.forward, tr.backward))
+            candidates.append(held + held_masks + bwd_cache + shared + grads_so_far + max(tr.forward, tr.backward))
         else:
-            candidates.append(sum(per_layer[: l + 1]) + shared + grads_so_far + tr.backward)
+            candidates.append(sum(per_layer[: l + 1]) + (l + 1) * cache_layer + cache_head + shared + grads_so_far
+                              + tr.backward)
         grads_so_far += layer_grads
         below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
         candidates.append(below + (held_masks if l else 0) + shared + grads_so_far + tr.norm_backward)
@@ -119,6 +131,14 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         result.fits = device <= hardware.memory_bytes
         result.headroom_bytes = hardware.memory_bytes - device
     return result
+
+
+def _autocast_cache(arch: ModelArch) -> tuple[int, int]:
+    """16-bit copies autocast makes of the fp32 weights: (one layer's Linears, lm_head)."""
+    from ..models.params import layer_linears
+
+    per_layer = sum(rounded(2 * spec.weight_params) for spec in layer_linears(arch))
+    return per_layer, rounded(2 * arch.vocab_size * arch.hidden_size)
 
 
 def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
@@ -193,4 +213,10 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
                      "the single-process oracle does not check them")
     if arch.moe is not None:
         notes.append("MoE activations assume balanced top-k routing")
+    if cfg.method == "lora8bit":
+        notes.append("8-bit base (LLM.int8): weights exact, activations modelled like QLoRA; not checked by the oracle")
+    if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):
+        notes.append(f"{cfg.optimizer}: states from the implementation's layout; the dry run cannot trace its step")
+    if cfg.loss == "chunked":
+        notes.append(f"chunked cross-entropy modelled as {CHUNKED_LOSS_TOKENS}-token chunks; not checked by the oracle")
     return notes

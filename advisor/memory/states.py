@@ -90,6 +90,11 @@ def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     if cfg.method == "qlora":
         quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
         frozen = stored(outside) + L * stored(in_layer)
+    elif cfg.method == "lora8bit":
+        # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
+        quantized = L * sum(spec.per_layer * (rounded(spec.weight_params) + rounded(4 * spec.out_features))
+                            for spec in layer_linears(arch))
+        frozen = stored(outside) + L * stored(in_layer)
     else:
         quantized = 0
         frozen = stored(outside) + L * (stored(in_layer) + stored(weights))

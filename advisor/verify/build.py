@@ -30,6 +30,11 @@ def weight_dtype(cfg: TrainConfig) -> torch.dtype:
     return DTYPES[cfg.precision]
 
 
+def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """Mixed precision: fp32 master weights, compute in the chosen 16-bit dtype under autocast."""
+    return DTYPES[cfg.precision] if cfg.master_weights else None
+
+
 def lora_targets(cfg: TrainConfig) -> list[str] | str:
     """PEFT's target_modules for a preset or a custom list."""
     if cfg.targets == ("all-linear",):

@@ -111,8 +111,21 @@ def _cpu_attention(arch: ModelArch, cfg: TrainConfig) -> str:
     return "eager" if kernel == "eager" else "sdpa"
 
 
+TRACEABLE_OPTIMIZERS = ("adamw", "sgd")
+
+
 def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
     """Trace ``steps`` training steps on fake CPU tensors; return the last step's phase peaks."""
+    if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
+        from ..errors import UsageError
+
+        raise UsageError(f"the dry run cannot trace --optimizer {cfg.optimizer}: its step reads tensor values",
+                         "fake tensors carry no values; trace with adamw or sgd (their states are exact in the estimate)")
+    if cfg.method == "lora8bit":
+        from ..errors import UsageError
+
+        raise UsageError("the dry run cannot trace --method lora8bit: bitsandbytes int8 layers need real tensors",
+                         "trace qlora or lora instead")
     import time
 
     import torch
@@ -120,7 +133,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from .build import build_on_meta, materialize, prepare_quantization, trainable_parameters
+    from .build import autocast_dtype, build_on_meta, materialize, prepare_quantization, trainable_parameters
     from .step import make_optimizer, train_step
 
     started = time.perf_counter()
@@ -168,7 +181,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         for _ in range(steps):
             phase_peaks.clear()
             steady = counter.live
-            train_step(model, optimizer, input_ids, input_ids, on_phase)
+            train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg))
     return DryRunResult(
         phase_peaks=dict(phase_peaks),
         weights_bytes=weights,

@@ -25,30 +25,36 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return bnb.optim.PagedAdamW8bit(params, lr=1e-5)
 
 
-def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The model's own loss (HF ForCausalLMLoss: fp32 logits).  Returning only the loss drops the
-    output object, and with it the logits, before backward, as the HF Trainer does."""
-    return model(input_ids=input_ids, labels=labels).loss
+    output object, and with it the logits, before backward, as the HF Trainer does.  With
+    ``autocast_dtype`` (mixed precision over fp32 master weights) the forward runs under autocast."""
+    if autocast_dtype is None:
+        return model(input_ids=input_ids, labels=labels).loss
+    with torch.autocast(input_ids.device.type, dtype=autocast_dtype):
+        return model(input_ids=input_ids, labels=labels).loss
 
 
 PhaseHook = Callable[[str], None]
 
 
 def forward_backward(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                     phase: PhaseHook = lambda name: None) -> torch.Tensor:
+                     phase: PhaseHook = lambda name: None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The HF Trainer's training_step: loss, backward, and only the detached loss leaves, so the
     autograd graph (and anything it still holds) is gone before the optimizer step."""
     phase("forward")
-    loss = causal_lm_loss(model, input_ids, labels)
+    loss = causal_lm_loss(model, input_ids, labels, autocast_dtype)
     phase("backward")
     loss.backward()
     return loss.detach()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
-               labels: torch.Tensor, phase: PhaseHook = lambda name: None) -> torch.Tensor:
+               labels: torch.Tensor, phase: PhaseHook = lambda name: None,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Forward + loss, backward, optimizer step, zero_grad(set_to_none).  ``phase`` is told each start."""
-    loss = forward_backward(model, input_ids, labels, phase)
+    loss = forward_backward(model, input_ids, labels, phase, autocast_dtype)
     phase("optimizer")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
