@@ -1,4 +1,4 @@
-"""Command line: `lora-advisor estimate`, `lora-advisor models`, `--json` everywhere.
+"""Command line: `lora-advisor estimate`, `gpus`, `models`; `--json` everywhere.
 
 Exit codes: 0 ok; 2 bad input (one line on stderr: the error and a hint; with --json also an error
 document on stdout); 1 an unexpected internal error (a bug: please report it).
@@ -81,7 +81,8 @@ def add_model_and_training_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=0, help="DeepSpeed ZeRO stage")
     d.add_argument("--fsdp", action="store_true", help="FSDP full shard")
     d.add_argument("--offload", choices=["none", "optimizer", "params"], default="none")
-    d.add_argument("--vram", default=None, help="one GPU's memory (24GiB, 80GB, 24): adds fits/headroom")
+    d.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, h100, 4xA100-80GB")
+    d.add_argument("--vram", default=None, help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
 
 
 def train_config(args: argparse.Namespace, rank: int | None = None):
@@ -101,12 +102,17 @@ def train_config(args: argparse.Namespace, rank: int | None = None):
 
 
 def _hardware(args: argparse.Namespace):
-    if not args.vram:
-        return None
-    from .hardware import Hardware
-    from .units import parse_size
+    """--gpu / --vram override detection; without them, the GPUs this machine has (if any)."""
+    from .hardware import hardware_for
 
-    return Hardware(memory_bytes=parse_size(args.vram), count=args.gpus)
+    detection = None
+    if not args.gpu and not args.vram:
+        from .hardware.nvml import Nvml
+
+        with Nvml() as nvml:
+            detection = nvml.detect()
+    gpus = args.gpus if args.gpus != 1 else None
+    return hardware_for(args.gpu, args.vram, gpus, detection)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -152,6 +158,23 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpus(args: argparse.Namespace) -> int:
+    """Detected GPUs.  No driver is not bad input: exit 0 with an empty list, the reason and a hint."""
+    from .hardware.nvml import Nvml
+    from .report import GpusReport
+
+    with Nvml() as nvml:
+        detection = nvml.detect()
+    report = GpusReport.from_detection(detection)
+    if args.json:
+        _print_json(report)
+    else:
+        from .render import gpus_table
+
+        print(gpus_table(report))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import count_params
     from .models.catalog import catalog_arch, catalog_entries
@@ -183,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_and_training_flags(est)
     est.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
     est.set_defaults(func=cmd_estimate)
+    gpus = sub.add_parser("gpus", help="the NVIDIA GPUs on this machine (through NVML)")
+    gpus.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    gpus.set_defaults(func=cmd_gpus)
     models = sub.add_parser("models", help="list the model catalog")
     models.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     models.set_defaults(func=cmd_models)
@@ -195,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
-            raise UsageError("name a command: estimate or models",
+            raise UsageError("name a command: estimate, gpus or models",
                              "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")
         return args.func(args)
     except AdvisorError as err:

@@ -58,3 +58,28 @@ def rank_table(arch: ModelArch, cfg: TrainConfig, rows) -> str:
                      f"{row.peak_allocated_bytes / GiB:>8.2f} GiB{row.peak_device_bytes / GiB:>6.2f} GiB{fits}")
     lines.append("rank moves the adapters; sequence length, micro batch and targets move the activations.")
     return "\n".join(lines)
+
+
+def gpus_table(report) -> str:
+    if not report.gpus:
+        return f"no GPUs: {report.reason}\nhint: {report.hint}"
+    driver = report.driver
+    lines = [f"driver {driver.driver_version or '?'} · CUDA {driver.cuda_driver_version or '?'}" if driver else "",
+             f"{'idx':>3}  {'name':<30}{'used':>11}{'total':>11}{'free':>11}  {'cc':<5}{'bf16':<6}{'MIG':<5}{'NVLink':<7}"]
+    for g in report.gpus:
+        def size(value):
+            return format_bytes(value, 1) if value is not None else "?"
+
+        cc = ".".join(map(str, g.compute_capability)) if g.compute_capability else "?"
+        flag = "" if g.cuda_visible else "  (hidden by CUDA_VISIBLE_DEVICES)"
+        lines.append(f"{g.index:>3}  {g.name[:30]:<30}{size(g.used_bytes):>11}{size(g.total_bytes):>11}{size(g.free_bytes):>11}  "
+                     f"{cc:<5}{_yes(g.bf16):<6}{_yes(g.mig_enabled):<5}{_yes(g.nvlink_active):<7}{flag}")
+        for mig in g.mig_instances:
+            lines.append(f"     MIG {mig.index}: {size(mig.used_bytes)} / {size(mig.total_bytes)}  {mig.uuid or ''}")
+        for proc in g.processes:
+            lines.append(f"     pid {proc.pid:<8} {(proc.name or '?')[:40]:<40} {size(proc.used_bytes)}")
+    return "\n".join(lines)
+
+
+def _yes(value) -> str:
+    return "-" if value is None else ("yes" if value else "no")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from .hardware.info import DriverInfo, GpuInfo
 from .memory.config import TrainConfig
 from .memory.result import SCHEMA_VERSION, Component, MemoryEstimate, PhasePeaks
 
@@ -65,6 +66,38 @@ class RankSweepReport(BaseModel):
     ranks: list[RankRow]
 
 
+class GpuEntry(GpuInfo):
+    bf16: bool | None = Field(None, description="bf16 compute (compute capability >= 8.0).")
+    flash_attention_2: bool | None = Field(None, description="FlashAttention-2 support (sm_80+).")
+    cuda_visible: bool = Field(True, description="CUDA will see this GPU under CUDA_VISIBLE_DEVICES.")
+    catalog_name: str | None = Field(None, description="The matching GPU catalog entry, if any.")
+
+
+class GpusReport(BaseModel):
+    """`lora-advisor gpus --json`.  An empty `gpus` comes with `reason` and `hint` (exit code 0)."""
+
+    schema_version: int = SCHEMA_VERSION
+    gpus: list[GpuEntry]
+    driver: DriverInfo | None = None
+    cuda_visible_devices: list[int] | None = Field(None, description="NVML indices in CUDA order; null when unset.")
+    reason: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def from_detection(cls, detection) -> "GpusReport":
+        from .hardware.catalog import find_gpu
+
+        visible = detection.cuda_visible
+        entries = []
+        for gpu in detection.gpus:
+            spec = find_gpu(gpu.name)
+            entries.append(GpuEntry(**gpu.model_dump(), bf16=gpu.supports_bf16, flash_attention_2=gpu.supports_flash_attention_2,
+                                    cuda_visible=visible is None or gpu.index in visible,
+                                    catalog_name=spec.name if spec else None))
+        return cls(gpus=entries, driver=detection.driver, cuda_visible_devices=visible,
+                   reason=detection.reason, hint=detection.hint)
+
+
 class ErrorReport(BaseModel):
     """What `--json` prints on stdout when the input is bad (exit code 2)."""
 
@@ -73,4 +106,4 @@ class ErrorReport(BaseModel):
     hint: str
 
 
-SCHEMAS = {"estimate": EstimateReport, "rank-sweep": RankSweepReport, "error": ErrorReport}
+SCHEMAS = {"estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}

@@ -127,9 +127,11 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         tokens_per_micro_batch=T, notes=notes,
     )
     if hardware is not None:
-        result.capacity_bytes = hardware.memory_bytes
-        result.fits = device <= hardware.memory_bytes
-        result.headroom_bytes = hardware.memory_bytes - device
+        result.capacity_bytes = hardware.usable_bytes
+        result.fits = device <= hardware.usable_bytes
+        result.headroom_bytes = hardware.usable_bytes - device
+        if hardware.in_use_bytes:
+            result.notes.append(f"{hardware.in_use_bytes / 2**30:.1f} GiB of the GPU are in use by other processes")
     return result
 
 

@@ -1,0 +1,88 @@
+"""The GPU catalog (gpus.json, datasheet facts) and resolving ``--gpu``."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+
+from pydantic import BaseModel, Field
+
+from ..errors import AdvisorError
+from ..units import GiB
+
+
+class UnknownGpuError(AdvisorError):
+    """--gpu names no catalog GPU."""
+
+
+class GpuSpec(BaseModel):
+    """One catalog GPU (datasheet facts)."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    memory_gb: float = Field(gt=0, description="Marketed memory; NVIDIA's GB here are GiB as CUDA reports them.")
+    compute_capability: tuple[int, int]
+    bf16: bool
+    tflops_bf16: float | None = Field(None, description="Dense BF16 tensor TFLOP/s.")
+    tflops_fp16: float | None = Field(None, description="Dense FP16 tensor TFLOP/s (FP32 accumulate).")
+    bandwidth_gbs: float | None = Field(None, description="Memory bandwidth, GB/s.")
+    nvlink: bool = False
+    source: str = ""
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gb * GiB)
+
+
+def _key(text: str) -> str:
+    text = text.lower()
+    text = re.sub(r"\b(nvidia|geforce|tesla)\b", "", text)
+    return re.sub(r"[\s_\-]", "", text)
+
+
+@lru_cache(maxsize=1)
+def gpu_catalog() -> list[GpuSpec]:
+    data = json.loads(resources.files("advisor.hardware").joinpath("gpus.json").read_text(encoding="utf-8"))
+    return [GpuSpec(**entry) for entry in data["gpus"]]
+
+
+def _index() -> dict[str, GpuSpec]:
+    index: dict[str, GpuSpec] = {}
+    for spec in gpu_catalog():
+        for name in [spec.name, *spec.aliases]:
+            index.setdefault(_key(name), spec)
+            # "rtx 4090" also answers to "4090", and vice versa
+            index.setdefault(_key(name).removeprefix("rtx"), spec)
+    return index
+
+
+def find_gpu(name: str) -> GpuSpec | None:
+    """The catalog entry for a name as NVML or a user writes it, or None."""
+    return _index().get(_key(name)) or _index().get(_key(name).removeprefix("rtx"))
+
+
+def nearest_gpus(name: str, count: int = 3) -> list[str]:
+    names = {_key(spec.name): spec.name for spec in gpu_catalog()}
+    best = sorted(names, key=lambda k: difflib.SequenceMatcher(None, _key(name), k).ratio(), reverse=True)
+    return [names[k] for k in best[:count]]
+
+
+_COUNT = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def resolve_gpu(text: str) -> tuple[GpuSpec, int]:
+    """'4090', 'rtx4090', 'A100-80GB', 'h100', '4xA100-80GB' -> (spec, count)."""
+    count, name = 1, text.strip()
+    match = _COUNT.match(name)
+    if match:
+        count, name = int(match.group(1)), match.group(2)
+        if count < 1:
+            raise UnknownGpuError(f"--gpu {text!r}: the GPU count must be at least 1", "write it like 4xA100-80GB")
+    spec = find_gpu(name)
+    if spec is None:
+        raise UnknownGpuError(f"unknown GPU {name!r}",
+                              "nearest catalog GPUs: " + ", ".join(nearest_gpus(name)) + " (or give --vram SIZE)")
+    return spec, count
