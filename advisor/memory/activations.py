@@ -10,6 +10,7 @@ number below was checked against the fake-tensor trace of the real step (see tes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..models.arch import ModelArch
 from .config import TrainConfig
@@ -76,9 +77,11 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
     return in_rg or plan.full or name in plan.lora
 
 
+@lru_cache(maxsize=4096)
 def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTensors, bool]:
     """Saved bytes per token of one decoder layer (without checkpointing) and whether its output
-    requires grad."""
+    requires grad.  Cached: the planner asks for the same few layer shapes thousands of times (callers
+    must not modify the result)."""
     saved = SavedTensors()
     a = plan.act_bytes
     h, q_dim, kv_dim, nq = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.num_heads

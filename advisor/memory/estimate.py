@@ -9,6 +9,8 @@ step) and takes the largest live total in each phase.  All sizes are per GPU.
 
 from __future__ import annotations
 
+import itertools
+
 from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import FP32, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
@@ -20,7 +22,9 @@ from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
 
 
-def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None) -> MemoryEstimate:
+def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True) -> MemoryEstimate:
+    """The memory of one configuration.  ``detail=False`` skips the component breakdown (the planner's
+    fast path over thousands of candidates); every number that decides fits is the same."""
     pb = param_bytes(arch, cfg)
     opt = optimizer_bytes(arch, cfg, pb)
     gpu = per_gpu_states(arch, cfg, pb, opt)
@@ -41,6 +45,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         saved, out_rg = layer_saved(arch, plan, in_rg)
         per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved))
         first_layer = first_layer or saved.items
+        if out_rg == in_rg and len(per_layer) > 1:  # same input state, same layer: the rest repeat
+            per_layer += [per_layer[-1]] * (L - len(per_layer))
+            break
         in_rg = out_rg
     stream = FP32 if cfg.master_weights else a  # the residual stream's dtype (fp32 under autocast)
     ckpt_input = rounded(T * stream * h)  # all a checkpointed layer keeps: its input hidden states
@@ -91,15 +98,16 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     candidates = [stored_acts + shared + final + loss_bwd + held_masks + bwd_cache]
     grads_so_far = int(grads.head * grad_share)
     layer_grads = int(grads.per_layer * grad_share)
+    prefix = [0, *itertools.accumulate(per_layer)]  # prefix[l] = saved by the layers below l
     for l in reversed(range(L)):
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
             candidates.append(held + held_masks + bwd_cache + shared + grads_so_far + max(tr.forward, tr.backward))
         else:
-            candidates.append(sum(per_layer[: l + 1]) + (l + 1) * cache_layer + cache_head + shared + grads_so_far
+            candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_so_far
                               + tr.backward)
         grads_so_far += layer_grads
-        below = l * ckpt_input if cfg.grad_ckpt else sum(per_layer[:l])
+        below = l * ckpt_input if cfg.grad_ckpt else prefix[l]
         candidates.append(below + (held_masks if l else 0) + shared + grads_so_far + tr.norm_backward)
     # after the first layer's backward the checkpoints (and the masks they held) are released
     candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
@@ -118,7 +126,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     device = reserved + over.context + over.outside_torch
 
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
-                             loss_fwd, loss_bwd, over, per_layer)
+                             loss_fwd, loss_bwd, over, per_layer) if detail else []
     notes = _notes(arch, cfg, attn)
     result = MemoryEstimate(
         components=components, phases=phases, peak_phase=peak_phase,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..models.arch import ModelArch
 from ..models.params import count_params, layer_linears
@@ -62,6 +63,16 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
 
 
 def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
+    """Parameter bytes depend only on the model and the method's fields, not on the batch or the step;
+    cached on those fields so the planner's thousands of candidates share them."""
+    key = cfg.model_copy(update={"seq_len": 1, "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw",
+                                 "attn": "auto", "loss": "standard", "gpus": 1, "zero": 0, "fsdp": False,
+                                 "offload": "none"})
+    return _param_bytes(arch, key)
+
+
+@lru_cache(maxsize=1024)
+def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     counts = count_params(arch)
     wbytes = 4 if cfg.master_weights else DTYPE_BYTES[cfg.precision]
     L = arch.num_layers
