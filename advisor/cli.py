@@ -1,6 +1,6 @@
 """Command line: `lora-advisor estimate`, `gpus`, `models`; `--json` everywhere.
 
-Exit codes: 0 ok; 2 bad input (one line on stderr: the error and a hint; with --json also an error
+Exit codes: 0 ok; 3 `plan` found nothing that fits (the JSON says the smallest need); 2 bad input (one line on stderr: the error and a hint; with --json also an error
 document on stdout); 1 an unexpected internal error (a bug: please report it).
 """
 
@@ -158,6 +158,46 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .engine.rules import default_rules, load_rules_file, merge
+    from .models import resolve_model
+    from .planner import Goals, make_plan
+    from .report import PlanReport
+
+    arch = resolve_model(args.model)
+    rules = default_rules()
+    for path in args.rules or []:
+        from pathlib import Path
+
+        rules = merge(rules, load_rules_file(Path(path)))
+    rules = sorted(rules, key=lambda r: r.spec.priority)
+    hardware = _hardware(args)
+    gpus = hardware.count if hardware is not None and args.gpus == 1 else args.gpus
+    goals = Goals(seq_len=args.seq_len, effective_batch=args.effective_batch, method=args.method,
+                  prefer=args.prefer, gpus=gpus)
+    plan = make_plan(arch, hardware, goals, rules)
+    report = PlanReport.build(arch, hardware, goals, plan)
+    if args.json:
+        _print_json(report)
+    else:
+        from .render import plan_text
+
+        print(plan_text(report))
+    return 0 if plan.chosen is not None else 3
+
+
+def add_plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="catalog name, config.json, model dir, or hub id")
+    p.add_argument("--method", choices=["auto", "full", "lora", "qlora"], default="auto")
+    p.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
+    p.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
+    p.add_argument("--prefer", choices=["speed", "quality"], default="speed")
+    p.add_argument("--gpus", type=_positive_int, default=1)
+    p.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, 4xA100-80GB")
+    p.add_argument("--vram", default=None, help="one GPU's memory for a custom card (24GiB, 80GB)")
+    p.add_argument("--rules", action="append", help="a YAML rule file that adds rules or overrides them by id")
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     """Detected GPUs.  No driver is not bad input: exit 0 with an empty list, the reason and a hint."""
     from .hardware.nvml import Nvml
@@ -206,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_and_training_flags(est)
     est.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
     est.set_defaults(func=cmd_estimate)
+    plan = sub.add_parser("plan", help="propose the fastest config that fits, with the reason for every choice")
+    add_plan_flags(plan)
+    plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    plan.set_defaults(func=cmd_plan)
     gpus = sub.add_parser("gpus", help="the NVIDIA GPUs on this machine (through NVML)")
     gpus.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     gpus.set_defaults(func=cmd_gpus)
@@ -219,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     try:
+        commands = {"estimate", "plan", "gpus", "models"}
+        if "--json" in argv and not commands & set(argv) and not {"-h", "--help"} & set(argv):
+            argv = ["plan", *argv]  # `lora-advisor --json --model ...` is the planner
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
-            raise UsageError("name a command: estimate, gpus or models",
+            raise UsageError("name a command: plan, estimate, gpus or models",
                              "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")
         return args.func(args)
     except AdvisorError as err:

@@ -83,3 +83,35 @@ def gpus_table(report) -> str:
 
 def _yes(value) -> str:
     return "-" if value is None else ("yes" if value else "no")
+
+
+def plan_text(report) -> str:
+    plan = report.plan
+    gpu = report.gpu
+    head = f"{report.model.name} on {gpu.get('count', 1)}x {gpu['name']} ({format_bytes(gpu['usable_bytes'])} usable)" \
+        if gpu else f"{report.model.name} (no GPU known: give --gpu or --vram)"
+    lines = [head, ""]
+    if plan.chosen is None:
+        lines.append("nothing fits.")
+        if plan.smallest_need_bytes:
+            lines.append(f"the smallest candidate needs {format_bytes(plan.smallest_need_bytes)}; what would make it fit:")
+        lines += [f"  - {item}" for item in plan.what_would_fit]
+    else:
+        cfg = plan.chosen.config
+        lines.append("plan: " + _describe(cfg) + f" · grad accum {plan.chosen.grad_accum}")
+        est = plan.estimate
+        lines.append(f"memory: {format_bytes(est.peak_device_bytes)} device peak "
+                     f"(allocated {format_bytes(est.peak_allocated_bytes)}, peak in {est.peak_phase})")
+        lines.append("")
+        lines.append("why:")
+        lines += [f"  ✓ {reason}" for reason in plan.chosen.reasons]
+    settled = [t for t in plan.trace if t.kind == "set"]
+    lines += [f"  ✓ {t.sentence}" for t in settled]
+    lines += [f"  ✗ {r.option}: {r.reason}" for r in plan.rejected]
+    lines += [f"  ! {w}" for w in plan.warnings]
+    if plan.alternatives:
+        lines += ["", "alternatives:"]
+        for alt in plan.alternatives:
+            lines.append(f"  {_describe(alt.config):<70} {format_bytes(alt.need_bytes):>11}  ~{alt.tokens_per_s:,.0f} tok/s")
+    lines.append(f"\n({plan.candidates_evaluated} candidates evaluated)")
+    return "\n".join(lines)

@@ -98,6 +98,26 @@ class GpusReport(BaseModel):
                    reason=detection.reason, hint=detection.hint)
 
 
+class PlanReport(BaseModel):
+    """`lora-advisor plan --json` (and `lora-advisor --json`): the proposed config and why."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    gpu: dict = Field(description="What the plan is for: name, count, memory_bytes, usable_bytes (null when unknown).")
+    goals: dict
+    plan: "Plan"
+
+    @classmethod
+    def build(cls, arch, hardware, goals, plan) -> "PlanReport":
+        from .models.params import count_params
+
+        trainable = plan.estimate.trainable_params if plan.estimate else 0
+        gpu = None if hardware is None else {"name": hardware.name, "count": hardware.count,
+                                             "memory_bytes": hardware.memory_bytes, "usable_bytes": hardware.usable_bytes}
+        return cls(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=count_params(arch).total,
+                                   trainable_params=trainable), gpu=gpu or {}, goals=goals.model_dump(), plan=plan)
+
+
 class ErrorReport(BaseModel):
     """What `--json` prints on stdout when the input is bad (exit code 2)."""
 
@@ -106,4 +126,8 @@ class ErrorReport(BaseModel):
     hint: str
 
 
-SCHEMAS = {"estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}
+from .planner import Plan  # noqa: E402  (after the report models it refers to)
+
+PlanReport.model_rebuild()
+
+SCHEMAS = {"plan": PlanReport, "estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}

@@ -132,7 +132,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         components=components, phases=phases, peak_phase=peak_phase,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
-        tokens_per_micro_batch=T, notes=notes,
+        tokens_per_micro_batch=T, notes=notes, activation_bytes=stored_acts + shared + final,
+        optimizer_state_bytes=gpu.states,
     )
     if hardware is not None:
         result.capacity_bytes = hardware.usable_bytes

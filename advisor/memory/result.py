@@ -40,6 +40,8 @@ class MemoryEstimate(BaseModel):
     total_params: int
     trainable_params: int
     tokens_per_micro_batch: int
+    activation_bytes: int = Field(0, description="Saved activations (incl. checkpoint inputs) at the end of forward.")
+    optimizer_state_bytes: int = Field(0, description="Optimizer states resident on one GPU.")
     notes: list[str] = Field(default_factory=list)
     capacity_bytes: int | None = Field(None, description="One GPU's usable memory, when known.")
     fits: bool | None = Field(None, description="peak_device_bytes <= capacity_bytes, when a capacity is known.")

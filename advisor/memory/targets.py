@@ -15,7 +15,7 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     """The per-layer Linears that carry a LoRA adapter (empty for full fine-tuning)."""
     if not cfg.uses_adapters:
         return []
-    linears = layer_linears(arch)
+    linears = list(layer_linears(arch))
     names = {spec.name for spec in linears}
     if cfg.targets == ("all-linear",):
         return linears + _moe_expert_adapters(arch)

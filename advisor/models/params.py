@@ -7,6 +7,7 @@ parameter, for every catalog model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .arch import ModelArch
 
@@ -34,8 +35,13 @@ class LinearSpec:
 ATTENTION_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"})
 
 
-def layer_linears(arch: ModelArch) -> list[LinearSpec]:
+@lru_cache(maxsize=256)
+def layer_linears(arch: ModelArch) -> tuple[LinearSpec, ...]:
     """The nn.Linear modules of one decoder layer, named as transformers names them."""
+    return tuple(_layer_linears(arch))
+
+
+def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
     h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
     if arch.fused_qkv:
         linears = [LinearSpec("qkv_proj", h, q + 2 * kv, arch.qkv_bias)]
@@ -91,6 +97,7 @@ class ParamCounts:
         return self.attention + self.mlp
 
 
+@lru_cache(maxsize=256)
 def count_params(arch: ModelArch) -> ParamCounts:
     h, layers = arch.hidden_size, arch.num_layers
     attention = mlp = 0

@@ -1,0 +1,291 @@
+"""Candidate search + rules -> Plan.
+
+The planner enumerates configurations (method x rank x targets x checkpointing x optimizer x micro batch
+x sharding/offload), estimates each with the memory model's fast path, lets the rules fix fields, forbid
+candidates and adjust scores, and ranks what is left by estimated throughput.  Every rule that fired is
+in the trace with its sentence; every method that lost says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
+from .engine.rules import Rule
+from .hardware import Hardware
+from .memory import TrainConfig, estimate
+from .memory.result import MemoryEstimate
+from .models.arch import ModelArch
+from .models.params import count_params
+from .throughput import throughput
+from .units import GiB
+
+METHODS = ("full", "lora", "qlora")
+RANKS = (8, 16, 32, 64)
+TARGETS = ("all-linear", "attention", "q,v")
+LOSSES = ("standard", "chunked")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SHARDINGS = ("single", "ddp", "zero2", "zero3", "fsdp")
+
+
+class Goals(BaseModel):
+    seq_len: int = Field(2048, gt=0)
+    effective_batch: int = Field(16, gt=0, description="Sequences per optimizer step over all GPUs.")
+    method: str = Field("auto", pattern="^(auto|full|lora|qlora)$")
+    prefer: str = Field("speed", pattern="^(speed|quality)$")
+    gpus: int = Field(1, gt=0)
+
+
+class TraceEntry(BaseModel):
+    rule: str
+    kind: str  # set, warn, forbid, prefer
+    sentence: str
+    source: str
+
+
+class Option(BaseModel):
+    """A candidate that survived the rules."""
+
+    config: TrainConfig
+    grad_accum: int
+    need_bytes: int
+    tokens_per_s: float
+    score: float
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Rejection(BaseModel):
+    option: str
+    reason: str
+    rule: str
+
+
+class Plan(BaseModel):
+    chosen: Option | None
+    estimate: MemoryEstimate | None
+    alternatives: list[Option]
+    trace: list[TraceEntry]
+    rejected: list[Rejection] = Field(description="For each method (and ckpt/optimizer variant) that lost: why.")
+    warnings: list[str]
+    candidates_evaluated: int
+    smallest_need_bytes: int | None = Field(None, description="When nothing fits: the least any candidate needs.")
+    what_would_fit: list[str] = Field(default_factory=list)
+
+
+@dataclass
+class _Space:
+    """What the plan-scope rules left open."""
+
+    allowed: dict[str, list] = field(default_factory=dict)
+
+    def values(self, name: str, default: tuple) -> list:
+        return list(self.allowed.get(name, default))
+
+
+def gpu_facts(hw: Hardware | None) -> GpuFacts:
+    if hw is None:
+        return GpuFacts(False, "unknown", 1, 0.0, 0.0, True, 8.0, False, 0.0)
+    from .hardware.catalog import find_gpu
+
+    spec = find_gpu(hw.name)
+    cc = hw.compute_capability or (spec.compute_capability if spec else (8, 0))
+    return GpuFacts(True, hw.name, hw.count, hw.memory_bytes / GiB, hw.usable_bytes / GiB, cc >= (8, 0),
+                    cc[0] + cc[1] / 10, bool(spec and spec.nvlink), float((spec and spec.tflops_bf16) or (spec and spec.tflops_fp16) or 0))
+
+
+def model_facts(arch: ModelArch) -> ModelFacts:
+    return ModelFacts(arch.name, arch.model_type, count_params(arch).total / 1e9, arch.num_layers, arch.hidden_size,
+                      arch.vocab_size, arch.max_position_embeddings, arch.moe is not None, arch.tie_word_embeddings)
+
+
+def _sharding_fields(name: str) -> dict:
+    return {"single": {}, "ddp": {}, "zero2": {"zero": 2}, "zero3": {"zero": 3}, "fsdp": {"fsdp": True}}[name]
+
+
+def enumerate_candidates(goals: Goals, space: _Space) -> list[TrainConfig]:
+    methods = [goals.method] if goals.method != "auto" else space.values("method", METHODS)
+    fixed = {k: v[0] for k, v in space.allowed.items() if k in ("precision", "attn") and v}
+    out = []
+    for method in methods:
+        ranks = space.values("rank", RANKS) if method != "full" else [16]
+        targets = space.values("targets", TARGETS) if method != "full" else ["all-linear"]
+        for rank, target, ckpt, optimizer, micro, sharding, loss in itertools.product(
+                ranks, targets, (False, True), space.values("optimizer", OPTIMIZERS), MICRO_BATCHES,
+                space.values("sharding", SHARDINGS), LOSSES):
+            if micro * goals.gpus > goals.effective_batch:
+                continue
+            offloads = ("none", "optimizer") if sharding in ("zero3", "fsdp") else ("none",)
+            if sharding == "zero3" and goals.gpus == 1:
+                offloads = ("optimizer",)  # ZeRO-3 on one GPU is only worth it for the offload
+            # full fine-tuning: pure 16-bit, or mixed precision over fp32 master weights (the HF default)
+            masters = (False, True) if method == "full" and fixed.get("precision") != "fp32" else (False,)
+            for offload, master in itertools.product(offloads, masters):
+                out.append(TrainConfig(method=method, rank=rank, targets=(target,), grad_ckpt=ckpt, optimizer=optimizer,
+                                       micro_batch=micro, seq_len=goals.seq_len, gpus=goals.gpus, offload=offload, loss=loss,
+                                       master_weights=master, **_sharding_fields(sharding), **fixed))
+    return out
+
+
+def _describe(cfg: TrainConfig) -> str:
+    parts = [cfg.method.upper() if cfg.method != "full" else
+             ("full FT (fp32 master weights, mixed precision)" if cfg.master_weights else "full FT (pure 16-bit)")]
+    if cfg.uses_adapters:
+        parts.append(f"r{cfg.rank} {cfg.targets[0]}")
+    parts.append("ckpt" if cfg.grad_ckpt else "no ckpt")
+    parts.append(f"mb {cfg.micro_batch}")
+    parts.append(cfg.optimizer)
+    if cfg.sharding not in ("single",):
+        parts.append(cfg.sharding)
+    if cfg.offload != "none":
+        parts.append(f"offload {cfg.offload}")
+    if cfg.loss == "chunked":
+        parts.append("chunked CE")
+    return " ".join(parts)
+
+
+def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5) -> Plan:
+    gpu, model, goal = gpu_facts(hw), model_facts(arch), GoalFacts(goals.seq_len, goals.effective_batch, goals.method,
+                                                                    goals.prefer, goals.gpus)
+    base = {"gpu": gpu, "model": model, "goals": goal}
+    trace: list[TraceEntry] = []
+    warnings: list[str] = []
+    space = _Space()
+    plan_rules = [r for r in rules if r.spec.scope == "plan"]
+    cand_rules = [r for r in rules if r.spec.scope == "candidate"]
+    for rule in plan_rules:
+        if not rule.matches(base):
+            continue
+        sentence = rule.sentence(base)
+        if rule.spec.set is not None:
+            for key, value in rule.spec.set.items():
+                space.allowed[key] = list(value) if isinstance(value, list) else [value]
+            trace.append(TraceEntry(rule=rule.id, kind="set", sentence=sentence, source=rule.source))
+        elif rule.spec.warn:
+            warnings.append(sentence)
+            trace.append(TraceEntry(rule=rule.id, kind="warn", sentence=sentence, source=rule.source))
+
+    usable = hw.usable_bytes if hw else None
+    tflops = gpu.tflops_bf16 or None
+    bandwidth = None
+    if hw is not None:
+        from .hardware.catalog import find_gpu
+
+        spec = find_gpu(hw.name)
+        bandwidth = spec.bandwidth_gbs if spec else None
+
+    forbid_rules = [r for r in cand_rules if r.spec.forbid]
+    prefer_rules = [r for r in cand_rules if r.spec.prefer is not None]
+    survivors: list[tuple] = []  # (option, config, facts, matched prefer rules)
+    rejected_best: dict[tuple, tuple] = {}  # per kind of setup: the closest rejected candidate and its rule
+    smallest: int | None = None
+    candidates = enumerate_candidates(goals, space)
+    for cfg in candidates:
+        est = estimate(arch, cfg, hw, detail=False)
+        need = est.peak_device_bytes
+        smallest = need if smallest is None else min(smallest, need)
+        tp = throughput(arch, cfg, est, goals.effective_batch, tflops, bandwidth, gpu.nvlink)
+        accum = max(1, -(-goals.effective_batch // (cfg.micro_batch * cfg.gpus)))
+        cap = usable if usable is not None else need
+        facts = CandidateFacts(
+            method=cfg.method, rank=cfg.rank if cfg.uses_adapters else 0, targets=cfg.targets[0],
+            grad_ckpt=cfg.grad_ckpt, optimizer=cfg.optimizer, micro_batch=cfg.micro_batch, grad_accum=accum,
+            sharding=cfg.sharding, offload=cfg.offload, precision=cfg.precision, master_weights=cfg.master_weights, loss=cfg.loss, need_gib=need / GiB,
+            usable_gib=cap / GiB, fits=need <= cap, headroom_gib=(cap - need) / GiB,
+            headroom_frac=(cap - need) / cap if cap else 0.0,
+            activation_share=_share(est, "activations", need), state_share=_share(est, "optimizer_states", need),
+            tokens_per_s=tp.tokens_per_s)
+        things = {**base, "candidate": facts}
+        verdict = next((r for r in forbid_rules if r.matches(things)), None)
+        if verdict is not None:
+            key = (cfg.method, cfg.master_weights, cfg.grad_ckpt, cfg.offload)
+            rank = (need, verdict.spec.priority)  # the closest miss of its kind
+            if key not in rejected_best or rank < rejected_best[key][0]:
+                rejected_best[key] = (rank, verdict, things, cfg)
+            continue
+        survivors.append((Option(config=cfg, grad_accum=accum, need_bytes=need, tokens_per_s=tp.tokens_per_s,
+                                 score=tp.tokens_per_s), cfg, things, []))
+    survivors = _score(survivors, prefer_rules, keep=4 * top)
+    survivors.sort(key=lambda item: (-item[0].score, item[0].need_bytes))
+    # why each (method, precision, checkpointing, offload) choice lost, for those where nothing survived
+    alive = {(o.config.method, o.config.master_weights, o.config.grad_ckpt, o.config.offload) for o, *_ in survivors}
+    rejected = [Rejection(option=_describe(cfg), reason=rule.sentence(things), rule=rule.id)
+                for key, (_, rule, things, cfg) in sorted(rejected_best.items(), key=lambda item: item[1][0])
+                if key not in alive]
+    if not survivors:
+        return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
+                    candidates_evaluated=len(candidates), smallest_need_bytes=smallest,
+                    what_would_fit=_what_would_fit(smallest, usable, goals))
+    # sentences are rendered only for what is shown: the chosen plan and its alternatives
+    chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
+    chosen.reasons = _chosen_reasons(chosen, chosen_cfg, goals, hw) + [r.sentence(chosen_things) for r in chosen_rules]
+    for rule in chosen_rules:
+        trace.append(TraceEntry(rule=rule.id, kind="prefer", sentence=rule.sentence(chosen_things), source=rule.source))
+    distinct, seen = [], {_variant(chosen_cfg)}
+    for option, cfg, things, matched in survivors[1:]:
+        if _variant(cfg) not in seen:
+            seen.add(_variant(cfg))
+            option.reasons = [r.sentence(things) for r in matched]
+            distinct.append(option)
+        if len(distinct) >= top:
+            break
+    for rejection in rejected:
+        trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
+                                source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
+    return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw), alternatives=distinct, trace=trace,
+                rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates))
+
+
+def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[tuple]:
+    """Apply the prefer rules, best first.  Branch and bound: candidates are visited by throughput, and
+    once even the largest possible bonus cannot lift one into the best ``keep``, the rest are skipped
+    (they keep their plain throughput score and rank below)."""
+    max_bonus = 1.0
+    for rule in prefer_rules:
+        max_bonus *= 1 + max(rule.spec.prefer, 0.0)
+    survivors.sort(key=lambda item: -item[0].tokens_per_s)
+    scored: list[tuple] = []
+    for index, item in enumerate(survivors):
+        option, cfg, things, matched = item
+        if len(scored) >= keep:
+            threshold = sorted((s[0].score for s in scored), reverse=True)[keep - 1]
+            if option.tokens_per_s * max_bonus < threshold:
+                scored += survivors[index:]
+                break
+        matched = [rule for rule in prefer_rules if rule.matches(things)]
+        for rule in matched:
+            option.score *= 1 + rule.spec.prefer
+        scored.append((option, cfg, things, matched))
+    return scored
+
+
+def _variant(cfg: TrainConfig) -> tuple:
+    """Alternatives differ in a way a person cares about, not only in the micro batch."""
+    return (cfg.method, cfg.rank if cfg.uses_adapters else 0, cfg.targets, cfg.grad_ckpt, cfg.sharding, cfg.offload)
+
+
+def _share(est: MemoryEstimate, name: str, need: int) -> float:
+    part = est.activation_bytes if name == "activations" else est.optimizer_state_bytes
+    return part / need if need else 0.0
+
+
+def _chosen_reasons(option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware | None) -> list[str]:
+    reasons = []
+    if hw is not None:
+        reasons.append(f"fits: {option.need_bytes / GiB:.1f} GiB of {hw.usable_bytes / GiB:.1f} GiB usable "
+                       f"({(hw.usable_bytes - option.need_bytes) / GiB:.1f} GiB headroom)")
+    reasons.append(f"micro batch {cfg.micro_batch} x {option.grad_accum} accumulation x {cfg.gpus} GPU(s) "
+                   f"= {cfg.micro_batch * option.grad_accum * cfg.gpus} sequences per step (goal {goals.effective_batch})")
+    reasons.append(f"fastest that fits: ~{option.tokens_per_s:,.0f} tokens/s estimated")
+    return reasons
+
+
+def _what_would_fit(smallest: int | None, usable: int | None, goals: Goals) -> list[str]:
+    if smallest is None or usable is None:
+        return []
+    return [f"a GPU with at least {smallest * 1.06 / GiB:.1f} GiB (the smallest candidate needs {smallest / GiB:.1f} GiB)",
+            f"more GPUs with ZeRO-3 / FSDP (--gpus {max(2, goals.gpus * 2)})",
+            f"a shorter sequence than {goals.seq_len} tokens"]

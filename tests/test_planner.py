@@ -1,0 +1,180 @@
+"""The planner's decisions follow the numbers: each test asserts a decision and its reason."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advisor.cli import main
+from advisor.engine.rules import RuleError, default_rules, load_rules_text, merge
+from advisor.hardware import hardware_for
+from advisor.models import resolve_model
+from advisor.planner import Goals, make_plan
+
+RULES = default_rules()
+
+
+def plan_for(model, gpu, **goals):
+    hw = hardware_for(gpu=gpu)
+    return make_plan(resolve_model(model), hw, Goals(gpus=hw.count, **goals), RULES), hw
+
+
+def test_default_pack_has_twenty_rules_with_unique_ids():
+    assert len(RULES) >= 20
+    assert len({r.id for r in RULES}) == len(RULES)
+
+
+def test_llama2_7b_on_a_4090_fits_with_headroom():
+    plan, hw = plan_for("llama-2-7b", "rtx4090", seq_len=2048)
+    chosen = plan.chosen
+    assert chosen.config.method in ("lora", "qlora") and chosen.config.grad_ckpt
+    assert chosen.need_bytes <= 0.9 * hw.usable_bytes
+    assert plan.estimate.peak_device_bytes == chosen.need_bytes
+    # full fine-tuning was rejected with its number
+    full = [r for r in plan.rejected if r.option.startswith("full FT (pure")]
+    assert full and "GiB >" in full[0].reason
+    assert len(chosen.reasons) >= 3
+    assert chosen.config.micro_batch * chosen.grad_accum == 16
+
+
+def test_7b_on_one_80gb_card_full_ft_rejected_with_its_number():
+    plan, hw = plan_for("llama-2-7b", "a100-80gb", seq_len=2048, method="auto")
+    mixed = [r for r in plan.rejected if r.option.startswith("full FT (fp32 master")]
+    # mixed-precision AdamW full FT (16 B/param: ~108 GiB for 7B) cannot fit 80 GB: rejected with its number
+    assert mixed and "GiB" in mixed[0].reason
+    # whatever is chosen instead fits and says why
+    assert plan.chosen is not None and plan.chosen.need_bytes <= hw.usable_bytes
+    assert any("fits:" in reason for reason in plan.chosen.reasons)
+
+
+def test_70b_on_two_80gb_cards_shards():
+    plan, hw = plan_for("llama-3.1-70b", "2xA100-80GB", seq_len=2048)
+    assert plan.chosen is not None
+    cfg = plan.chosen.config
+    assert cfg.gpus == 2 and (cfg.method == "qlora" or cfg.sharding in ("zero3", "fsdp"))
+    assert plan.chosen.need_bytes <= 0.9 * hw.usable_bytes
+
+
+def test_1b_on_8gb():
+    hw = hardware_for(vram="8GiB")
+    plan = make_plan(resolve_model("llama-3.2-1b"), hw, Goals(seq_len=1024), RULES)
+    assert plan.chosen is not None and plan.chosen.need_bytes <= 0.9 * hw.usable_bytes
+
+
+def test_nothing_fits_is_a_clear_answer(capsys):
+    hw = hardware_for(vram="4GiB")
+    plan = make_plan(resolve_model("llama-3.1-70b"), hw, Goals(seq_len=4096), RULES)
+    assert plan.chosen is None and plan.smallest_need_bytes > hw.usable_bytes
+    assert plan.what_would_fit and "GiB" in plan.what_would_fit[0]
+    assert main(["plan", "--json", "--model", "llama-3.1-70b", "--vram", "4GiB"]) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["chosen"] is None and doc["plan"]["smallest_need_bytes"] > 4 * 2**30
+
+
+def test_pre_ampere_gets_fp16_and_a_warning():
+    plan, _ = plan_for("qwen2.5-1.5b", "t4", seq_len=1024)
+    assert plan.chosen.config.precision == "fp16"
+    assert any("overflow" in w for w in plan.warnings)
+    assert any(t.rule == "precision-fp16" for t in plan.trace)
+
+
+def test_user_rule_forbidding_a_method_is_obeyed():
+    extra = load_rules_text("""
+rules:
+  - id: no-qlora
+    when: candidate.method == "qlora"
+    forbid: true
+    because: "house policy: no 4-bit bases"
+  - id: no-lora
+    when: candidate.method == "lora"
+    forbid: true
+    because: "house policy: no 16-bit LoRA either"
+""", "user.yaml")
+    hw = hardware_for(gpu="h100")
+    plan = make_plan(resolve_model("llama-3.2-1b"), hw, Goals(seq_len=1024), merge(RULES, extra))
+    assert plan.chosen.config.method == "full"
+
+
+def test_user_rule_overrides_by_id():
+    extra = load_rules_text("""
+rules:
+  - id: precision-bf16
+    priority: 10
+    when: gpu.bf16
+    set: {precision: fp16}
+    because: "we train in fp16 here"
+""", "user.yaml")
+    merged = merge(RULES, extra)
+    assert len(merged) == len(RULES)
+    plan = make_plan(resolve_model("llama-3.2-1b"), hardware_for(gpu="4090"), Goals(seq_len=512), merged)
+    assert plan.chosen.config.precision == "fp16"
+
+
+@pytest.mark.parametrize("yaml_text,words", [
+    ("rules:\n  - id: x\n    when: gpu.vram_gb < 3\n    warn: true\n    because: b\n", "gpu.vram_gib"),
+    ("rules:\n  - id: x\n    when: gpu.name > 3\n    warn: true\n    because: b\n", "compare"),
+    ("rules:\n  - id: x\n    when: gpu.bf16 and\n    warn: true\n    because: b\n", "syntax"),
+    ("rules:\n  - id: x\n    when: gpu.bf16\n    because: b\n", "exactly one action"),
+    ("rules:\n  - id: x\n    when: gpu.bf16\n    warn: true\n    because: 'uses {gpu.vram}'\n", "unknown fact"),
+    ("rules:\n  - id: x\n    when: gpu.bf16\n    set: {learning_rate: 1}\n    because: b\n", "learning_rate"),
+    ("rules:\n  - id: x\n   when: [\n", "invalid YAML"),
+    ("rules:\n  - id: x\n    when: candidate.fits\n    warn: true\n    because: b\n", "unknown fact"),
+])
+def test_bad_rules_fail_at_load_with_file_line_and_id(yaml_text, words):
+    with pytest.raises(RuleError) as err:
+        load_rules_text(yaml_text, "mine.yaml")
+    assert err.value.message.startswith("mine.yaml:") and words in err.value.message + err.value.hint
+
+
+def test_rules_cli_error_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - id: x\n    when: gpu.nope\n    warn: true\n    because: b\n")
+    assert main(["plan", "--model", "llama-3.2-1b", "--gpu", "4090", "--rules", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.yaml:2" in err and "'x'" in err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=60))
+def test_hostile_expressions_never_run_code(expression):
+    text = "rules:\n  - id: h\n    when: " + json.dumps(expression) + "\n    warn: true\n    because: b\n"
+    try:
+        rules = load_rules_text(text, "h.yaml")
+    except RuleError:
+        return  # rejected at load: fine
+    # whatever loaded can only look at facts: evaluating it touches nothing else
+    from advisor.planner import gpu_facts, model_facts
+    from advisor.engine.facts import GoalFacts
+
+    things = {"gpu": gpu_facts(None), "model": model_facts(resolve_model("llama-3.2-1b")),
+              "goals": GoalFacts(512, 16, "auto", "speed", 1)}
+    try:
+        rules[0].matches(things)
+    except Exception as exc:  # a runtime type error is acceptable; running code is not
+        assert "rule_engine" in type(exc).__module__
+
+
+@pytest.mark.parametrize("attack", ["gpu.__class__", "gpu.__init__.__globals__", "model.name.__class__"])
+def test_attribute_escapes_are_rejected(attack):
+    with pytest.raises(RuleError):
+        load_rules_text(f"rules:\n  - id: a\n    when: {attack}\n    warn: true\n    because: b\n", "a.yaml")
+
+
+@settings(max_examples=25, deadline=None)
+@given(model=st.sampled_from(["llama-3.2-1b", "qwen2.5-7b", "llama-3.1-8b", "gemma-2-2b"]),
+       gpu=st.sampled_from(["4090", "3090", "a100-80gb", "l4", "t4", "2x4090"]),
+       seq=st.sampled_from([512, 2048, 4096]))
+def test_chosen_plan_never_exceeds_usable_memory(model, gpu, seq):
+    hw = hardware_for(gpu=gpu)
+    plan = make_plan(resolve_model(model), hw, Goals(seq_len=seq, gpus=hw.count), RULES)
+    if plan.chosen is not None:
+        assert plan.estimate.peak_device_bytes <= hw.usable_bytes
+
+
+def test_top_level_json_is_the_planner(capsys):
+    assert main(["--json", "--model", "llama-2-7b", "--gpu", "rtx4090", "--seq-len", "2048"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["plan"]["chosen"]["config"]["method"] in ("lora", "qlora")
+    assert len(doc["plan"]["chosen"]["reasons"]) >= 3
+    assert doc["plan"]["candidates_evaluated"] >= 1000
