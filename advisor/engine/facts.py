@@ -95,7 +95,9 @@ def flatten(things: dict[str, object]) -> dict[str, object]:
 
 def type_schema(include_candidate: bool):
     """rule-engine OBJECT schemas built from the dataclasses (attributes are checked when a rule loads)."""
-    from rule_engine import DataType
+    from .ruleengine import rule_engine
+
+    DataType = rule_engine().DataType
 
     kinds = {bool: DataType.BOOLEAN, int: DataType.FLOAT, float: DataType.FLOAT, str: DataType.STRING}
     schema = {}

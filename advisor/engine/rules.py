@@ -102,7 +102,9 @@ def _suggest(word: str) -> str:
 
 
 def _compile(spec: RuleSpec, where: str):
-    import rule_engine
+    from .ruleengine import rule_engine as load
+
+    rule_engine = load()
 
     schema = type_schema(include_candidate=spec.scope == "candidate")
     context = rule_engine.Context(type_resolver=rule_engine.type_resolver_from_dict(schema))

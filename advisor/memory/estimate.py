@@ -96,19 +96,21 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
     # gradients come; it ends with every gradient (for tied embeddings: two partial grads and their sum)
     candidates = [stored_acts + shared + final + loss_bwd + held_masks + bwd_cache]
-    grads_so_far = int(grads.head * grad_share)
+    head_grads = int(grads.head * grad_share)
     layer_grads = int(grads.per_layer * grad_share)
     prefix = [0, *itertools.accumulate(per_layer)]  # prefix[l] = saved by the layers below l
-    for l in reversed(range(L)):
+    # Every term below is linear in l between layers whose saved bytes change, so its maximum lies at the
+    # ends of those runs: evaluating those layers gives the same peak as walking all of them.
+    for l in _run_ends(per_layer):
+        grads_before = head_grads + (L - 1 - l) * layer_grads  # grads of the layers above l
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
-            candidates.append(held + held_masks + bwd_cache + shared + grads_so_far + max(tr.forward, tr.backward))
+            candidates.append(held + held_masks + bwd_cache + shared + grads_before + max(tr.forward, tr.backward))
         else:
-            candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_so_far
+            candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_before
                               + tr.backward)
-        grads_so_far += layer_grads
         below = l * ckpt_input if cfg.grad_ckpt else prefix[l]
-        candidates.append(below + (held_masks if l else 0) + shared + grads_so_far + tr.norm_backward)
+        candidates.append(below + (held_masks if l else 0) + shared + grads_before + layer_grads + tr.norm_backward)
     # after the first layer's backward the checkpoints (and the masks they held) are released
     candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
     backward = steady + gpu.gathered + gpu.grad_buckets + max(candidates)
@@ -116,7 +118,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries
 
-    phases = PhasePeaks(forward=forward, backward=backward, optimizer=optimizer)
+    phases = PhasePeaks.model_construct(forward=forward, backward=backward, optimizer=optimizer)
     peak_phase = max(("forward", "backward", "optimizer"), key=lambda p: getattr(phases, p))
     tensor_peak = getattr(phases, peak_phase)
     paged = gpu.states if cfg.optimizer == "paged_adamw_8bit" else 0
@@ -128,7 +130,10 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
                              loss_fwd, loss_bwd, over, per_layer) if detail else []
     notes = _notes(arch, cfg, attn)
-    result = MemoryEstimate(
+    # model_construct: every value here is computed, not user input; validation would only cost time
+    # (the planner builds thousands of these)
+    result = MemoryEstimate.model_construct(
+        capacity_bytes=None, fits=None, headroom_bytes=None,
         components=components, phases=phases, peak_phase=peak_phase,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
@@ -142,6 +147,15 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         if hardware.in_use_bytes:
             result.notes.append(f"{hardware.in_use_bytes / 2**30:.1f} GiB of the GPU are in use by other processes")
     return result
+
+
+def _run_ends(per_layer: list[int]) -> list[int]:
+    """The first and last layer of every run of layers that save the same bytes."""
+    ends = {0, len(per_layer) - 1}
+    for l in range(1, len(per_layer)):
+        if per_layer[l] != per_layer[l - 1]:
+            ends.update((l - 1, l))
+    return sorted(ends)
 
 
 def _autocast_cache(arch: ModelArch) -> tuple[int, int]:

@@ -1,0 +1,77 @@
+"""Planner speed and `--json` cold start.
+
+    python benchmarks/planner_speed.py
+
+1. candidates per second of the planner (warm: imports and rule compilation excluded), target >= 10,000;
+2. cold wall time of `lora-advisor --json --model llama-2-7b --gpu rtx4090 --seq-len 2048` against
+   `python -c 'import pydantic, yaml'` (the floor any pydantic + YAML tool pays), target <= 3x.
+Writes benchmarks/results/planner-speed-<date>.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from advisor.engine.rules import default_rules  # noqa: E402
+from advisor.hardware import hardware_for  # noqa: E402
+from advisor.models import resolve_model  # noqa: E402
+from advisor.planner import Goals, make_plan  # noqa: E402
+
+SCENARIOS = [("llama-2-7b", "rtx4090", 2048), ("llama-3.1-8b", "a100-80gb", 4096), ("llama-3.1-70b", "4xH100", 2048),
+             ("qwen2.5-7b", "l4", 1024), ("gemma-2-9b", "2x4090", 2048)]
+
+
+def wall(cmd: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> int:
+    rules = default_rules()
+    lines = ["| scenario | candidates | seconds | candidates/s |", "|---|---:|---:|---:|"]
+    rates = []
+    for model, gpu, seq in SCENARIOS:
+        arch, hw = resolve_model(model), hardware_for(gpu=gpu)
+        goals = Goals(seq_len=seq, gpus=hw.count)
+        make_plan(arch, hw, goals, rules)  # warm the caches once
+        started = time.perf_counter()
+        plan = make_plan(arch, hw, goals, rules)
+        seconds = time.perf_counter() - started
+        rates.append(plan.candidates_evaluated / seconds)
+        lines.append(f"| {model} on {gpu}, seq {seq} | {plan.candidates_evaluated} | {seconds:.3f} | {rates[-1]:,.0f} |")
+    python = sys.executable
+    floor = wall([python, "-c", "import pydantic, yaml"])
+    cold = wall([python, "-m", "advisor", "--json", "--model", "llama-2-7b", "--gpu", "rtx4090", "--seq-len", "2048"])
+    estimate = wall([python, "-m", "advisor", "estimate", "--json", "--model", "llama-2-7b", "--gpu", "rtx4090"])
+    lines += ["", "| command | median wall s | x floor |", "|---|---:|---:|",
+              f"| python -c 'import pydantic, yaml' (floor) | {floor:.3f} | 1.0 |",
+              f"| lora-advisor --json (plan) | {cold:.3f} | {cold / floor:.1f} |",
+              f"| lora-advisor estimate --json | {estimate:.3f} | {estimate / floor:.1f} |"]
+    summary = (f"\nplanner: min {min(rates):,.0f} candidates/s (target >= 10,000); "
+               f"--json cold start {cold:.2f} s = {cold / floor:.1f}x floor (target <= 3x)")
+    text = "\n".join(lines) + "\n" + summary
+    print(text)
+    out = ROOT / "benchmarks" / "results" / f"planner-speed-{dt.date.today().isoformat()}.md"
+    machine = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
+    out.write_text(f"# Planner speed and --json cold start\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
+                   f"machine: {machine}.\n\n{text}\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
