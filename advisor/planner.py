@@ -8,6 +8,7 @@ in the trace with its sentence; every method that lost says why.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -248,17 +249,20 @@ def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[
         max_bonus *= 1 + max(rule.spec.prefer, 0.0)
     survivors.sort(key=lambda item: -item[0].tokens_per_s)
     scored: list[tuple] = []
+    best: list[float] = []  # min-heap of the best `keep` scores so far
     for index, item in enumerate(survivors):
         option, cfg, things, matched = item
-        if len(scored) >= keep:
-            threshold = sorted((s[0].score for s in scored), reverse=True)[keep - 1]
-            if option.tokens_per_s * max_bonus < threshold:
-                scored += survivors[index:]
-                break
+        if len(best) >= keep and option.tokens_per_s * max_bonus < best[0]:
+            scored += survivors[index:]
+            break
         matched = [rule for rule in prefer_rules if rule.matches(things)]
         for rule in matched:
             option.score *= 1 + rule.spec.prefer
         scored.append((option, cfg, things, matched))
+        if len(best) < keep:
+            heapq.heappush(best, option.score)
+        elif option.score > best[0]:
+            heapq.heapreplace(best, option.score)
     return scored
 
 

@@ -34,10 +34,12 @@ def test_estimate_json_contract():
     assert proc.stderr == ""
 
 
-def test_json_path_never_imports_torch_or_textual():
+@pytest.mark.parametrize("command", [["estimate", "--json", "--model", "qwen2.5-7b"],
+                                     ["--json", "--model", "llama-2-7b", "--gpu", "rtx4090"]])
+def test_json_path_never_imports_torch_or_textual(command):
     code = ("import sys, io, contextlib; from advisor.cli import main; "
             "out = io.StringIO()\n"
-            "with contextlib.redirect_stdout(out): rc = main(['estimate', '--json', '--model', 'qwen2.5-7b'])\n"
+            f"with contextlib.redirect_stdout(out): rc = main({command!r})\n"
             "assert rc == 0; heavy = [m for m in ('torch', 'textual', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -151,7 +151,10 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
 
 def _run_ends(per_layer: list[int]) -> list[int]:
     """The first and last layer of every run of layers that save the same bytes."""
-    ends = {0, len(per_layer) - 1}
+    last = len(per_layer) - 1
+    if per_layer.count(per_layer[-1]) >= last:  # the usual case: every layer after the first alike
+        return sorted({0, min(1, last), last})
+    ends = {0, last}
     for l in range(1, len(per_layer)):
         if per_layer[l] != per_layer[l - 1]:
             ends.update((l - 1, l))
