@@ -115,13 +115,14 @@ def enumerate_candidates(goals: Goals, space: _Space) -> list[TrainConfig]:
         ranks = space.values("rank", RANKS) if method != "full" else [16]
         targets = space.values("targets", TARGETS) if method != "full" else ["all-linear"]
         for rank, target, ckpt, optimizer, micro, sharding, loss in itertools.product(
-                ranks, targets, (False, True), space.values("optimizer", OPTIMIZERS), MICRO_BATCHES,
+                ranks, targets, space.values("grad_ckpt", (False, True)), space.values("optimizer", OPTIMIZERS), MICRO_BATCHES,
                 space.values("sharding", SHARDINGS), LOSSES):
             if micro * goals.gpus > goals.effective_batch:
                 continue
             offloads = ("none", "optimizer") if sharding in ("zero3", "fsdp") else ("none",)
             if sharding == "zero3" and goals.gpus == 1:
                 offloads = ("optimizer",)  # ZeRO-3 on one GPU is only worth it for the offload
+            offloads = [o for o in offloads if o in space.values("offload", ("none", "optimizer", "params"))]
             # full fine-tuning: pure 16-bit, or mixed precision over fp32 master weights (the HF default)
             masters = (False, True) if method == "full" and fixed.get("precision") != "fp32" else (False,)
             for offload, master in itertools.product(offloads, masters):
