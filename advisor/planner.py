@@ -72,7 +72,8 @@ class Plan(BaseModel):
     trace: list[TraceEntry]
     rejected: list[Rejection] = Field(description="For each method (and ckpt/optimizer variant) that lost: why.")
     warnings: list[str]
-    candidates_evaluated: int
+    candidates_evaluated: int = Field(description="Candidates decided: estimated, or bounded by a smaller micro batch that did not fit.")
+    candidates_estimated: int = Field(0, description="Candidates the memory model estimated.")
     smallest_need_bytes: int | None = Field(None, description="When nothing fits: the least any candidate needs.")
     what_would_fit: list[str] = Field(default_factory=list)
 
@@ -185,9 +186,19 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     rejected_best: dict[tuple, tuple] = {}  # per kind of setup: the closest rejected candidate and its rule
     smallest: int | None = None
     candidates = enumerate_candidates(goals, space)
+    # Memory never shrinks with a larger micro batch (a tested property of the model), so once a micro
+    # batch does not fit, the larger ones of the same setup are decided without estimating them.
+    too_big: set[tuple] = set()
+    estimated = 0
     for cfg in candidates:
+        setup = _setup(cfg)
+        if usable is not None and setup in too_big:
+            continue
         est = estimate(arch, cfg, hw, detail=False)
+        estimated += 1
         need = est.peak_device_bytes
+        if usable is not None and need > usable:
+            too_big.add(setup)
         smallest = need if smallest is None else min(smallest, need)
         tp = throughput(arch, cfg, est, goals.effective_batch, tflops, bandwidth, gpu.nvlink)
         accum = max(1, -(-goals.effective_batch // (cfg.micro_batch * cfg.gpus)))
@@ -219,7 +230,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
                 if key not in alive]
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
-                    candidates_evaluated=len(candidates), smallest_need_bytes=smallest,
+                    candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
                     what_would_fit=_what_would_fit(smallest, usable, goals))
     # sentences are rendered only for what is shown: the chosen plan and its alternatives
     chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
@@ -238,7 +249,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
                                 source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
     return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw), alternatives=distinct, trace=trace,
-                rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates))
+                rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates),
+                candidates_estimated=estimated)
 
 
 def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[tuple]:
@@ -265,6 +277,12 @@ def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[
         elif option.score > best[0]:
             heapq.heapreplace(best, option.score)
     return scored
+
+
+def _setup(cfg: TrainConfig) -> tuple:
+    """Everything but the micro batch."""
+    return (cfg.method, cfg.rank, cfg.targets, cfg.grad_ckpt, cfg.optimizer, cfg.zero, cfg.fsdp, cfg.offload, cfg.loss,
+            cfg.master_weights)
 
 
 def _variant(cfg: TrainConfig) -> tuple:

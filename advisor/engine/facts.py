@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def flatten(things: dict[str, object]) -> dict[str, object]:
     return flat
 
 
+@lru_cache(maxsize=2)
 def type_schema(include_candidate: bool):
     """rule-engine OBJECT schemas built from the dataclasses (attributes are checked when a rule loads)."""
     from .ruleengine import rule_engine
