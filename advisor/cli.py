@@ -1,6 +1,6 @@
 """Command line: `lora-advisor estimate`, `gpus`, `models`; `--json` everywhere.
 
-Exit codes: 0 ok; 3 `plan` found nothing that fits (the JSON says the smallest need); 2 bad input (one line on stderr: the error and a hint; with --json also an error
+Exit codes: 0 ok; 4 `verify` ran out of memory (the report has the measured numbers); 3 `plan` found nothing that fits (the JSON says the smallest need); 2 bad input (one line on stderr: the error and a hint; with --json also an error
 document on stdout); 1 an unexpected internal error (a bug: please report it).
 """
 
@@ -186,6 +186,50 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if plan.chosen is not None else 3
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Run the configuration: a few real steps on the GPU (or CPU), or the fake-tensor dry run."""
+    from .memory import estimate
+    from .models import resolve_model
+    from .report import VerifyReport
+    from .verify.runner import run_to_end
+
+    arch = resolve_model(args.model)
+    cfg = train_config(args)
+    mode = "dry" if args.dry_run else args.device
+    if mode == "auto":
+        from .hardware.nvml import Nvml
+
+        with Nvml() as nvml:
+            detection = nvml.detect()
+        mode = "cuda" if detection.gpus else "dry"
+        if mode == "dry":
+            print(f"no CUDA GPU ({detection.reason}): running the dry run on fake tensors instead", file=sys.stderr)
+    hardware = _hardware(args)
+    predicted = estimate(arch, cfg, hardware)
+
+    def progress(event: dict) -> None:
+        if args.json:
+            return
+        if event["event"] == "step":
+            memory = f" · peak {event['peak_allocated_bytes'] / 2**30:.2f} GiB" if "peak_allocated_bytes" in event else ""
+            print(f"step {event['step']}/{args.steps} · loss {event['loss']:.3f} · {event['tokens_per_s']:,.0f} tok/s{memory}",
+                  file=sys.stderr)
+        elif event["event"] == "start":
+            print(f"verifying in a child process ({event['mode']}, pid {event['pid']}) ...", file=sys.stderr)
+
+    events = run_to_end(arch, cfg, mode, args.steps, progress)
+    report = VerifyReport.build(arch, cfg, mode, predicted, events)
+    if args.json:
+        _print_json(report)
+    else:
+        from .render import verify_text
+
+        print(verify_text(report))
+    if report.error:
+        return 1
+    return 4 if report.oom else 0
+
+
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="catalog name, config.json, model dir, or hub id")
     p.add_argument("--method", choices=["auto", "full", "lora", "qlora"], default="auto")
@@ -250,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_flags(plan)
     plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     plan.set_defaults(func=cmd_plan)
+    verify = sub.add_parser("verify", help="run a few training steps (or the dry run) and compare with the estimate")
+    add_model_and_training_flags(verify)
+    verify.add_argument("--steps", type=_positive_int, default=10)
+    verify.add_argument("--dry-run", action="store_true", help="trace one step on fake tensors (no GPU needed)")
+    verify.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                        help="auto: the GPU when there is one, else the dry run; cpu: a tiny real run for smoke tests")
+    verify.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    verify.set_defaults(func=cmd_verify)
     gpus = sub.add_parser("gpus", help="the NVIDIA GPUs on this machine (through NVML)")
     gpus.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     gpus.set_defaults(func=cmd_gpus)
@@ -263,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     try:
-        commands = {"estimate", "plan", "gpus", "models"}
+        commands = {"estimate", "plan", "verify", "gpus", "models"}
         if "--json" in argv and not commands & set(argv) and not {"-h", "--help"} & set(argv):
             argv = ["plan", *argv]  # `lora-advisor --json --model ...` is the planner
         args = build_parser().parse_args(argv)

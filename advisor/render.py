@@ -115,3 +115,22 @@ def plan_text(report) -> str:
             lines.append(f"  {_describe(alt.config):<70} {format_bytes(alt.need_bytes):>11}  ~{alt.tokens_per_s:,.0f} tok/s")
     lines.append(f"\n({plan.candidates_evaluated} candidates evaluated)")
     return "\n".join(lines)
+
+
+def verify_text(report) -> str:
+    lines = [f"{report.model.name} · {_describe(report.config)} · {report.mode}"]
+    if report.error:
+        lines.append(f"error: {report.error}" + (f" (hint: {report.hint})" if report.hint else ""))
+    if report.oom:
+        lines.append(f"does not fit: out of memory at step {report.oom.get('step')}"
+                     + (f" with {format_bytes(report.oom['allocated_bytes'])} allocated" if report.oom.get("allocated_bytes") else ""))
+        lines.append("next: `lora-advisor plan` with the same flags proposes a setup that fits")
+    if report.checks:
+        lines.append(f"{'':<12}{'predicted':>14}{'measured':>14}{'error':>9}")
+        for check in report.checks:
+            lines.append(f"{check.phase:<12}{format_bytes(check.predicted_bytes):>14}{format_bytes(check.measured_bytes):>14}"
+                         f"{check.error_percent:>+8.2f}%")
+    if report.steps:
+        last = report.steps[-1]
+        lines.append(f"{len(report.steps)} steps · last loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s")
+    return "\n".join(lines)

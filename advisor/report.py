@@ -118,6 +118,66 @@ class PlanReport(BaseModel):
                                    trainable_params=trainable), gpu=gpu or {}, goals=goals.model_dump(), plan=plan)
 
 
+class PhaseCheck(BaseModel):
+    phase: str
+    predicted_bytes: int
+    measured_bytes: int
+    error_percent: float
+
+
+class VerifyReport(BaseModel):
+    """`lora-advisor verify --json`: measured against predicted."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    config: TrainConfig
+    mode: str = Field(description="dry (fake tensors), cpu or cuda.")
+    checks: list[PhaseCheck] = Field(default_factory=list, description="Per phase (dry) or per level (cuda).")
+    steps: list[dict] = Field(default_factory=list, description="The worker's step events.")
+    peak_device_sample_bytes: int | None = Field(None, description="Largest NVML used-memory sample (all processes).")
+    oom: dict | None = Field(None, description="Set when the run ran out of memory: the step and memory at the failure.")
+    error: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def build(cls, arch, cfg, mode, predicted, events) -> "VerifyReport":
+        info = ModelInfo(name=arch.name, model_type=arch.model_type, params=predicted.total_params,
+                         trainable_params=predicted.trainable_params)
+        report = cls(model=info, config=cfg, mode=mode)
+        for event in events:
+            kind = event["event"]
+            if kind == "step":
+                report.steps.append(event)
+            elif kind == "sample":
+                used = [v for v in event["used_bytes"].values() if v is not None]
+                if used:
+                    report.peak_device_sample_bytes = max(report.peak_device_sample_bytes or 0, max(used))
+            elif kind == "oom":
+                report.oom = event
+            elif kind == "error":
+                report.error, report.hint = event.get("message"), event.get("hint")
+            elif kind == "cancelled":
+                report.error, report.hint = "cancelled", None
+            elif kind == "result" and mode == "dry":
+                for phase, measured in event["phase_peaks"].items():
+                    report.checks.append(_check(phase, getattr(predicted.phases, phase), measured))
+        # real runs: step 1 creates the optimizer states, so compare from step 2 on
+        later = report.steps[1:] or report.steps
+        if mode == "cuda" and later:
+            report.checks.append(_check("allocated", predicted.peak_allocated_bytes,
+                                        max(s["peak_allocated_bytes"] for s in later)))
+            report.checks.append(_check("reserved", predicted.peak_reserved_bytes,
+                                        max(s["peak_reserved_bytes"] for s in later)))
+            if report.peak_device_sample_bytes:
+                report.checks.append(_check("device", predicted.peak_device_bytes, report.peak_device_sample_bytes))
+        return report
+
+
+def _check(phase: str, predicted: int, measured: int) -> PhaseCheck:
+    return PhaseCheck(phase=phase, predicted_bytes=predicted, measured_bytes=measured,
+                      error_percent=100.0 * (predicted - measured) / measured if measured else 0.0)
+
+
 class ErrorReport(BaseModel):
     """What `--json` prints on stdout when the input is bad (exit code 2)."""
 
@@ -130,4 +190,4 @@ from .planner import Plan  # noqa: E402  (after the report models it refers to)
 
 PlanReport.model_rebuild()
 
-SCHEMAS = {"plan": PlanReport, "estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}
+SCHEMAS = {"verify": VerifyReport, "plan": PlanReport, "estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}

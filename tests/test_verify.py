@@ -1,0 +1,75 @@
+"""The verification run: a child process that streams events; the dry run when there is no GPU."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from advisor.memory import TrainConfig  # noqa: E402
+from advisor.models import resolve_model  # noqa: E402
+from advisor.verify.runner import VerifyRun, run_to_end  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 688, "vocab_size": 1024, "max_position_embeddings": 512}
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def test_dry_run_in_the_child_matches_the_estimate(tiny):
+    proc = subprocess.run([sys.executable, "-m", "advisor", "verify", "--json", "--dry-run", "--model", str(tiny),
+                           "--seq-len", "256", "--method", "lora"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mode"] == "dry" and [c["phase"] for c in report["checks"]] == ["forward", "backward", "optimizer"]
+    for check in report["checks"]:
+        assert abs(check["error_percent"]) <= 2.0
+
+
+def test_cpu_smoke_run_trains(tiny):
+    arch = resolve_model(str(tiny))
+    events = run_to_end(arch, TrainConfig(method="lora", seq_len=64), "cpu", steps=3)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(s["loss"] == s["loss"] and s["loss"] > 0 for s in steps)  # finite, positive
+    assert events[-1]["event"] == "result"
+
+
+def test_cancel_ends_the_child_quickly(tiny):
+    arch = resolve_model(str(tiny)).model_copy(update={"num_layers": 8, "hidden_size": 512, "intermediate_size": 2048})
+    run = VerifyRun(arch, TrainConfig(method="full", seq_len=512, micro_batch=4), "cpu", steps=10_000)
+    events = run.events()
+    assert next(events)["event"] == "start"
+    started = time.perf_counter()
+    run.cancel()
+    assert time.perf_counter() - started < 3.0
+    rest = list(events)
+    assert rest and rest[-1]["event"] == "cancelled"
+
+
+def test_cuda_without_a_gpu_is_an_error_event_not_a_crash(tiny):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    events = run_to_end(resolve_model(str(tiny)), TrainConfig(method="lora", seq_len=64), "cuda", steps=1)
+    assert events[-1]["event"] == "error" and "CUDA" in events[-1]["message"]
+
+
+def test_verify_parent_never_imports_torch(tiny):
+    code = ("import sys, io, contextlib; from advisor.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()): rc = main(['verify', '--json', '--dry-run', '--model', {str(tiny)!r}, '--seq-len', '64'])\n"
+            "assert rc == 0, rc; assert 'torch' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
