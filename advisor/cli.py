@@ -83,6 +83,7 @@ def add_model_and_training_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--offload", choices=["none", "optimizer", "params"], default="none")
     d.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, h100, 4xA100-80GB")
     d.add_argument("--vram", default=None, help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
+    d.add_argument("--no-calibration", action="store_true", help="ignore (and do not store) calibration from real runs")
 
 
 def train_config(args: argparse.Namespace, rank: int | None = None):
@@ -113,6 +114,18 @@ def _hardware(args: argparse.Namespace):
             detection = nvml.detect()
     gpus = args.gpus if args.gpus != 1 else None
     return hardware_for(args.gpu, args.vram, gpus, detection)
+
+
+def _calibration(args: argparse.Namespace, arch, cfg, hardware):
+    """The newest stored point for this GPU, model family and method (unless --no-calibration)."""
+    if args.no_calibration or hardware is None:
+        return None
+    from .verify.calibration import find_point
+
+    point, problem = find_point(hardware.name, arch.model_type, cfg.method)
+    if problem:
+        print(f"note: {problem}", file=sys.stderr)
+    return point
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -147,7 +160,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             print(rank_table(arch, cfg, rows))
         return 0
     cfg = train_config(args)
-    est = estimate(arch, cfg, hardware)
+    est = estimate(arch, cfg, hardware, calibration=_calibration(args, arch, cfg, hardware))
     report = EstimateReport.build(arch, cfg, est)
     if args.json:
         _print_json(report)
@@ -219,6 +232,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     events = run_to_end(arch, cfg, mode, args.steps, progress)
     report = VerifyReport.build(arch, cfg, mode, predicted, events)
+    if mode == "cuda" and not args.no_calibration:
+        from .verify.calibration import point_from_report, save_point
+
+        point = point_from_report(report, arch, report.environment)
+        if point is not None:
+            report.calibration_saved = str(save_point(point))
     if args.json:
         _print_json(report)
     else:

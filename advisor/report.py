@@ -35,6 +35,7 @@ class EstimateReport(BaseModel):
     fits: bool | None = None
     headroom_bytes: int | None = None
     notes: list[str] = Field(default_factory=list)
+    calibration: dict | None = Field(None, description="The calibration point applied (from a real run), if any.")
 
     @classmethod
     def build(cls, arch, cfg: TrainConfig, est: MemoryEstimate) -> "EstimateReport":
@@ -44,7 +45,7 @@ class EstimateReport(BaseModel):
             config=cfg,
             **est.model_dump(include={"peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_phase",
                                       "phases", "components", "host_ram_bytes", "tokens_per_micro_batch",
-                                      "capacity_bytes", "fits", "headroom_bytes", "notes"}),
+                                      "capacity_bytes", "fits", "headroom_bytes", "notes", "calibration"}),
         )
 
 
@@ -138,6 +139,8 @@ class VerifyReport(BaseModel):
     oom: dict | None = Field(None, description="Set when the run ran out of memory: the step and memory at the failure.")
     error: str | None = None
     hint: str | None = None
+    environment: dict = Field(default_factory=dict, description="GPU, driver, CUDA, torch and library versions (real runs).")
+    calibration_saved: str | None = Field(None, description="Where the calibration point of this run was stored.")
 
     @classmethod
     def build(cls, arch, cfg, mode, predicted, events) -> "VerifyReport":
@@ -158,6 +161,8 @@ class VerifyReport(BaseModel):
                 report.error, report.hint = event.get("message"), event.get("hint")
             elif kind == "cancelled":
                 report.error, report.hint = "cancelled", None
+            elif kind == "result" and mode != "dry":
+                report.environment = event.get("environment", {})
             elif kind == "result" and mode == "dry":
                 for phase, measured in event["phase_peaks"].items():
                     report.checks.append(_check(phase, getattr(predicted.phases, phase), measured))

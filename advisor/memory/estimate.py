@@ -22,9 +22,12 @@ from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
 
 
-def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True) -> MemoryEstimate:
+def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True,
+             calibration=None) -> MemoryEstimate:
     """The memory of one configuration.  ``detail=False`` skips the component breakdown (the planner's
-    fast path over thousands of candidates); every number that decides fits is the same."""
+    fast path over thousands of candidates); every number that decides fits is the same.  ``calibration``
+    (a CalibrationPoint from a real run on this GPU) replaces the overhead constants with what was
+    measured."""
     pb = param_bytes(arch, cfg)
     opt = optimizer_bytes(arch, cfg, pb)
     gpu = per_gpu_states(arch, cfg, pb, opt)
@@ -126,10 +129,19 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
     reserved = allocated + over.fragmentation
     device = reserved + over.context + over.outside_torch
+    calibrated = None
+    if calibration is not None:
+        allocated = int(allocated * calibration.allocated_ratio)
+        reserved = int(allocated * calibration.reserved_over_allocated)
+        context = calibration.context_bytes if calibration.context_bytes is not None else over.context
+        device = reserved + context + over.outside_torch
+        calibrated = (f"calibrated from a real run on {calibration.gpu_name} ({calibration.model_family}, "
+                      f"{calibration.method}, {calibration.measured_at}): allocated x{calibration.allocated_ratio:.3f}, "
+                      f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
                              loss_fwd, loss_bwd, over, per_layer) if detail else []
-    notes = _notes(arch, cfg, attn)
+    notes = _notes(arch, cfg, attn) + ([calibrated] if calibrated else [])
     # model_construct: every value here is computed, not user input; validation would only cost time
     # (the planner builds thousands of these)
     result = MemoryEstimate.model_construct(
@@ -138,7 +150,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
         tokens_per_micro_batch=T, notes=notes, activation_bytes=stored_acts + shared + final,
-        optimizer_state_bytes=gpu.states,
+        optimizer_state_bytes=gpu.states, calibration=calibration.model_dump() if calibration else None,
     )
     if hardware is not None:
         result.capacity_bytes = hardware.usable_bytes

@@ -43,6 +43,7 @@ class MemoryEstimate(BaseModel):
     activation_bytes: int = Field(0, description="Saved activations (incl. checkpoint inputs) at the end of forward.")
     optimizer_state_bytes: int = Field(0, description="Optimizer states resident on one GPU.")
     notes: list[str] = Field(default_factory=list)
+    calibration: dict | None = Field(None, description="The calibration point applied, if any.")
     capacity_bytes: int | None = Field(None, description="One GPU's usable memory, when known.")
     fits: bool | None = Field(None, description="peak_device_bytes <= capacity_bytes, when a capacity is known.")
     headroom_bytes: int | None = Field(None, description="capacity_bytes - peak_device_bytes (negative: does not fit).")

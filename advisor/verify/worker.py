@@ -76,7 +76,7 @@ def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
                           "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
                           "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
             emit("step", step=step, loss=float(loss), seconds=seconds, tokens_per_s=tokens / seconds, **memory)
-        emit("result", mode=device, steps=steps)
+        emit("result", mode=device, steps=steps, environment=_environment(device))
     except torch.OutOfMemoryError as exc:
         memory = {}
         if device == "cuda":
@@ -87,6 +87,26 @@ def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
         stop.set()
         if sampler is not None:
             sampler.join(timeout=1.0)
+
+
+def _environment(device: str) -> dict:
+    """What a calibration point is keyed and labelled by."""
+    import torch
+
+    env = {"torch_version": torch.__version__, "cuda_version": torch.version.cuda, "stack": {}}
+    for name in ("transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            env["stack"][name] = __import__(name).__version__
+        except Exception:  # not installed: not part of the stack
+            pass
+    if device == "cuda":
+        env["gpu_name"] = torch.cuda.get_device_name()
+        from ..hardware.nvml import Nvml
+
+        with Nvml() as nvml:
+            detection = nvml.detect()
+        env["driver_version"] = detection.driver.driver_version if detection.driver else None
+    return env
 
 
 def run_dry_event(arch, cfg) -> None:

@@ -1,0 +1,106 @@
+"""Calibration from real runs: what a GPU run measured, stored per setup, applied to later estimates.
+
+The tensor-level model is checked against the oracle; what only a GPU shows (allocator fragmentation,
+the CUDA context, kernel workspaces, bitsandbytes' CUDA temporaries) is what calibration learns.  Each
+real `verify` run stores one point in the user data directory (platformdirs); later estimates for the
+same GPU, model family and method apply the newest point and say so.  A corrupt store is reported and
+ignored, never fatal.  Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+STORE_NAME = "calibration.json"
+
+
+class CalibrationPoint(BaseModel):
+    gpu_name: str
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    torch_version: str | None = None
+    stack: dict[str, str] = Field(default_factory=dict, description="transformers / peft / bitsandbytes versions.")
+    model_family: str
+    method: str
+    allocated_ratio: float = Field(gt=0, description="measured / predicted peak allocated bytes.")
+    reserved_over_allocated: float = Field(ge=1.0, description="measured peak reserved / peak allocated.")
+    context_bytes: int | None = Field(None, ge=0, description="device used (NVML) - reserved: context + outside torch.")
+    measured_at: str
+
+
+def store_path() -> Path:
+    override = os.environ.get("LORA_ADVISOR_DATA_DIR")
+    if override:
+        return Path(override) / STORE_NAME
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("lora-advisor")) / STORE_NAME
+
+
+def load_points(path: Path | None = None) -> tuple[list[CalibrationPoint], str | None]:
+    """(points, problem): a missing store is empty; a corrupt one is empty plus a one-line problem."""
+    path = path or store_path()
+    if not path.exists():
+        return [], None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [CalibrationPoint.model_validate(item) for item in data["points"]], None
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        return [], f"calibration store {path} is unreadable ({type(exc).__name__}); ignored"
+
+
+def save_point(point: CalibrationPoint, path: Path | None = None) -> Path:
+    path = path or store_path()
+    points, problem = load_points(path)
+    points.append(point)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"schema_version": 1, "points": [p.model_dump() for p in points]}, indent=2)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def canonical_gpu_name(name: str) -> str:
+    """The catalog name when the GPU is catalogued: NVML's "NVIDIA GeForce RTX 4090" and --gpu 4090 agree."""
+    from ..hardware.catalog import find_gpu
+
+    spec = find_gpu(name)
+    return spec.name if spec else name
+
+
+def find_point(gpu_name: str, model_family: str, method: str, path: Path | None = None) -> tuple[CalibrationPoint | None, str | None]:
+    points, problem = load_points(path)
+    key = (canonical_gpu_name(gpu_name), model_family, method)
+    matching = [p for p in points if (canonical_gpu_name(p.gpu_name), p.model_family, p.method) == key]
+    return (max(matching, key=lambda p: p.measured_at) if matching else None), problem
+
+
+def point_from_report(report, arch, environment: dict) -> CalibrationPoint | None:
+    """A point from a real CUDA verify report (None when it measured nothing usable)."""
+    checks = {c.phase: c for c in report.checks}
+    if "allocated" not in checks or "reserved" not in checks:
+        return None
+    allocated = checks["allocated"]
+    reserved = checks["reserved"]
+    context = None
+    if report.peak_device_sample_bytes:
+        context = max(report.peak_device_sample_bytes - reserved.measured_bytes, 0)
+    return CalibrationPoint(
+        gpu_name=canonical_gpu_name(environment.get("gpu_name") or "unknown"), driver_version=environment.get("driver_version"),
+        cuda_version=environment.get("cuda_version"), torch_version=environment.get("torch_version"),
+        stack=environment.get("stack", {}), model_family=arch.model_type, method=report.config.method,
+        allocated_ratio=allocated.measured_bytes / allocated.predicted_bytes,
+        reserved_over_allocated=max(1.0, reserved.measured_bytes / max(allocated.measured_bytes, 1)),
+        context_bytes=context, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -1,0 +1,77 @@
+"""Calibration points: stored atomically, applied to matching estimates (and said so), corrupt stores ignored."""
+
+import json
+
+import pytest
+
+from advisor.cli import main
+from advisor.memory import TrainConfig, estimate
+from advisor.models import resolve_model
+from advisor.verify.calibration import CalibrationPoint, find_point, load_points, point_from_report, save_point
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_ADVISOR_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def point(**overrides):
+    values = dict(gpu_name="RTX 4090", model_family="llama", method="qlora", allocated_ratio=1.02,
+                  reserved_over_allocated=1.10, context_bytes=600 * 2**20, measured_at="2026-11-28T00:00:00+00:00")
+    return CalibrationPoint(**{**values, **overrides})
+
+
+def test_saved_point_is_found_for_the_same_setup_only(data_dir):
+    save_point(point())
+    save_point(point(measured_at="2026-11-29T00:00:00+00:00", allocated_ratio=1.05))
+    found, problem = find_point("RTX 4090", "llama", "qlora")
+    assert problem is None and found.allocated_ratio == 1.05  # the newest
+    assert find_point("RTX 4090", "llama", "lora")[0] is None
+    assert find_point("H100 SXM", "llama", "qlora")[0] is None
+    assert find_point("NVIDIA GeForce RTX 4090", "llama", "qlora")[0] is not None
+    assert not list(data_dir.glob(".calibration-*"))  # no temp file left behind
+
+
+def test_estimate_applies_it_and_says_so(data_dir, capsys):
+    arch, cfg = resolve_model("llama-3.1-8b"), TrainConfig(method="qlora", grad_ckpt=True)
+    plain = estimate(arch, cfg)
+    calibrated = estimate(arch, cfg, calibration=point())
+    assert calibrated.peak_allocated_bytes == int((plain.peak_allocated_bytes) * 1.02)
+    assert calibrated.peak_reserved_bytes == int(calibrated.peak_allocated_bytes * 1.10)
+    assert any("calibrated from a real run" in note for note in calibrated.notes)
+    save_point(point())
+    assert main(["estimate", "--json", "--model", "llama-3.1-8b", "--method", "qlora", "--gpu", "4090"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["calibration"]["gpu_name"] == "RTX 4090"
+    assert main(["estimate", "--json", "--model", "llama-3.1-8b", "--method", "qlora", "--gpu", "4090",
+                 "--no-calibration"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] is None
+
+
+def test_corrupt_store_is_reported_and_ignored(data_dir, capsys):
+    (data_dir / "calibration.json").write_text("{not json")
+    points, problem = load_points()
+    assert points == [] and "unreadable" in problem
+    assert main(["estimate", "--model", "llama-3.1-8b", "--method", "qlora", "--gpu", "4090"]) == 0
+    captured = capsys.readouterr()
+    assert "unreadable" in captured.err and "phase peaks" in captured.out
+    save_point(point())  # a new point replaces the unreadable store instead of failing
+    assert find_point("RTX 4090", "llama", "qlora")[0] is not None
+
+
+def test_point_from_a_real_run_report():
+    from advisor.report import VerifyReport
+
+    arch, cfg = resolve_model("llama-3.2-1b"), TrainConfig(method="lora")
+    predicted = estimate(arch, cfg)
+    events = [{"event": "step", "step": i, "loss": 1.0, "seconds": 1.0, "tokens_per_s": 1.0,
+               "peak_allocated_bytes": int(predicted.peak_allocated_bytes * 1.01),
+               "peak_reserved_bytes": int(predicted.peak_allocated_bytes * 1.08)} for i in (1, 2)]
+    events.append({"event": "sample", "used_bytes": {"0": int(predicted.peak_allocated_bytes * 1.08) + 700 * 2**20}})
+    report = VerifyReport.build(arch, cfg, "cuda", predicted, events)
+    made = point_from_report(report, arch, {"gpu_name": "NVIDIA H100 80GB HBM3"})
+    assert made.gpu_name == "H100 SXM"  # NVML's name, stored under the catalog's
+    assert made.allocated_ratio == pytest.approx(1.01, rel=1e-3)
+    assert made.reserved_over_allocated == pytest.approx(1.08 / 1.01, rel=1e-3)
+    assert made.context_bytes == pytest.approx(700 * 2**20, rel=1e-3)
