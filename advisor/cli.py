@@ -135,6 +135,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     arch = resolve_model(args.model)
     hardware = _hardware(args)
+    if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
+        args.gpus = hardware.count  # --gpu 4xA100-80GB means a 4-GPU job
     if len(args.rank) > 1:
         if args.method == "full":
             raise UsageError("--rank with several values needs --method lora or qlora", "full fine-tuning has no rank")
