@@ -206,8 +206,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         facts = CandidateFacts(
             method=cfg.method, rank=cfg.rank if cfg.uses_adapters else 0, targets=cfg.targets[0],
             grad_ckpt=cfg.grad_ckpt, optimizer=cfg.optimizer, micro_batch=cfg.micro_batch, grad_accum=accum,
-            sharding=cfg.sharding, offload=cfg.offload, precision=cfg.precision, master_weights=cfg.master_weights, loss=cfg.loss, need_gib=need / GiB,
-            usable_gib=cap / GiB, fits=need <= cap, headroom_gib=(cap - need) / GiB,
+            sharding=cfg.sharding, offload=cfg.offload, precision=cfg.precision, master_weights=cfg.master_weights,
+            loss=cfg.loss, need_gib=need / GiB, usable_gib=cap / GiB, fits=need <= cap, headroom_gib=(cap - need) / GiB,
             headroom_frac=(cap - need) / cap if cap else 0.0,
             activation_share=_share(est, "activations", need), state_share=_share(est, "optimizer_states", need),
             tokens_per_s=tp.tokens_per_s)
@@ -228,6 +228,9 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     rejected = [Rejection(option=_describe(cfg), reason=rule.sentence(things), rule=rule.id)
                 for key, (_, rule, things, cfg) in sorted(rejected_best.items(), key=lambda item: item[1][0])
                 if key not in alive]
+    for rejection in rejected:
+        trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
+                                source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
@@ -245,9 +248,6 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             distinct.append(option)
         if len(distinct) >= top:
             break
-    for rejection in rejected:
-        trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
-                                source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
     return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw), alternatives=distinct, trace=trace,
                 rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates),
                 candidates_estimated=estimated)

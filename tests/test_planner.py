@@ -67,6 +67,7 @@ def test_nothing_fits_is_a_clear_answer(capsys):
     plan = make_plan(resolve_model("llama-3.1-70b"), hw, Goals(seq_len=4096), RULES)
     assert plan.chosen is None and plan.smallest_need_bytes > hw.usable_bytes
     assert plan.what_would_fit and "GiB" in plan.what_would_fit[0]
+    assert any(t.kind == "forbid" and t.rule == "must-fit" for t in plan.trace)
     assert main(["plan", "--json", "--model", "llama-3.1-70b", "--vram", "4GiB"]) == 3
     doc = json.loads(capsys.readouterr().out)
     assert doc["plan"]["chosen"] is None and doc["plan"]["smallest_need_bytes"] > 4 * 2**30
