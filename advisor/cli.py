@@ -56,7 +56,8 @@ def _targets(text: str) -> tuple[str, ...]:
 
 def add_model_and_training_flags(p: argparse.ArgumentParser) -> None:
     """The flags every planning command shares (estimate now; plan, export, verify later)."""
-    p.add_argument("--model", "-m", required=True, help="catalog name (llama-3.1-8b), config.json, model dir, or hub id")
+    p.add_argument("--model", "-m", default=None, help="catalog name (llama-3.1-8b), config.json, model dir, or hub id")
+    p.add_argument("--from", dest="from_file", default=None, help="read model and settings from an axolotl, LLaMA-Factory or TRL YAML")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=["full", "lora", "qlora", "lora8bit"], default="lora")
     g.add_argument("--rank", "-r", type=_ranks, default=[16], help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
@@ -128,11 +129,32 @@ def _calibration(args: argparse.Namespace, arch, cfg, hardware):
     return point
 
 
+def _from_file(args: argparse.Namespace) -> None:
+    """--from FILE: the model and the training fields come from an axolotl / LLaMA-Factory / TRL YAML."""
+    from pathlib import Path
+
+    from .export.readback import read_config
+
+    back = read_config(Path(args.from_file))
+    args.model = back.model
+    for name, value in back.fields.items():
+        if name == "rank":
+            value = [value]
+        setattr(args, name, value)
+    if back.unknown:
+        print(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}",
+              file=sys.stderr)
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .memory import estimate
     from .models import resolve_model
     from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
 
+    if args.from_file:
+        _from_file(args)
+    if not args.model:
+        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
     arch = resolve_model(args.model)
     hardware = _hardware(args)
     if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
@@ -208,6 +230,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .report import VerifyReport
     from .verify.runner import run_to_end
 
+    if args.from_file:
+        _from_file(args)
+    if not args.model:
+        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
     arch = resolve_model(args.model)
     cfg = train_config(args)
     mode = "dry" if args.dry_run else args.device
@@ -249,6 +275,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report.error:
         return 1
     return 4 if report.oom else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import ExportContext, render_all
+    from .export.writer import write_files
+    from .memory import estimate
+    from .models import resolve_model
+    from .models.catalog import hub_id_for
+
+    if args.from_file:
+        _from_file(args)
+    if not args.model:
+        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
+    arch = resolve_model(args.model)
+    hardware = _hardware(args)
+    if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
+        args.gpus = hardware.count
+    cfg = train_config(args)
+    est = estimate(arch, cfg, hardware)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    ctx = ExportContext(arch=arch, cfg=cfg, estimate=est, model_id=hub_id_for(arch.name),
+                        effective_batch=args.effective_batch, gpu_name=hardware.name if hardware else "unknown GPU")
+    files = render_all(ctx, formats)
+    target = Path(args.output) if args.output else Path("lora-advisor-export")
+    written = write_files(files, target, args.force)
+    if args.json:
+        print(json.dumps({"schema_version": 1, "written": [str(p) for p in written]}, indent=2))
+    else:
+        for path in written:
+            print(f"wrote {path}")
+    return 0
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -323,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: the GPU when there is one, else the dry run; cpu: a tiny real run for smoke tests")
     verify.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     verify.set_defaults(func=cmd_verify)
+    export = sub.add_parser("export", help="write the config for PEFT+TRL, TRL, axolotl, LLaMA-Factory, accelerate, DeepSpeed")
+    add_model_and_training_flags(export)
+    export.add_argument("--format", "-f", required=True,
+                        help="peft-trl, trl-yaml, axolotl, llamafactory, accelerate, deepspeed (comma list for several)")
+    export.add_argument("--output", "-o", default=None, help="a file (one format) or a directory (default lora-advisor-export/)")
+    export.add_argument("--force", action="store_true", help="overwrite existing files")
+    export.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
+    export.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    export.set_defaults(func=cmd_export)
     gpus = sub.add_parser("gpus", help="the NVIDIA GPUs on this machine (through NVML)")
     gpus.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     gpus.set_defaults(func=cmd_gpus)
@@ -336,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     try:
-        commands = {"estimate", "plan", "verify", "gpus", "models"}
+        commands = {"estimate", "plan", "verify", "export", "gpus", "models"}
         if "--json" in argv and not commands & set(argv) and not {"-h", "--help"} & set(argv):
             argv = ["plan", *argv]  # `lora-advisor --json --model ...` is the planner
         args = build_parser().parse_args(argv)

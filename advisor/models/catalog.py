@@ -48,6 +48,12 @@ def catalog_arch(name: str) -> ModelArch | None:
     return arch_from_config(entry["config"], name=entry["name"])
 
 
+def hub_id_for(arch_name: str) -> str:
+    """The Hugging Face repo id of a catalog model (exports need it); other names are returned as given."""
+    entry = _catalog_index().get(_normalise(arch_name))
+    return (entry or {}).get("hf_id") or arch_name
+
+
 def nearest_names(name: str, count: int = 3) -> list[str]:
     """The catalog names closest to what was typed, best first."""
     keys = {_normalise(n): n for n in catalog_names()}

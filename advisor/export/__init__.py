@@ -1,0 +1,26 @@
+"""Exporters: the chosen config in the files people train with.  Each returns {filename: text}."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .context import ExportContext, ExportError
+from .launch import accelerate, deepspeed
+from .peft_trl import render as peft_trl
+from .yaml_formats import axolotl, llamafactory, trl_yaml
+
+FORMATS: dict[str, Callable[[ExportContext], dict[str, str]]] = {
+    "peft-trl": peft_trl, "trl-yaml": trl_yaml, "axolotl": axolotl, "llamafactory": llamafactory,
+    "accelerate": accelerate, "deepspeed": deepspeed,
+}
+
+__all__ = ["FORMATS", "ExportContext", "ExportError", "render_all"]
+
+
+def render_all(ctx: ExportContext, formats: list[str]) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for name in formats:
+        if name not in FORMATS:
+            raise ExportError(f"unknown export format {name!r}", "formats: " + ", ".join(FORMATS))
+        files.update(FORMATS[name](ctx))
+    return files

@@ -1,0 +1,43 @@
+"""Writing exported files: atomically, never over an existing file without --force, all or nothing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .context import ExportError
+
+
+def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
+    """``target`` is a directory (several files) or, for a single file, a file path."""
+    if len(files) == 1 and target.suffix:
+        paths = {target: next(iter(files.values()))}
+    else:
+        paths = {target / name: text for name, text in files.items()}
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise ExportError(f"{existing[0]} exists", "pass --force to overwrite, or -o another path")
+    for path in paths:
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"cannot create {parent}: {exc.strerror}", "choose a writable -o path") from None
+        if not os.access(parent, os.W_OK):
+            raise ExportError(f"{parent} is not writable", "choose a writable -o path")
+    # every file goes to a temp file first; only when all are written do they get their names
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in paths.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            staged.append((tmp, path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise ExportError(f"cannot write {exc.filename}: {exc.strerror}", "choose a writable -o path") from None
+    return list(paths)

@@ -1,0 +1,101 @@
+"""The YAML formats: TRL's CLI (`trl sft --config`), axolotl and LLaMA-Factory.
+
+Key names follow each framework's current version (shared/reference/export-formats.md, section 3).
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from .context import ExportContext, ExportError
+
+
+def _dump(ctx: ExportContext, data: dict) -> str:
+    return ctx.header() + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _deepspeed_file(ctx: ExportContext) -> dict:
+    return {"deepspeed": "ds_config.json"} if ctx.cfg.zero else {}
+
+
+def trl_yaml(ctx: ExportContext) -> dict[str, str]:
+    cfg = ctx.cfg
+    data: dict = {"model_name_or_path": ctx.model_id, "dtype": ctx.dtype, "output_dir": "outputs",
+                  "max_length": cfg.seq_len, "per_device_train_batch_size": cfg.micro_batch,
+                  "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
+                  "optim": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
+                  "bf16": cfg.precision == "bf16", "fp16": cfg.precision == "fp16",
+                  "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")}
+    if cfg.method != "full":
+        data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
+                     "lora_target_modules": "all-linear" if ctx.all_linear else ctx.target_modules()})
+        if cfg.train_embeddings:
+            data["lora_modules_to_save"] = ["embed_tokens", "lm_head"]
+    if cfg.method == "qlora":
+        data.update({"load_in_4bit": True, "bnb_4bit_quant_type": cfg.quant_type, "use_bnb_nested_quant": cfg.double_quant})
+        if ctx.quant_storage_bf16:
+            data["bnb_4bit_quant_storage"] = "bfloat16"
+    elif cfg.method == "lora8bit":
+        data["load_in_8bit"] = True
+    data.update(_deepspeed_file(ctx))
+    return {"trl_sft.yaml": _dump(ctx, data)}
+
+
+def axolotl(ctx: ExportContext) -> dict[str, str]:
+    cfg = ctx.cfg
+    data: dict = {"base_model": ctx.model_id, "sequence_len": cfg.seq_len, "micro_batch_size": cfg.micro_batch,
+                  "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
+                  "optimizer": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
+                  "bf16": cfg.precision == "bf16", "fp16": cfg.precision == "fp16",
+                  "flash_attention": cfg.attn == "flash", "sdp_attention": cfg.attn in ("sdpa", "auto"),
+                  "num_epochs": 1, "output_dir": "./outputs",
+                  "datasets": [{"path": "DATASET", "type": "alpaca"}]}
+    if cfg.method != "full":
+        data.update({"adapter": "qlora" if cfg.method == "qlora" else "lora", "lora_r": cfg.rank,
+                     "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0})
+        if ctx.all_linear:
+            data["lora_target_linear"] = True
+        else:
+            data["lora_target_modules"] = ctx.target_modules()
+        if cfg.train_embeddings:
+            data["lora_modules_to_save"] = ["embed_tokens", "lm_head"]
+    if cfg.method == "qlora":
+        data["load_in_4bit"] = True  # axolotl's validator requires it with adapter: qlora
+        if cfg.quant_type != "nf4" or not cfg.double_quant:
+            data["bnb_config_kwargs"] = {"bnb_4bit_quant_type": cfg.quant_type,
+                                         "bnb_4bit_use_double_quant": cfg.double_quant}
+    elif cfg.method == "lora8bit":
+        data["load_in_8bit"] = True
+    if cfg.fsdp:
+        data.update({"fsdp_version": 2, "fsdp_config": {
+            "offload_params": cfg.offload == "params", "reshard_after_forward": True,
+            "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "cpu_ram_efficient_loading": cfg.method != "qlora"}})  # FSDP2 + 4-bit + efficient loading deadlocks
+    data.update(_deepspeed_file(ctx))
+    return {"axolotl.yaml": _dump(ctx, data)}
+
+
+def llamafactory(ctx: ExportContext) -> dict[str, str]:
+    cfg = ctx.cfg
+    if cfg.method == "full" and cfg.train_embeddings:
+        raise ExportError("--train-embeddings applies to adapters", "full fine-tuning trains the embeddings anyway")
+    data: dict = {"model_name_or_path": ctx.model_id, "stage": "sft", "do_train": True,
+                  "finetuning_type": "full" if cfg.method == "full" else "lora",
+                  "dataset": "DATASET", "template": "default", "cutoff_len": cfg.seq_len, "output_dir": "outputs",
+                  "per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": ctx.grad_accum,
+                  "learning_rate": ctx.lr, "num_train_epochs": 1.0, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.03, "optim": ctx.hf_optim, "bf16": cfg.precision == "bf16",
+                  "fp16": cfg.precision == "fp16", "flash_attn": "fa2" if cfg.attn == "flash" else "sdpa",
+                  "disable_gradient_checkpointing": not cfg.grad_ckpt}
+    if cfg.method != "full":
+        data.update({"lora_rank": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
+                     "lora_target": "all" if ctx.all_linear else ",".join(ctx.target_modules())})
+        if cfg.train_embeddings:
+            data["additional_target"] = "embed_tokens,lm_head"
+    if cfg.method == "qlora":
+        data.update({"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": cfg.quant_type,
+                     "double_quantization": cfg.double_quant, "upcast_layernorm": True})
+    elif cfg.method == "lora8bit":
+        data.update({"quantization_bit": 8, "quantization_method": "bnb"})
+    data.update(_deepspeed_file(ctx))
+    return {"llamafactory.yaml": _dump(ctx, data)}
