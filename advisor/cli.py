@@ -201,6 +201,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .planner import Goals, make_plan
     from .report import PlanReport
 
+    if args.from_file:  # plan for what the file trains: its model, sequence length, method and batch
+        from pathlib import Path
+
+        from .export.readback import read_config
+
+        back = read_config(Path(args.from_file))
+        args.model, args.method = back.model, back.fields.get("method", "auto")
+        args.seq_len = back.fields.get("seq_len", args.seq_len)
+        args.effective_batch = back.fields.get("micro_batch", 1) * back.grad_accum * args.gpus
+    if not args.model:
+        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
     arch = resolve_model(args.model)
     rules = default_rules()
     for path in args.rules or []:
@@ -311,8 +322,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, help="catalog name, config.json, model dir, or hub id")
-    p.add_argument("--method", choices=["auto", "full", "lora", "qlora"], default="auto")
+    p.add_argument("--model", "-m", default=None, help="catalog name, config.json, model dir, or hub id")
+    p.add_argument("--from", dest="from_file", default=None, help="plan for what an axolotl, LLaMA-Factory or TRL YAML trains")
+    p.add_argument("--method", choices=["auto", "full", "lora", "qlora", "lora8bit"], default="auto")
     p.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
     p.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
     p.add_argument("--prefer", choices=["speed", "quality"], default="speed")

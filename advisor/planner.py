@@ -36,7 +36,7 @@ SHARDINGS = ("single", "ddp", "zero2", "zero3", "fsdp")
 class Goals(BaseModel):
     seq_len: int = Field(2048, gt=0)
     effective_batch: int = Field(16, gt=0, description="Sequences per optimizer step over all GPUs.")
-    method: str = Field("auto", pattern="^(auto|full|lora|qlora)$")
+    method: str = Field("auto", pattern="^(auto|full|lora|qlora|lora8bit)$")
     prefer: str = Field("speed", pattern="^(speed|quality)$")
     gpus: int = Field(1, gt=0)
 

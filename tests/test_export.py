@@ -181,3 +181,13 @@ def test_from_lists_unknown_keys(tmp_path, capsys):
     assert main(["estimate", "--from", str(path)]) == 0
     err = capsys.readouterr().err
     assert "lora_rank" in err and "mystery_knob" in err
+
+
+def test_plan_from_a_config_file(tmp_path, capsys):
+    out = export(tmp_path, QLORA_8B, "axolotl")
+    capsys.readouterr()
+    assert main(["plan", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "4090"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"]["name"] == "llama-3.1-8b" and doc["goals"]["method"] == "qlora"
+    assert doc["goals"]["seq_len"] == 2048 and doc["goals"]["effective_batch"] == 16
+    assert doc["plan"]["chosen"]["config"]["method"] == "qlora"

@@ -26,6 +26,7 @@ class ReadBack:
     fields: dict
     format: str
     unknown: list[str] = field(default_factory=list)
+    grad_accum: int = 1
 
 
 def read_config(path: Path) -> ReadBack:
@@ -62,7 +63,8 @@ def _precision(data: dict, used: set) -> str:
 
 def _finish(data: dict, used: set, model: str, fields: dict, fmt: str) -> ReadBack:
     unknown = sorted(k for k in data if k not in used and k not in _IRRELEVANT)
-    return ReadBack(model=model, fields={k: v for k, v in fields.items() if v is not None}, format=fmt, unknown=unknown)
+    return ReadBack(model=model, fields={k: v for k, v in fields.items() if v is not None}, format=fmt, unknown=unknown,
+                    grad_accum=int(data.get("gradient_accumulation_steps") or 1))
 
 
 def _axolotl(data: dict) -> ReadBack:
