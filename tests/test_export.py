@@ -18,8 +18,8 @@ ALL = "peft-trl,trl-yaml,axolotl,llamafactory,accelerate"
 # Keys each framework accepts, from their config schemas (axolotl drops unknown keys silently,
 # LLaMA-Factory does not enforce choices): the gap their loaders leave, closed here.
 AXOLOTL_KEYS = {"base_model", "sequence_len", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
-                "optimizer", "learning_rate", "lr_scheduler", "warmup_ratio", "bf16", "fp16", "flash_attention",
-                "sdp_attention", "num_epochs", "output_dir", "datasets", "adapter", "lora_r", "lora_alpha",
+                "optimizer", "learning_rate", "lr_scheduler", "warmup_ratio", "bf16", "fp16", "attn_implementation",
+                "num_epochs", "output_dir", "datasets", "adapter", "lora_r", "lora_alpha",
                 "lora_dropout", "lora_target_linear", "lora_target_modules", "lora_modules_to_save", "load_in_4bit",
                 "load_in_8bit", "bnb_config_kwargs", "fsdp_version", "fsdp_config", "deepspeed"}
 LLAMAFACTORY_KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "dataset", "template", "cutoff_len",
@@ -191,3 +191,16 @@ def test_plan_from_a_config_file(tmp_path, capsys):
     assert doc["model"]["name"] == "llama-3.1-8b" and doc["goals"]["method"] == "qlora"
     assert doc["goals"]["seq_len"] == 2048 and doc["goals"]["effective_batch"] == 16
     assert doc["plan"]["chosen"]["config"]["method"] == "qlora"
+
+
+def test_qlora_under_fsdp_gets_bf16_storage_and_loading_flags(tmp_path):
+    pytest.importorskip("accelerate")
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    flags = ["--model", "llama-3.1-8b", "--method", "qlora", "--gpus", "2", "--fsdp", "--grad-ckpt"]
+    out = export(tmp_path, flags, "trl-yaml,accelerate,peft-trl")
+    assert yaml.safe_load((out / "trl_sft.yaml").read_text())["bnb_4bit_quant_storage"] == "bfloat16"
+    assert "bnb_4bit_quant_storage=torch.bfloat16" in (out / "train.py").read_text()
+    fsdp = yaml.safe_load((out / "accelerate.yaml").read_text())["fsdp_config"]
+    assert fsdp["fsdp_version"] == 1 and fsdp["fsdp_use_orig_params"] is False and fsdp["fsdp_cpu_ram_efficient_loading"]
+    assert ClusterConfig.from_yaml_file(str(out / "accelerate.yaml")).distributed_type.value == "FSDP"

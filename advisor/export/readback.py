@@ -17,6 +17,7 @@ _OPTIM_BACK = {v: k for k, v in HF_OPTIM.items()} | {"adamw_torch_fused": "adamw
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
                "deepspeed", "lora_dropout", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
+               "fsdp", "lora_modules_to_save",
                "upcast_layernorm", "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
 
 

@@ -47,7 +47,8 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
                   "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
                   "optimizer": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
                   "bf16": cfg.precision == "bf16", "fp16": cfg.precision == "fp16",
-                  "flash_attention": cfg.attn == "flash", "sdp_attention": cfg.attn in ("sdpa", "auto"),
+                  # axolotl >= 0.19 takes transformers' name (flash_attention / sdp_attention are deprecated)
+                  "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa"),
                   "num_epochs": 1, "output_dir": "./outputs",
                   "datasets": [{"path": "DATASET", "type": "alpaca"}]}
     if cfg.method != "full":
