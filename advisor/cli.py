@@ -412,6 +412,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_tui(argv: list[str]) -> int:
+    """`lora-advisor` with no command: the Textual app, pre-filled from the planning flags."""
+    parser = _Parser(prog="lora-advisor", description="Interactive session (the commands: lora-advisor --help-commands)")
+    parser.add_argument("--model", "-m", default="llama-3.1-8b")
+    parser.add_argument("--gpu", default="", help="plan for a catalog GPU instead of the detected one")
+    parser.add_argument("--vram", default="", help="plan for a custom card of this size")
+    parser.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
+    parser.add_argument("--effective-batch", type=_positive_int, default=16)
+    parser.add_argument("--method", choices=["auto", "full", "lora", "qlora"], default="auto")
+    parser.add_argument("--prefer", choices=["speed", "quality"], default="speed")
+    args = parser.parse_args(argv)
+    try:
+        from .tui import make_app
+        from .tui.app import Form
+    except ImportError:
+        raise UsageError("the interactive app needs textual", "pip install textual, or use a command: lora-advisor plan --help") from None
+    form = Form(model=args.model, gpu=args.gpu or args.vram, seq_len=args.seq_len, effective_batch=args.effective_batch,
+                method=args.method, prefer=args.prefer)
+    make_app(form=form).run()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
@@ -419,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"estimate", "plan", "verify", "export", "gpus", "models"}
         if "--json" in argv and not commands & set(argv) and not {"-h", "--help"} & set(argv):
             argv = ["plan", *argv]  # `lora-advisor --json --model ...` is the planner
+        elif not commands & set(argv) and not {"-h", "--help"} & set(argv):
+            return run_tui(argv)  # no command: the interactive app
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
             raise UsageError("name a command: plan, estimate, gpus or models",

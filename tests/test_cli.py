@@ -85,9 +85,10 @@ def test_unknown_model_names_nearest(capsys):
     assert doc["error"].startswith("unknown model") and "qwen2.5-7b" in doc["hint"]
 
 
-def test_no_command_is_a_usage_error(capsys):
-    assert main([]) == 2
-    assert "estimate" in capsys.readouterr().err
+def test_bad_flag_for_the_app_exits_2_before_it_starts(capsys):
+    # no command opens the interactive app; its flags are checked first
+    assert main(["--seq-len", "0"]) == 2
+    assert "--seq-len" in capsys.readouterr().err
 
 
 def test_models_list():

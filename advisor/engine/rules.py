@@ -197,3 +197,9 @@ def merge(base: list[Rule], extra: list[Rule]) -> list[Rule]:
     for rule in extra:
         by_id[rule.id] = rule
     return sorted(by_id.values(), key=lambda r: r.spec.priority)
+
+
+@lru_cache(maxsize=1)
+def cached_default_rules() -> tuple[Rule, ...]:
+    """The default pack, compiled once per process (the TUI re-plans on every change)."""
+    return tuple(sorted(default_rules(), key=lambda r: r.spec.priority))

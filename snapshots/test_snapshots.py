@@ -1,0 +1,63 @@
+"""Snapshot tests of the app's main states, at a fixed size, with a fake GPU backend.
+
+SVGs live in snapshots/__snapshots__/.  After an intended UI change: `pytest snapshots --snapshot-update`.
+"""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+
+from tests.fake_pynvml import FakeGpu, GiB  # noqa: E402
+from tests.tui_support import NO_DRIVER, ONE_4090, TWO_GPUS, app, backend, settle  # noqa: E402
+
+SIZE = (110, 36)
+
+
+async def settled(pilot):
+    await settle(pilot)
+
+
+def press(*keys):
+    async def run(pilot):
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+
+    return run
+
+
+def test_no_driver(snap_compare):
+    assert snap_compare(app(gpu_backend=NO_DRIVER, model="llama-3.1-8b"), terminal_size=SIZE, run_before=settled)
+
+
+def test_one_gpu_plan_fits(snap_compare):
+    assert snap_compare(app(gpu_backend=ONE_4090, model="llama-3.1-8b"), terminal_size=SIZE, run_before=settled)
+
+
+def test_two_gpus(snap_compare):
+    assert snap_compare(app(gpu_backend=TWO_GPUS, model="qwen2.5-7b"), terminal_size=SIZE, run_before=settled)
+
+
+def test_nothing_fits(snap_compare):
+    small = backend([FakeGpu(name="NVIDIA GeForce RTX 3060", total=12 * GiB, used=GiB, cc=(8, 6))])
+    assert snap_compare(app(gpu_backend=small, model="llama-3.1-70b"), terminal_size=SIZE, run_before=settled)
+
+
+def test_rank_sweep(snap_compare):
+    assert snap_compare(app(model="llama-3.1-8b", method="lora"), terminal_size=SIZE, run_before=press("r"))
+
+
+def test_export_dialog(snap_compare):
+    assert snap_compare(app(model="llama-3.2-1b", export_dir=Path("exports")), terminal_size=SIZE,
+                        run_before=press("e"))
+
+
+def test_error_modal(snap_compare):
+    assert snap_compare(app(model="lama-3-8", gpu_backend=NO_DRIVER), terminal_size=SIZE, run_before=settled)
+
+
+def test_help(snap_compare):
+    assert snap_compare(app(model="llama-3.2-1b"), terminal_size=SIZE, run_before=press("question_mark"))

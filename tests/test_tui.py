@@ -1,0 +1,102 @@
+"""Pilot tests of the app's flows, with a fake GPU backend."""
+
+import pytest
+
+pytest.importorskip("textual")
+
+from textual.widgets import Input, OptionList, Static  # noqa: E402
+
+from advisor.tui.screens.modals import ErrorModal, ExportModal, RankSweepModal  # noqa: E402
+from advisor.tui.widgets.memory_bar import MemoryBar  # noqa: E402
+from tests.tui_support import NO_DRIVER, app, settle  # noqa: E402
+
+
+async def test_plan_appears_for_the_detected_gpu():
+    async with app(model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "RTX 4090" in str(pilot.app.query_one("#hardware-text", Static).render())
+        assert pilot.app.report.plan.chosen is not None
+        assert pilot.app.report.gpu["name"] == "NVIDIA GeForce RTX 4090"
+        assert pilot.app.query_one(MemoryBar).estimate is not None
+
+
+async def test_picking_a_model_replans():
+    async with app(model="llama-3.2-1b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        before = pilot.app.report.model.name
+        model = pilot.app.query_one("#model", Input)
+        model.value = "qwen2.5-7b"
+        await pilot.click("#model")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert before == "llama-3.2-1b" and pilot.app.report.model.name == "qwen2.5-7b"
+
+
+async def test_longer_sequence_changes_the_breakdown():
+    async with app(model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        before = pilot.app.report.plan.estimate.activation_bytes + pilot.app.report.plan.estimate.peak_device_bytes
+        seq = pilot.app.query_one("#seq_len", Input)
+        seq.value = "8192"
+        await pilot.click("#seq_len")
+        await pilot.press("enter")
+        await settle(pilot)
+        after = pilot.app.report.plan.estimate
+        assert pilot.app.report.goals["seq_len"] == 8192
+        assert after.activation_bytes + after.peak_device_bytes != before
+
+
+async def test_selecting_an_alternative_shows_its_breakdown():
+    async with app(model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        options = pilot.app.query_one("#alternatives", OptionList)
+        assert options.option_count >= 2
+        chosen = pilot.app.query_one(MemoryBar).estimate.peak_device_bytes
+        options.focus()
+        options.highlighted = 0
+        await pilot.press("down")
+        await pilot.pause()
+        shown = pilot.app.query_one(MemoryBar).estimate.peak_device_bytes
+        assert shown == pilot.app.report.plan.alternatives[0].need_bytes and shown != chosen
+
+
+async def test_export_writes_and_refuses_to_overwrite_without_confirmation(tmp_path):
+    async with app(model="llama-3.2-1b", export_dir=tmp_path).run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, ExportModal)
+        await pilot.click("#export")
+        await pilot.pause()
+        written = tmp_path / "train.py"
+        assert written.exists()
+        written.write_text("# mine")
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.click("#export")  # first press: warns, writes nothing
+        await pilot.pause()
+        assert written.read_text() == "# mine"
+        assert "exists" in str(pilot.app.screen.query_one("#export-status", Static).render())
+        await pilot.pause(0.3)  # two clicks within a few ms would be read as one double click
+        await pilot.click("#export")  # second press: confirmed
+        await pilot.pause()
+        assert written.read_text() != "# mine"
+
+
+async def test_bad_model_shows_an_error_modal_not_a_crash():
+    async with app(model="not-a-model-at-all", gpu_backend=NO_DRIVER).run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, ErrorModal)
+        assert "unknown model" in pilot.app.screen.message
+
+
+async def test_rank_sweep_modal():
+    async with app(model="llama-3.1-8b", method="lora").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, RankSweepModal)
+        ranks = [row[0] for row in pilot.app.screen.rows]
+        assert ranks == [4, 8, 16, 32, 64, 128]
+        peaks = [row[3] for row in pilot.app.screen.rows]
+        assert peaks == sorted(peaks) and peaks[-1] < 1.3 * peaks[0]

@@ -1,0 +1,35 @@
+"""Fake GPU backends for the app's tests (NVML faked at the pynvml boundary)."""
+
+from advisor.hardware.nvml import Nvml
+from advisor.tui import make_app
+from advisor.tui.app import Form
+from tests.fake_pynvml import FakeGpu, GiB, make_fake_pynvml
+
+
+def backend(gpus=None, init_error=None):
+    def detect():
+        return Nvml(make_fake_pynvml(gpus, init_error=init_error)).detect()
+
+    return detect
+
+
+ONE_4090 = backend([FakeGpu(used=int(1.3 * GiB))])
+TWO_GPUS = backend([FakeGpu(uuid="GPU-a"), FakeGpu(name="NVIDIA A100-SXM4-80GB", total=80 * GiB, cc=(8, 0), uuid="GPU-b")])
+NO_DRIVER = backend(init_error="LibraryNotFound")
+
+
+def app(gpu_backend=ONE_4090, export_dir=None, **form):
+    return make_app(gpu_backend=gpu_backend, form=Form(**form), export_dir=export_dir)
+
+
+async def settle(pilot):
+    """Wait until detection and planning workers are done and the screen has updated (a re-plan cancels
+    the one it replaces: that is expected)."""
+    from textual.worker import WorkerCancelled
+
+    for _ in range(4):
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass
+        await pilot.pause()
