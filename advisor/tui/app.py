@@ -13,7 +13,7 @@ from typing import Callable
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Header, Input, Label, OptionList, Select, Static
@@ -88,7 +88,7 @@ class AdvisorApp(App):
         from ..models import catalog_names
 
         yield Header()
-        with Vertical(id="left"):
+        with VerticalScroll(id="left"):  # scrolls on small terminals (80x24)
             with Vertical(classes="panel", id="hardware"):
                 yield Label("Hardware")
                 yield Static("detecting GPUs ...", id="hardware-text")
