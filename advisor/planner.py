@@ -63,6 +63,8 @@ class Rejection(BaseModel):
     option: str
     reason: str
     rule: str
+    config: TrainConfig | None = Field(None, description="The rejected candidate (the closest miss of its kind).")
+    need_bytes: int | None = None
 
 
 class Plan(BaseModel):
@@ -225,8 +227,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     survivors.sort(key=lambda item: (-item[0].score, item[0].need_bytes))
     # why each (method, precision, checkpointing, offload) choice lost, for those where nothing survived
     alive = {(o.config.method, o.config.master_weights, o.config.grad_ckpt, o.config.offload) for o, *_ in survivors}
-    rejected = [Rejection(option=_describe(cfg), reason=rule.sentence(things), rule=rule.id)
-                for key, (_, rule, things, cfg) in sorted(rejected_best.items(), key=lambda item: item[1][0])
+    rejected = [Rejection(option=_describe(cfg), reason=rule.sentence(things), rule=rule.id, config=cfg, need_bytes=need)
+                for key, ((need, _), rule, things, cfg) in sorted(rejected_best.items(), key=lambda item: item[1][0])
                 if key not in alive]
     for rejection in rejected:
         trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",

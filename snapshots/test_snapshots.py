@@ -61,3 +61,17 @@ def test_error_modal(snap_compare):
 
 def test_help(snap_compare):
     assert snap_compare(app(model="llama-3.2-1b"), terminal_size=SIZE, run_before=press("question_mark"))
+
+
+def test_rejected_full_fine_tuning(snap_compare):
+    """Flip (keyboard only) to the first option that did not fit: its memory over the card, and why."""
+    async def run(pilot):
+        await settle(pilot)
+        plan = pilot.app.report.plan
+        full = next(i for i, r in enumerate(plan.rejected) if r.config.method == "full")
+        # the list starts unhighlighted: the first "down" lands on the chosen plan
+        for _ in range(2 + len(plan.alternatives) + full):
+            await pilot.press("down")
+        await pilot.pause()
+
+    assert snap_compare(app(model="llama-3.1-8b"), terminal_size=SIZE, run_before=run)

@@ -100,3 +100,20 @@ async def test_rank_sweep_modal():
         assert ranks == [4, 8, 16, 32, 64, 128]
         peaks = [row[3] for row in pilot.app.screen.rows]
         assert peaks == sorted(peaks) and peaks[-1] < 1.3 * peaks[0]
+
+
+async def test_flipping_to_an_option_that_does_not_fit_shows_why():
+    async with app(model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        plan = pilot.app.report.plan
+        full = [i for i, r in enumerate(plan.rejected) if r.config.method == "full"]
+        assert full, "full fine-tuning of an 8B model cannot fit a 24 GB card"
+        options = pilot.app.query_one("#alternatives", OptionList)
+        target = 2 + len(plan.alternatives) + full[0]  # unhighlighted at first: one "down" reaches the plan
+        for _ in range(target):
+            await pilot.press("down")
+        await pilot.pause()
+        summary = str(pilot.app.query_one("#plan-summary", Static).render())
+        assert "✗" in summary and "GiB" in summary and "full FT" in summary
+        bar = pilot.app.query_one(MemoryBar)
+        assert bar.estimate.peak_device_bytes > bar.capacity

@@ -190,10 +190,19 @@ class AdvisorApp(App):
         from ..models import resolve_model
 
         plan = self.report.plan
-        option = plan.chosen if event.option_id == "chosen" else plan.alternatives[int(event.option_id)]
+        kind, _, index = event.option_id.partition(":")
+        capacity = self.hardware.usable_bytes if self.hardware else None
+        if kind == "rejected":  # an option that lost: its memory against the card, and why
+            rejection = plan.rejected[int(index)]
+            est = estimate(resolve_model(self.form.model), rejection.config, self.hardware)
+            self.query_one(MemoryBar).show(est, capacity)
+            self.query_one("#plan-summary", Static).update(
+                Text(f"✗ {rejection.option}\n{rejection.reason}", style="bold red"))
+            return
+        option = plan.chosen if kind == "chosen" else plan.alternatives[int(index)]
         est = estimate(resolve_model(self.form.model), option.config, self.hardware)
-        self.query_one(MemoryBar).show(est, self.hardware.usable_bytes if self.hardware else None)
-        self.query_one("#plan-summary", Static).update(describe(option))
+        self.query_one(MemoryBar).show(est, capacity)
+        self.query_one("#plan-summary", Static).update(describe(option, est))
 
     # ---- rendering -----------------------------------------------------------------------------------
     def show_plan(self) -> None:
@@ -209,7 +218,7 @@ class AdvisorApp(App):
             self.query_one("#why", Static).update("\n".join(
                 [f"✗ {r.option}: {r.reason}" for r in plan.rejected] + [f"→ {w}" for w in plan.what_would_fit]))
             return
-        summary.update(describe(plan.chosen))
+        summary.update(describe(plan.chosen, plan.estimate))
         self.query_one(MemoryBar).show(plan.estimate, capacity)
         lines = [f"✓ {r}" for r in plan.chosen.reasons]
         lines += [f"✓ {t.sentence}" for t in plan.trace if t.kind == "set"]
@@ -218,7 +227,10 @@ class AdvisorApp(App):
         self.query_one("#why", Static).update("\n".join(lines))
         alternatives.add_option(Option(f"▶ {short(plan.chosen)}", id="chosen"))
         for index, alt in enumerate(plan.alternatives):
-            alternatives.add_option(Option(f"  {short(alt)}", id=str(index)))
+            alternatives.add_option(Option(f"  {short(alt)}", id=f"alt:{index}"))
+        for index, rejection in enumerate(plan.rejected):
+            need = f"  {rejection.need_bytes / GiB:.1f} GiB" if rejection.need_bytes else ""
+            alternatives.add_option(Option(Text(f"✗ {rejection.option}{need}", style="red"), id=f"rejected:{index}"))
 
     # ---- actions -----------------------------------------------------------------------------------
     def action_help(self) -> None:
@@ -291,12 +303,16 @@ class AdvisorApp(App):
         self.notify("wrote " + ", ".join(str(p) for p in written), title="Export")
 
 
-def describe(option) -> Text:
+def describe(option, est=None) -> Text:
     cfg = option.config
     text = Text()
     text.append(short(option), style="bold")
     text.append(f"\nmicro batch {cfg.micro_batch} x accumulation {option.grad_accum} · {cfg.optimizer} · "
                 f"{cfg.precision} · attention {cfg.attn}\n~{option.tokens_per_s:,.0f} tokens/s estimated")
+    if est is not None:
+        ph = est.phases
+        text.append(f" · fwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB",
+                    style="dim")
     return text
 
 

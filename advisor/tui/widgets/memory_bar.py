@@ -58,7 +58,7 @@ class MemoryBar(Static):
         legend = Text()
         for label, size, style in breakdown(est):
             legend.append("■ ", style=style)
-            legend.append(f"{label} {size / 2**30:.1f}  ")
+            legend.append(f"{label} {size / 2**30:.1f} ({100 * size / max(est.peak_device_bytes, 1):.0f}%)  ")
         total = Text(f"{est.peak_device_bytes / 2**30:.1f} GiB peak"
                      + (f" / {self.capacity / 2**30:.1f} GiB" if self.capacity else ""),
                      style="bold" if (not self.capacity or est.peak_device_bytes <= self.capacity) else "bold red")
