@@ -117,3 +117,22 @@ async def test_flipping_to_an_option_that_does_not_fit_shows_why():
         assert "✗" in summary and "GiB" in summary and "full FT" in summary
         bar = pilot.app.query_one(MemoryBar)
         assert bar.estimate.peak_device_bytes > bar.capacity
+
+
+async def test_polling_replans_only_when_gpu_memory_moves():
+    from tests.fake_pynvml import FakeGpu, GiB, make_fake_pynvml
+    from advisor.hardware.nvml import Nvml
+
+    gpu = FakeGpu(used=GiB)
+    fake = make_fake_pynvml([gpu])
+    async with app(gpu_backend=lambda: Nvml(fake).detect(), model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        first = pilot.app.report
+        pilot.app.detect()  # a poll with nothing changed: same plan object
+        await settle(pilot)
+        assert pilot.app.report is first
+        gpu.used = 10 * GiB  # another process took 9 GiB: re-plan for what is left
+        pilot.app.detect()
+        await settle(pilot)
+        assert pilot.app.report is not first
+        assert pilot.app.report.gpu["usable_bytes"] == 14 * GiB

@@ -33,3 +33,5 @@ async def settle(pilot):
         except WorkerCancelled:
             pass
         await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.05)  # let a modal pushed by the last message finish its first layout

@@ -114,10 +114,15 @@ class AdvisorApp(App):
             yield OptionList(id="alternatives")
         yield Footer()
 
+    # NVML is polled off the UI thread; a re-plan follows only when what the plan depends on moved
+    POLL_SECONDS = 5.0
+    REPLAN_ON_CHANGE_BYTES = 512 * 2**20
+
     def on_mount(self) -> None:
         self.query_one("#why").border_title = "Why"
         self.query_one("#alternatives").border_title = "Alternatives"
         self.detect()
+        self.set_interval(self.POLL_SECONDS, self.detect)
 
     # ---- workers -----------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="nvml")
@@ -152,9 +157,10 @@ class AdvisorApp(App):
 
     # ---- messages ----------------------------------------------------------------------------------
     def on_advisor_app_detected(self, message: Detected) -> None:
-        self.detection = message.detection
+        previous, self.detection = self.detection, message.detection
         self.query_one("#hardware-text", Static).update(hardware_text(message.detection))
-        self.replan()
+        if previous is None or _moved(previous, message.detection, self.REPLAN_ON_CHANGE_BYTES):
+            self.replan()
 
     def on_advisor_app_planned(self, message: Planned) -> None:
         self.report = message.report
@@ -301,6 +307,13 @@ class AdvisorApp(App):
             self.push_screen(ErrorModal(err.message, err.hint))
             return
         self.notify("wrote " + ", ".join(str(p) for p in written), title="Export")
+
+
+def _moved(before: Detection, after: Detection, threshold: int) -> bool:
+    """GPUs appeared or left, or memory held by other processes moved by more than ``threshold``."""
+    if [g.uuid for g in before.gpus] != [g.uuid for g in after.gpus]:
+        return True
+    return any(abs((a.used_bytes or 0) - (b.used_bytes or 0)) > threshold for a, b in zip(before.gpus, after.gpus))
 
 
 def describe(option, est=None) -> Text:
