@@ -75,3 +75,19 @@ def test_rejected_full_fine_tuning(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app(model="llama-3.1-8b"), terminal_size=SIZE, run_before=run)
+
+
+def test_verify_dry_run_finished(snap_compare):
+    """The Verify screen after the dry run (no GPU): measured vs predicted per phase."""
+    async def run(pilot):
+        await settle(pilot)
+        await pilot.press("v")
+        for _ in range(300):
+            await pilot.pause(0.1)
+            if getattr(pilot.app.screen, "finished", False):
+                break
+        await pilot.pause(0.1)
+
+    tiny = "snapshots/fixtures/tiny-llama/config.json"
+    assert snap_compare(app(model=tiny, gpu_backend=NO_DRIVER, gpu="4090", seq_len=256), terminal_size=SIZE,
+                        run_before=run)

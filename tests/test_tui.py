@@ -136,3 +136,44 @@ async def test_polling_replans_only_when_gpu_memory_moves():
         await settle(pilot)
         assert pilot.app.report is not first
         assert pilot.app.report.gpu["usable_bytes"] == 14 * GiB
+
+
+async def test_verify_screen_runs_the_dry_run_without_a_gpu(tmp_path):
+    import json
+
+    from advisor.tui.screens.verify import VerifyScreen
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 688,
+                                  "vocab_size": 1024, "max_position_embeddings": 512}))
+    async with app(model=str(config), gpu_backend=NO_DRIVER, gpu="4090", seq_len=256).run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, VerifyScreen) and screen.mode == "dry"
+        for _ in range(300):  # the child imports torch and traces: a few seconds
+            await pilot.pause(0.1)
+            if screen.finished:
+                break
+        assert screen.finished
+        summary = str(screen.query_one("#summary", Static).render())
+        assert "forward" in summary and "optimizer" in summary and "%" in summary
+
+
+async def test_verify_can_be_cancelled(tmp_path):
+    from advisor.tui.screens.verify import VerifyScreen
+
+    async with app(model="llama-3.1-8b", gpu_backend=NO_DRIVER, gpu="4090").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")
+        await pilot.pause(0.5)
+        screen = pilot.app.screen
+        assert isinstance(screen, VerifyScreen)
+        await pilot.press("c")
+        for _ in range(40):
+            await pilot.pause(0.1)
+            if screen.finished:
+                break
+        assert screen.finished and "stopped" in str(screen.query_one("#status", Static).render())

@@ -53,7 +53,8 @@ class AdvisorApp(App):
     # Start on the plan, where the one-key bindings work; typing goes to an input only once it is focused
     # (g / m, a click, or tab), and escape leaves it again.
     AUTO_FOCUS = "#alternatives"
-    BINDINGS = [("r", "rank_sweep", "Rank sweep"), ("e", "export", "Export"), ("g", "focus_gpu", "GPU"),
+    BINDINGS = [("r", "rank_sweep", "Rank sweep"), ("e", "export", "Export"), ("v", "verify", "Verify"),
+                ("g", "focus_gpu", "GPU"),
                 ("m", "focus_model", "Model"), ("question_mark", "help", "Help"), ("q", "quit", "Quit"),
                 ("escape", "focus_plan", "Back to the plan")]
 
@@ -269,6 +270,19 @@ class AdvisorApp(App):
             state = sum(est.component(n).bytes for n in ("adapters", "gradients", "optimizer_states"))
             rows.append((rank, est.trainable_params, state, est.peak_device_bytes))
         self.push_screen(RankSweepModal(rows, f"rank sweep · {arch.name} · {short(self.report.plan.chosen)}"))
+
+    def action_verify(self) -> None:
+        """A short real run on the detected GPU, or the dry run (fake tensors) without one."""
+        if self.report is None or self.report.plan.chosen is None:
+            self.push_screen(ErrorModal("there is no plan to verify yet", "pick a model and a GPU that fit"))
+            return
+        from ..models import resolve_model
+        from .screens.verify import VerifyScreen
+
+        mode = "cuda" if self.detection is not None and self.detection.gpus and not self.form.gpu else "dry"
+        self.push_screen(VerifyScreen(resolve_model(self.form.model), self.report.plan.chosen.config,
+                                      self.report.plan.estimate, mode,
+                                      capacity=self.hardware.usable_bytes if self.hardware else None))
 
     def action_export(self) -> None:
         if self.report is None or self.report.plan.chosen is None:

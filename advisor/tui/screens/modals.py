@@ -39,6 +39,7 @@ Select an alternative to see its memory breakdown.
 
   [b]g[/b]  focus the GPU field      [b]m[/b]  focus the model field
   [b]r[/b]  rank sweep               [b]e[/b]  export the plan
+  [b]v[/b]  verify: a short run on the GPU (the dry run on fake tensors without one)
   [b]?[/b]  this help                [b]q[/b]  quit
 """
 
