@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from pydantic import ValidationError
@@ -131,8 +132,6 @@ def _calibration(args: argparse.Namespace, arch, cfg, hardware):
 
 def _from_file(args: argparse.Namespace) -> None:
     """--from FILE: the model and the training fields come from an axolotl / LLaMA-Factory / TRL YAML."""
-    from pathlib import Path
-
     from .export.readback import read_config
 
     back = read_config(Path(args.from_file))
@@ -202,8 +201,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .report import PlanReport
 
     if args.from_file:  # plan for what the file trains: its model, sequence length, method and batch
-        from pathlib import Path
-
         from .export.readback import read_config
 
         back = read_config(Path(args.from_file))
@@ -215,8 +212,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     arch = resolve_model(args.model)
     rules = default_rules()
     for path in args.rules or []:
-        from pathlib import Path
-
         rules = merge(rules, load_rules_file(Path(path)))
     rules = sorted(rules, key=lambda r: r.spec.priority)
     hardware = _hardware(args)
@@ -289,8 +284,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .export import ExportContext, render_all
     from .export.writer import write_files
     from .memory import estimate

@@ -86,7 +86,7 @@ def main() -> int:
     args = parser.parse_args()
 
     rows, errors = [], []
-    header = f"| model | config | phase | oracle GiB | estimate GiB | error % | oracle s |"
+    header = "| model | config | phase | oracle GiB | estimate GiB | error % | oracle s |"
     lines = [header, "|---|---|---|---:|---:|---:|---:|"]
     print(header)
     started = time.perf_counter()

@@ -8,7 +8,6 @@ runs `pytest -m heavy` with AXOLOTL_PYTHON / LLAMAFACTORY_PYTHON set.  Outside t
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from advisor.hardware import Hardware, hardware_for
+from advisor.hardware import hardware_for
 from advisor.hardware.nvml import Nvml, cuda_visible_indices
 from advisor.hardware.sampler import MemorySampler
 from advisor.report import GpusReport

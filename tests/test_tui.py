@@ -108,7 +108,6 @@ async def test_flipping_to_an_option_that_does_not_fit_shows_why():
         plan = pilot.app.report.plan
         full = [i for i, r in enumerate(plan.rejected) if r.config.method == "full"]
         assert full, "full fine-tuning of an 8B model cannot fit a 24 GB card"
-        options = pilot.app.query_one("#alternatives", OptionList)
         target = 2 + len(plan.alternatives) + full[0]  # unhighlighted at first: one "down" reaches the plan
         for _ in range(target):
             await pilot.press("down")

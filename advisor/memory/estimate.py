@@ -35,7 +35,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
     plan = layer_plan(arch, cfg, lora_names, attn)
     a = plan.act_bytes
-    T, V, h, L = cfg.tokens, arch.vocab_size, arch.hidden_size, arch.num_layers
+    T, h, L = cfg.tokens, arch.hidden_size, arch.num_layers
     full = cfg.method == "full"
     head_trains = full or cfg.train_embeddings
 
