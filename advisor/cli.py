@@ -145,10 +145,10 @@ def _from_file(args: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
-def cmd_estimate(args: argparse.Namespace) -> int:
-    from .memory import estimate
+def _model_and_hardware(args: argparse.Namespace):
+    """What estimate, verify and export share: --from FILE, the model, and the GPUs to plan for
+    (--gpu NxNAME sets the job's GPU count when --gpus is not given)."""
     from .models import resolve_model
-    from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
 
     if args.from_file:
         _from_file(args)
@@ -157,7 +157,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     arch = resolve_model(args.model)
     hardware = _hardware(args)
     if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
-        args.gpus = hardware.count  # --gpu 4xA100-80GB means a 4-GPU job
+        args.gpus = hardware.count
+    return arch, hardware
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .memory import estimate
+    from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
+
+    arch, hardware = _model_and_hardware(args)
     if len(args.rank) > 1:
         if args.method == "full":
             raise UsageError("--rank with several values needs --method lora or qlora", "full fine-tuning has no rank")
@@ -232,15 +240,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Run the configuration: a few real steps on the GPU (or CPU), or the fake-tensor dry run."""
     from .memory import estimate
-    from .models import resolve_model
     from .report import VerifyReport
     from .verify.runner import run_to_end
 
-    if args.from_file:
-        _from_file(args)
-    if not args.model:
-        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
-    arch = resolve_model(args.model)
+    arch, hardware = _model_and_hardware(args)
     cfg = train_config(args)
     mode = "dry" if args.dry_run else args.device
     if mode == "auto":
@@ -251,7 +254,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         mode = "cuda" if detection.gpus else "dry"
         if mode == "dry":
             print(f"no CUDA GPU ({detection.reason}): running the dry run on fake tensors instead", file=sys.stderr)
-    hardware = _hardware(args)
     predicted = estimate(arch, cfg, hardware)
 
     def progress(event: dict) -> None:
@@ -287,17 +289,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportContext, render_all
     from .export.writer import write_files
     from .memory import estimate
-    from .models import resolve_model
     from .models.catalog import hub_id_for
 
-    if args.from_file:
-        _from_file(args)
-    if not args.model:
-        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
-    arch = resolve_model(args.model)
-    hardware = _hardware(args)
-    if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
-        args.gpus = hardware.count
+    arch, hardware = _model_and_hardware(args)
     cfg = train_config(args)
     est = estimate(arch, cfg, hardware)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
