@@ -68,23 +68,39 @@ def _finish(data: dict, used: set, model: str, fields: dict, fmt: str) -> ReadBa
                     grad_accum=int(data.get("gradient_accumulation_steps") or 1))
 
 
+# Where each framework keeps the fields every format has: (rank, alpha, seq_len, micro_batch, optimizer)
+_KEYS = {
+    "axolotl": ("lora_r", "lora_alpha", "sequence_len", "micro_batch_size", "optimizer"),
+    "llamafactory": ("lora_rank", "lora_alpha", "cutoff_len", "per_device_train_batch_size", "optim"),
+    "trl": ("lora_r", "lora_alpha", "max_length", "per_device_train_batch_size", "optim"),
+}
+
+
+def _read(data: dict, fmt: str, model_key: str, **specific) -> ReadBack:
+    """The shared fields through the format's key names, plus what only this format says."""
+    used = specific.pop("_used")
+    rank, alpha, seq_len, micro_batch, optimizer = _KEYS[fmt]
+    fields = dict(rank=_take(data, used, rank), alpha=_take(data, used, alpha), seq_len=_take(data, used, seq_len),
+                  micro_batch=_take(data, used, micro_batch), precision=_precision(data, used),
+                  optimizer=_OPTIM_BACK.get(_take(data, used, optimizer), "adamw"), **specific)
+    used.add("gradient_accumulation_steps")
+    return _finish(data, used, _take(data, used, model_key), fields, fmt)
+
+
 def _axolotl(data: dict) -> ReadBack:
-    used: set = set()
+    used: set = {"load_in_4bit", "load_in_8bit", "bnb_config_kwargs"}
     adapter = _take(data, used, "adapter")
     method = "full" if not adapter else ("qlora" if adapter == "qlora" or data.get("load_in_4bit") else "lora")
-    used.update({"load_in_4bit", "load_in_8bit", "bnb_config_kwargs"})
     if adapter == "lora" and data.get("load_in_8bit"):
         method = "lora8bit"
-    targets = ("all-linear",) if _take(data, used, "lora_target_linear") else tuple(_take(data, used, "lora_target_modules") or ("all-linear",))
+    linear = _take(data, used, "lora_target_linear")
+    targets = ("all-linear",) if linear else tuple(_take(data, used, "lora_target_modules") or ("all-linear",))
     bnb = data.get("bnb_config_kwargs") or {}
-    fields = dict(method=method, rank=_take(data, used, "lora_r"), alpha=_take(data, used, "lora_alpha"), targets=targets,
-                  seq_len=_take(data, used, "sequence_len"), micro_batch=_take(data, used, "micro_batch_size"),
-                  grad_ckpt=bool(_take(data, used, "gradient_checkpointing")), precision=_precision(data, used),
-                  optimizer=_OPTIM_BACK.get(_take(data, used, "optimizer"), "adamw"),
-                  quant_type=bnb.get("bnb_4bit_quant_type", "nf4"), double_quant=bnb.get("bnb_4bit_use_double_quant", True),
-                  train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
-    used.add("gradient_accumulation_steps")
-    return _finish(data, used, _take(data, used, "base_model"), fields, "axolotl")
+    return _read(data, "axolotl", "base_model", _used=used, method=method, targets=targets,
+                 grad_ckpt=bool(_take(data, used, "gradient_checkpointing")),
+                 quant_type=bnb.get("bnb_4bit_quant_type", "nf4"),
+                 double_quant=bnb.get("bnb_4bit_use_double_quant", True),
+                 train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
 
 
 def _llamafactory(data: dict) -> ReadBack:
@@ -94,31 +110,22 @@ def _llamafactory(data: dict) -> ReadBack:
     method = "full" if full else {4: "qlora", 8: "lora8bit"}.get(bits, "lora")
     target = _take(data, used, "lora_target", "all")
     targets = ("all-linear",) if target == "all" else tuple(t.strip() for t in str(target).split(","))
-    fields = dict(method=method, rank=_take(data, used, "lora_rank"), alpha=_take(data, used, "lora_alpha"),
-                  targets=targets, seq_len=_take(data, used, "cutoff_len"),
-                  micro_batch=_take(data, used, "per_device_train_batch_size"),
-                  grad_ckpt=not _take(data, used, "disable_gradient_checkpointing", False), precision=_precision(data, used),
-                  optimizer=_OPTIM_BACK.get(_take(data, used, "optim"), "adamw"),
-                  quant_type=_take(data, used, "quantization_type", "nf4"),
-                  double_quant=_take(data, used, "double_quantization", True),
-                  train_embeddings=bool(_take(data, used, "additional_target")))
-    used.add("gradient_accumulation_steps")
-    return _finish(data, used, _take(data, used, "model_name_or_path"), fields, "llamafactory")
+    return _read(data, "llamafactory", "model_name_or_path", _used=used, method=method, targets=targets,
+                 grad_ckpt=not _take(data, used, "disable_gradient_checkpointing", False),
+                 quant_type=_take(data, used, "quantization_type", "nf4"),
+                 double_quant=_take(data, used, "double_quantization", True),
+                 train_embeddings=bool(_take(data, used, "additional_target")))
 
 
 def _trl(data: dict) -> ReadBack:
-    used: set = set()
+    used: set = {"dtype", "bnb_4bit_quant_storage"}
     peft = _take(data, used, "use_peft")
     method = "full" if not peft else ("qlora" if _take(data, used, "load_in_4bit") else
                                       "lora8bit" if _take(data, used, "load_in_8bit") else "lora")
     target = _take(data, used, "lora_target_modules", "all-linear")
     targets = ("all-linear",) if target == "all-linear" else tuple(target)
-    fields = dict(method=method, rank=_take(data, used, "lora_r"), alpha=_take(data, used, "lora_alpha"), targets=targets,
-                  seq_len=_take(data, used, "max_length"), micro_batch=_take(data, used, "per_device_train_batch_size"),
-                  grad_ckpt=bool(_take(data, used, "gradient_checkpointing", True)), precision=_precision(data, used),
-                  optimizer=_OPTIM_BACK.get(_take(data, used, "optim"), "adamw"),
-                  quant_type=_take(data, used, "bnb_4bit_quant_type", "nf4"),
-                  double_quant=_take(data, used, "use_bnb_nested_quant", True),
-                  train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
-    used.update({"gradient_accumulation_steps", "dtype", "bnb_4bit_quant_storage"})
-    return _finish(data, used, _take(data, used, "model_name_or_path"), fields, "trl")
+    return _read(data, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
+                 grad_ckpt=bool(_take(data, used, "gradient_checkpointing", True)),
+                 quant_type=_take(data, used, "bnb_4bit_quant_type", "nf4"),
+                 double_quant=_take(data, used, "use_bnb_nested_quant", True),
+                 train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
