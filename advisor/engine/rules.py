@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import AdvisorError
 from .facts import fact_names, flatten, type_schema
+from .fastpath import fast_evaluator
 
 SETTABLE = {"method": str, "precision": str, "optimizer": str, "targets": str, "rank": int, "attn": str,
             "grad_ckpt": bool, "sharding": str, "offload": str, "alpha_per_rank": float}
@@ -65,13 +66,23 @@ class RuleSpec(BaseModel):
 class Rule:
     spec: RuleSpec
     source: str  # "file:line"
-    compiled: Any = field(repr=False, default=None)
+    compiled: Any = field(repr=False, default=None)  # the rule_engine.Rule
+    fast: Any = field(repr=False, default=None)  # fastpath.fast_evaluator(compiled), None where it does not apply
+
+    def __post_init__(self) -> None:
+        if self.fast is None and self.compiled is not None:
+            self.fast = fast_evaluator(self.compiled)
 
     @property
     def id(self) -> str:
         return self.spec.id
 
     def matches(self, things: dict[str, object]) -> bool:
+        if self.fast is not None:
+            try:
+                return bool(self.fast(things))
+            except KeyError:
+                pass  # a fact is missing: rule-engine's own evaluation reports it
         return bool(self.compiled.matches(things))
 
     def sentence(self, things: dict[str, object]) -> str:
