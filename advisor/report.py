@@ -3,11 +3,14 @@ advisor/schema/ and a test keeps the files equal to these models."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .hardware.info import DriverInfo, GpuInfo
 from .memory.config import TrainConfig
 from .memory.result import SCHEMA_VERSION, Component, MemoryEstimate, PhasePeaks
+
+# defer_build: a model's validator and serializer are built when it is first used, not at import; the
+# --json plan path imports this module but uses none of these (each costs 1-4 ms to build at import).
 
 
 class ModelInfo(BaseModel):
@@ -19,6 +22,8 @@ class ModelInfo(BaseModel):
 
 class EstimateReport(BaseModel):
     """`lora-advisor estimate --json`: the memory of one configuration, per GPU."""
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
@@ -50,6 +55,8 @@ class EstimateReport(BaseModel):
 
 
 class RankRow(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     rank: int
     adapter_params: int
     adapter_state_bytes: int = Field(description="Adapters + their gradients + optimizer states.")
@@ -60,6 +67,8 @@ class RankRow(BaseModel):
 
 class RankSweepReport(BaseModel):
     """`lora-advisor estimate --rank 4,8,16 --json`: how rank moves memory (it barely does)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
@@ -76,6 +85,8 @@ class GpuEntry(GpuInfo):
 
 class GpusReport(BaseModel):
     """`lora-advisor gpus --json`.  An empty `gpus` comes with `reason` and `hint` (exit code 0)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     gpus: list[GpuEntry]
@@ -120,6 +131,8 @@ class PlanReport(BaseModel):
 
 
 class PhaseCheck(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     phase: str
     predicted_bytes: int
     measured_bytes: int
@@ -128,6 +141,8 @@ class PhaseCheck(BaseModel):
 
 class VerifyReport(BaseModel):
     """`lora-advisor verify --json`: measured against predicted."""
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
@@ -185,6 +200,8 @@ def _check(phase: str, predicted: int, measured: int) -> PhaseCheck:
 
 class ErrorReport(BaseModel):
     """What `--json` prints on stdout when the input is bad (exit code 2)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     error: str

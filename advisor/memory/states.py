@@ -65,10 +65,21 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
 def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     """Parameter bytes depend only on the model and the method's fields, not on the batch or the step;
     cached on those fields so the planner's thousands of candidates share them."""
-    key = cfg.model_copy(update={"seq_len": 1, "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw",
-                                 "attn": "auto", "loss": "standard", "gpus": 1, "zero": 0, "fsdp": False,
-                                 "offload": "none"})
-    return _param_bytes(arch, key)
+    fields = (arch, cfg.method, cfg.precision, cfg.master_weights, cfg.rank, cfg.alpha, cfg.targets,
+              cfg.train_embeddings, cfg.quant_type, cfg.double_quant)
+    found = _PARAM_BYTES.get(fields)
+    if found is None:  # a config with only these fields set: the cache key of _param_bytes
+        if len(_PARAM_BYTES) > 4096:  # bounded like the lru_cache behind it (a long TUI session)
+            _PARAM_BYTES.clear()
+        key = cfg.model_copy(update={"seq_len": 1, "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw",
+                                     "attn": "auto", "loss": "standard", "gpus": 1, "zero": 0, "fsdp": False,
+                                     "offload": "none"})
+        found = _PARAM_BYTES[fields] = _param_bytes(arch, key)
+    return found
+
+
+# (arch, the method's fields) -> ParamBytes: cheaper to look up than a model_copy of the config
+_PARAM_BYTES: dict[tuple, "ParamBytes"] = {}
 
 
 @lru_cache(maxsize=1024)
