@@ -202,6 +202,38 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_limits(args: argparse.Namespace) -> int:
+    """The longest sequence (at the given micro batch) and the largest micro batch (at the given
+    sequence length) that fit the configuration on the GPU."""
+    from .limits import fit_limits
+    from .memory import estimate
+    from .report import LimitEntry, LimitsReport, ModelInfo
+
+    arch, hardware = _model_and_hardware(args)
+    if hardware is None:
+        raise UsageError("limits needs a GPU to fit into: none was detected",
+                         "name one with --gpu 4090 (or --vram 24GiB)")
+    cfg = train_config(args)
+    seq, batch = fit_limits(arch, cfg, hardware)
+    est = estimate(arch, cfg, hardware, detail=False)
+    notes = []
+    if seq.value and seq.value > arch.max_position_embeddings:
+        notes.append(f"sequences beyond the model's {arch.max_position_embeddings:,} positions fit in memory, "
+                     "but quality degrades without RoPE scaling")
+    notes.append("fits = the predicted device peak is at most the usable memory; the planner keeps 10 % of it free")
+    report = LimitsReport(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
+                                          trainable_params=est.trainable_params),
+                          config=cfg, gpu=hardware.name, capacity_bytes=hardware.usable_bytes,
+                          longest_seq_len=LimitEntry.of(seq), largest_micro_batch=LimitEntry.of(batch), notes=notes)
+    if args.json:
+        _print_json(report)
+    else:
+        from .render import limits_text
+
+        print(limits_text(arch, report))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from .engine.rules import default_rules, load_rules_file, merge
     from .models import resolve_model
@@ -373,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_flags(plan)
     plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     plan.set_defaults(func=cmd_plan)
+    limits = sub.add_parser("limits", help="the longest sequence and the largest micro batch that fit a config")
+    add_model_and_training_flags(limits)
+    limits.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    limits.set_defaults(func=cmd_limits)
     verify = sub.add_parser("verify", help="run a few training steps (or the dry run) and compare with the estimate")
     add_model_and_training_flags(verify)
     verify.add_argument("--steps", type=_positive_int, default=10)
@@ -425,14 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     try:
-        commands = {"estimate", "plan", "verify", "export", "gpus", "models"}
+        commands = {"estimate", "plan", "limits", "verify", "export", "gpus", "models"}
         if "--json" in argv and not commands & set(argv) and not {"-h", "--help"} & set(argv):
             argv = ["plan", *argv]  # `lora-advisor --json --model ...` is the planner
         elif not commands & set(argv) and not {"-h", "--help"} & set(argv):
             return run_tui(argv)  # no command: the interactive app
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
-            raise UsageError("name a command: plan, estimate, gpus or models",
+            raise UsageError("name a command: plan, estimate, limits, verify, export, gpus or models",
                              "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")
         return args.func(args)
     except AdvisorError as err:

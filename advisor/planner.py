@@ -18,6 +18,7 @@ from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
 from .engine.rules import Rule
 from .hardware import Hardware
 from .memory import TrainConfig, estimate
+from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
 from .models.params import count_params
@@ -152,7 +153,11 @@ def _describe(cfg: TrainConfig) -> str:
     return " ".join(parts)
 
 
-def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5) -> Plan:
+def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5,
+              suggest: bool = True) -> Plan:
+    """The fastest configuration that fits and passes the rules.  When nothing does and ``suggest`` is
+    set, ``what_would_fit`` lists changes (a bigger card, more cards, a shorter sequence) that were each
+    checked by planning for them."""
     gpu, model, goal = gpu_facts(hw), model_facts(arch), GoalFacts(goals.seq_len, goals.effective_batch, goals.method,
                                                                     goals.prefer, goals.gpus)
     base = {"gpu": gpu, "model": model, "goals": goal}
@@ -196,7 +201,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         setup = _setup(cfg)
         if usable is not None and setup in too_big:
             continue
-        est = estimate(arch, cfg, hw, detail=False)
+        est = peaks(arch, cfg, hw)
         estimated += 1
         need = est.peak_device_bytes
         if usable is not None and need > usable:
@@ -236,10 +241,10 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
-                    what_would_fit=_what_would_fit(smallest, usable, goals))
+                    what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest) if suggest else [])
     # sentences are rendered only for what is shown: the chosen plan and its alternatives
     chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
-    chosen.reasons = _chosen_reasons(chosen, chosen_cfg, goals, hw) + [r.sentence(chosen_things) for r in chosen_rules]
+    chosen.reasons = _chosen_reasons(arch, chosen, chosen_cfg, goals, hw) + [r.sentence(chosen_things) for r in chosen_rules]
     for rule in chosen_rules:
         trace.append(TraceEntry(rule=rule.id, kind="prefer", sentence=rule.sentence(chosen_things), source=rule.source))
     distinct, seen = [], {_variant(chosen_cfg)}
@@ -292,12 +297,12 @@ def _variant(cfg: TrainConfig) -> tuple:
     return (cfg.method, cfg.rank if cfg.uses_adapters else 0, cfg.targets, cfg.grad_ckpt, cfg.sharding, cfg.offload)
 
 
-def _share(est: MemoryEstimate, name: str, need: int) -> float:
+def _share(est: Peaks, name: str, need: int) -> float:
     part = est.activation_bytes if name == "activations" else est.optimizer_state_bytes
     return part / need if need else 0.0
 
 
-def _chosen_reasons(option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware | None) -> list[str]:
+def _chosen_reasons(arch: ModelArch, option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware | None) -> list[str]:
     reasons = []
     if hw is not None:
         reasons.append(f"fits: {option.need_bytes / GiB:.1f} GiB of {hw.usable_bytes / GiB:.1f} GiB usable "
@@ -305,12 +310,52 @@ def _chosen_reasons(option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware
     reasons.append(f"micro batch {cfg.micro_batch} x {option.grad_accum} accumulation x {cfg.gpus} GPU(s) "
                    f"= {cfg.micro_batch * option.grad_accum * cfg.gpus} sequences per step (goal {goals.effective_batch})")
     reasons.append(f"fastest that fits: ~{option.tokens_per_s:,.0f} tokens/s estimated")
+    if hw is not None:
+        from .limits import fit_limits
+
+        seq, batch = fit_limits(arch, cfg, hw)
+        if seq.value and batch.value:
+            reasons.append(f"at the card's limit this setup holds sequences up to {seq.value:,} tokens (micro batch "
+                           f"{cfg.micro_batch}) or micro batch {batch.value} at {cfg.seq_len:,} tokens")
     return reasons
 
 
-def _what_would_fit(smallest: int | None, usable: int | None, goals: Goals) -> list[str]:
-    if smallest is None or usable is None:
+def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule],
+                    smallest: int | None) -> list[str]:
+    """Changes that make a plan exist, each one checked by planning for it, so a suggestion passes the
+    same rules (headroom included) as any plan: the smallest catalog card that works, the fewest of
+    these cards that work, the longest of the halved sequence lengths that works."""
+    if smallest is None or hw is None:
         return []
-    return [f"a GPU with at least {smallest * 1.06 / GiB:.1f} GiB (the smallest candidate needs {smallest / GiB:.1f} GiB)",
-            f"more GPUs with ZeRO-3 / FSDP (--gpus {max(2, goals.gpus * 2)})",
-            f"a shorter sequence than {goals.seq_len} tokens"]
+    from .hardware.catalog import gpu_catalog
+
+    def works(hardware: Hardware, goals_: Goals) -> Option | None:
+        return make_plan(arch, hardware, goals_, rules, suggest=False).chosen
+
+    out = []
+    sizes: dict[int, object] = {}  # one catalog card per memory size, the fastest of that size
+    for spec in sorted(gpu_catalog(), key=lambda s: (s.memory_bytes, -(s.tflops_bf16 or 0))):
+        if spec.memory_bytes > max(smallest, hw.usable_bytes):
+            sizes.setdefault(spec.memory_bytes, spec)
+    for spec in list(sizes.values())[:4]:
+        card = Hardware(name=spec.name, memory_bytes=spec.memory_bytes, count=hw.count,
+                        compute_capability=spec.compute_capability)
+        if option := works(card, goals):
+            out.append(f"{hw.count} x {spec.name} ({spec.memory_bytes / GiB:.0f} GiB): {_describe(option.config)}, "
+                       f"{option.need_bytes / GiB:.1f} GiB per GPU")
+            break
+    else:
+        out.append(f"a GPU with more than {smallest / GiB:.1f} GiB (what the smallest candidate needs) plus headroom")
+    for count in sorted({hw.count * 2, hw.count * 4, 8}):
+        if count > hw.count and (option := works(hw.model_copy(update={"count": count}),
+                                                 goals.model_copy(update={"gpus": count}))):
+            out.append(f"{count} x {hw.name}: {_describe(option.config)}, {option.need_bytes / GiB:.1f} GiB per GPU")
+            break
+    seq = goals.seq_len // 2
+    while seq >= max(64, goals.seq_len // 16):  # four halvings at most: each is a whole plan
+        if option := works(hw, goals.model_copy(update={"seq_len": seq})):
+            out.append(f"seq len {seq:,} instead of {goals.seq_len:,}: {_describe(option.config)}, "
+                       f"{option.need_bytes / GiB:.1f} GiB")
+            break
+        seq //= 2
+    return out

@@ -134,3 +134,23 @@ def verify_text(report) -> str:
         last = report.steps[-1]
         lines.append(f"{len(report.steps)} steps · last loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s")
     return "\n".join(lines)
+
+
+def _limit_line(what: str, entry, unit: str) -> str:
+    if entry.value is None:
+        return f"{what}: nothing fits (1 {unit.rstrip('s')} already needs {entry.next_need_bytes / GiB:.2f} GiB)"
+    line = f"{what}: {entry.value:,} {unit} ({entry.need_bytes / GiB:.2f} GiB)"
+    if entry.capped:
+        return line + ", the search's ceiling: more fits too"
+    if entry.power_of_two != entry.value:
+        line += f"; largest power of two {entry.power_of_two:,} ({entry.power_of_two_need_bytes / GiB:.2f} GiB)"
+    return line
+
+
+def limits_text(arch: ModelArch, report) -> str:
+    cfg = report.config
+    lines = [f"{arch.name} · {_describe(cfg)}", f"on {report.gpu} ({report.capacity_bytes / GiB:.2f} GiB usable)", "",
+             _limit_line(f"longest sequence at micro batch {cfg.micro_batch}", report.longest_seq_len, "tokens"),
+             _limit_line(f"largest micro batch at seq {cfg.seq_len}", report.largest_micro_batch, "sequences")]
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)

@@ -198,6 +198,37 @@ def _check(phase: str, predicted: int, measured: int) -> PhaseCheck:
                       error_percent=100.0 * (predicted - measured) / measured if measured else 0.0)
 
 
+class LimitEntry(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    value: int | None = Field(description="The largest value that fits; null when not even 1 does.")
+    power_of_two: int | None = Field(description="The largest power of two that fits.")
+    power_of_two_need_bytes: int | None = Field(description="Device peak at `power_of_two`.")
+    need_bytes: int | None = Field(description="Device peak at `value`.")
+    next_need_bytes: int | None = Field(description="Device peak at value + 1 (at 1 when nothing fits); null when capped.")
+    capped: bool = Field(description="The search stopped at its ceiling: every value up to `value` fits.")
+
+    @classmethod
+    def of(cls, limit) -> "LimitEntry":
+        return cls(value=limit.value, power_of_two=limit.power_of_two, power_of_two_need_bytes=limit.power_of_two_need_bytes,
+                   need_bytes=limit.need_bytes, next_need_bytes=limit.next_need_bytes, capped=limit.capped)
+
+
+class LimitsReport(BaseModel):
+    """`lora-advisor limits --json`: the longest sequence and the largest micro batch that fit one config."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    config: TrainConfig
+    gpu: str
+    capacity_bytes: int = Field(description="One GPU's usable memory; fits means device peak <= this (no headroom kept).")
+    longest_seq_len: LimitEntry = Field(description="At the config's micro batch.")
+    largest_micro_batch: LimitEntry = Field(description="At the config's sequence length.")
+    notes: list[str] = Field(default_factory=list)
+
+
 class ErrorReport(BaseModel):
     """What `--json` prints on stdout when the input is bad (exit code 2)."""
 
@@ -212,4 +243,4 @@ from .planner import Plan  # noqa: E402  (after the report models it refers to)
 
 PlanReport.model_rebuild()
 
-SCHEMAS = {"verify": VerifyReport, "plan": PlanReport, "estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}
+SCHEMAS = {"limits": LimitsReport, "verify": VerifyReport, "plan": PlanReport, "estimate": EstimateReport, "rank-sweep": RankSweepReport, "gpus": GpusReport, "error": ErrorReport}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .memory.config import TrainConfig
+from .memory.estimate import Peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
 from .models.params import count_params
@@ -48,7 +49,7 @@ def flops_per_token(arch: ModelArch, cfg: TrainConfig) -> float:
     return flops
 
 
-def throughput(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate, effective_batch: int,
+def throughput(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate | Peaks, effective_batch: int,
                tflops: float | None, bandwidth_gbs: float | None, nvlink: bool) -> Throughput:
     gpus = cfg.gpus
     micro_steps = max(1, -(-effective_batch // (cfg.micro_batch * gpus)))

@@ -97,7 +97,7 @@ def test_models_list():
     assert len(models) >= 25 and any(m["name"] == "gemma-2-27b" for m in models)
 
 
-@pytest.mark.parametrize("name", ["verify", "plan", "estimate", "rank-sweep", "gpus", "error"])
+@pytest.mark.parametrize("name", ["limits", "verify", "plan", "estimate", "rank-sweep", "gpus", "error"])
 def test_published_schema_is_current(name):
     assert (SCHEMA_DIR / f"{name}.schema.json").read_text() == schema_text(name), \
         "run `python -m advisor.schema` and commit the result"

@@ -49,6 +49,7 @@ def gpu_catalog() -> list[GpuSpec]:
     return [GpuSpec(**entry) for entry in data["gpus"]]
 
 
+@lru_cache(maxsize=1)
 def _index() -> dict[str, GpuSpec]:
     index: dict[str, GpuSpec] = {}
     for spec in gpu_catalog():

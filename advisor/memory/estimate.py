@@ -10,6 +10,7 @@ step) and takes the largest live total in each phase.  All sizes are per GPU.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from ..hardware import Hardware
 from ..models.arch import ModelArch
@@ -24,8 +25,8 @@ from .targets import effective_attention, lora_linears
 
 def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True,
              calibration=None) -> MemoryEstimate:
-    """The memory of one configuration.  ``detail=False`` skips the component breakdown (the planner's
-    fast path over thousands of candidates); every number that decides fits is the same.  ``calibration``
+    """The memory of one configuration.  ``detail=False`` returns only the `Peaks` (the planner's fast
+    path over thousands of candidates, see `peaks`); every number that decides fits is the same.  ``calibration``
     (a CalibrationPoint from a real run on this GPU) replaces the overhead constants with what was
     measured."""
     pb = param_bytes(arch, cfg)
@@ -121,9 +122,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries
 
-    phases = PhasePeaks.model_construct(forward=forward, backward=backward, optimizer=optimizer)
-    peak_phase = max(("forward", "backward", "optimizer"), key=lambda p: getattr(phases, p))
-    tensor_peak = getattr(phases, peak_phase)
+    by_phase = {"forward": forward, "backward": backward, "optimizer": optimizer}
+    peak_phase = max(by_phase, key=by_phase.__getitem__)
+    tensor_peak = by_phase[peak_phase]
     paged = gpu.states if cfg.optimizer == "paged_adamw_8bit" else 0
     over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged)
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
@@ -139,6 +140,11 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                       f"{calibration.method}, {calibration.measured_at}): allocated x{calibration.allocated_ratio:.3f}, "
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
+    if not detail:
+        return Peaks(peak_device_bytes=device, activation_bytes=stored_acts + shared + final,
+                     optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,
+                     trainable_params=pb.trainable_params)
+    phases = PhasePeaks.model_construct(**by_phase)
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
                              loss_fwd, loss_bwd, over, per_layer) if detail else []
     notes = _notes(arch, cfg, attn) + ([calibrated] if calibrated else [])
@@ -159,6 +165,24 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         if hardware.in_use_bytes:
             result.notes.append(f"{hardware.in_use_bytes / 2**30:.1f} GiB of the GPU are in use by other processes")
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Peaks:
+    """What the planner needs of an estimate, without the breakdown (a plain object: the planner makes
+    hundreds a plan, and a pydantic model costs more to build than the numbers do)."""
+
+    peak_device_bytes: int
+    activation_bytes: int
+    optimizer_state_bytes: int
+    host_ram_bytes: int
+    total_params: int
+    trainable_params: int
+
+
+def peaks(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None) -> Peaks:
+    """The device peak of one configuration and the terms the planner's rules and throughput read."""
+    return estimate(arch, cfg, hardware, detail=False)
 
 
 def _run_ends(per_layer: list[int]) -> list[int]:
