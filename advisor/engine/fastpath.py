@@ -2,25 +2,32 @@
 
 rule-engine walks its AST for every evaluation (~17 us a rule on our facts); the planner asks ~4,000
 times a plan, which made rule evaluation a third of `lora-advisor --json`.  This module turns the
-checked AST of a rule into nested Python closures with the same semantics, node by node, as rule-engine
-5.x's own ``evaluate`` methods (numbers compared as ``Decimal`` after rule-engine's own coercion, ``==``
-false across types, ordered comparisons raising on a type mismatch, ``and``/``or``/``not`` on truthiness).
+checked AST of a rule into a small intermediate form (nested lists, JSON-safe, so a rule pack's compiled
+form can be cached on disk: see rules.py) and that form into nested Python closures with the same
+semantics, node by node, as rule-engine 5.x's own ``evaluate`` methods: numbers compared as ``Decimal``
+after rule-engine's coercion (``Decimal(repr(float))``, ``Decimal(int)``), ``==`` false across types,
+ordered comparisons raising on a type mismatch, ``and``/``or``/``not`` on truthiness.
 
 Only the node kinds the rule packs use are translated: and/or/not, unary minus, == != < <= > >=,
-``in`` over a literal array, attribute access on a symbol (``candidate.need_gib``) and literals.  A rule
-with anything else (arithmetic, regexes, ternaries, functions, comprehensions, builtins) returns None
-here and keeps rule-engine's evaluator, so the fast path can only be faster, never different.  A test
-compares the two on random expressions and random facts (tests/test_rules_fastpath.py).
+``in`` over a literal array, attribute access on a symbol (``candidate.need_gib``) and scalar literals.
+A rule with anything else (arithmetic, regexes, ternaries, functions, comprehensions, builtins) gets no
+intermediate form and keeps rule-engine's evaluator, so the fast path can only be faster, never
+different.  A test compares the two on random expressions and random facts (tests/test_rules_fastpath.py).
 
-rule-engine remains the parser, the type checker and the sandbox: nothing here sees a rule's text.
+rule-engine remains the parser, the type checker and the sandbox: nothing here sees a rule's text, and
+the closures only read the attributes the type checker allowed.
 """
 
 from __future__ import annotations
 
+import decimal
 import operator
 from typing import Any, Callable
 
 Evaluator = Callable[[dict], Any]
+IR = list  # ["and", a, b] | ["or", a, b] | ["not", a] | ["neg", a] | ["eq"|"ne"|"ge"|"gt"|"le"|"lt", a, b]
+#            | ["in", member, [literal, ...]] | ["attr", symbol, name, "float"|"bool"|"str"] | literal
+# literal: ["lit", "float", "<decimal text>"] | ["lit", "str", text] | ["lit", "bool", bool] | ["lit", "null", None]
 
 _ORDERED = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 
@@ -31,6 +38,14 @@ class _Unsupported(Exception):
 
 def fast_evaluator(rule: Any) -> Evaluator | None:
     """A closure equivalent to ``rule.evaluate`` (a compiled ``rule_engine.Rule``), or None."""
+    ir = to_ir(rule)
+    return None if ir is None else from_ir(ir)
+
+
+# --- rule-engine AST -> intermediate form (needs rule-engine) --------------------------------------------
+
+def to_ir(rule: Any) -> IR | None:
+    """The intermediate form of a compiled ``rule_engine.Rule``, or None when it uses other nodes."""
     from .ruleengine import rule_engine
 
     try:
@@ -43,98 +58,121 @@ class _Translator:
     def __init__(self, module: Any) -> None:
         self.ast = module.ast
         self.DataType = module.DataType
-        self.errors = module.errors
-        from rule_engine.types import coerce_value
 
-        self.coerce = coerce_value
-
-    def node(self, n: Any) -> Evaluator:
+    def literal(self, n: Any) -> IR:
         ast = self.ast
         kind = type(n)
-        if kind in (ast.BooleanExpression, ast.FloatExpression, ast.StringExpression, ast.NullExpression):
-            value = n.value
-            return lambda thing: value
-        if kind is ast.ArrayExpression:
-            scalars = (ast.BooleanExpression, ast.FloatExpression, ast.StringExpression, ast.NullExpression)
-            if not all(type(m) in scalars for m in n.value):
-                raise _Unsupported("array with members that are not scalar literals")
-            values = tuple(m.value for m in n.value)
-            return lambda thing: values
-        if kind is ast.GetAttributeExpression:
-            return self.attribute(n)
-        if kind is ast.LogicExpression:
-            left, right = self.node(n.left), self.node(n.right)
-            if n.type == "and":
-                return lambda thing: bool(left(thing) and right(thing))
-            if n.type == "or":
-                return lambda thing: bool(left(thing) or right(thing))
-        if kind is ast.ComparisonExpression:
-            return self.equality(n)
-        if kind is ast.ArithmeticComparisonExpression:
-            return self.ordered(n)
-        if kind is ast.ContainsExpression:
-            return self.contains(n)
-        if kind is ast.UnaryExpression:
-            right = self.node(n.right)
-            if n.type == "not":
-                return lambda thing: not right(thing)
-            if n.type == "uminus":
-                return lambda thing: -right(thing)  # the operand is numeric: checked when the rule loaded
+        if kind is ast.FloatExpression:
+            return ["lit", "float", str(n.value)]  # a Decimal: its text round-trips exactly
+        if kind is ast.StringExpression:
+            return ["lit", "str", n.value]
+        if kind is ast.BooleanExpression:
+            return ["lit", "bool", n.value]
+        if kind is ast.NullExpression:
+            return ["lit", "null", None]
         raise _Unsupported(kind.__name__)
 
-    def attribute(self, n: Any) -> Evaluator:
-        """``symbol.attribute`` on a typed OBJECT fact: rule-engine resolves the symbol as ``thing[name]``
-        and fetches the attribute with ``getattr``, then coerces the value (ints and floats to Decimal)."""
+    def node(self, n: Any) -> IR:
+        ast, DataType = self.ast, self.DataType
+        kind = type(n)
+        if kind in (ast.BooleanExpression, ast.FloatExpression, ast.StringExpression, ast.NullExpression):
+            return self.literal(n)
+        if kind is ast.GetAttributeExpression:
+            return self.attribute(n)
+        if kind is ast.LogicExpression and n.type in ("and", "or"):
+            return [n.type, self.node(n.left), self.node(n.right)]
+        if kind is ast.ComparisonExpression and n.type in ("eq", "ne"):
+            return [n.type, self.node(n.left), self.node(n.right)]
+        if kind is ast.ArithmeticComparisonExpression and n.type in _ORDERED:
+            if DataType.is_type(n.left.result_type, DataType.ARRAY) or DataType.is_type(n.right.result_type, DataType.ARRAY):
+                raise _Unsupported("ordered comparison of arrays")
+            return [n.type, self.node(n.left), self.node(n.right)]
+        if kind is ast.ContainsExpression:
+            if type(n.container) is not ast.ArrayExpression:
+                raise _Unsupported("containment in something other than a literal array")
+            return ["in", self.node(n.member), [self.literal(m) for m in n.container.value]]
+        if kind is ast.UnaryExpression and n.type in ("not", "uminus"):
+            return ["not" if n.type == "not" else "neg", self.node(n.right)]
+        raise _Unsupported(kind.__name__)
+
+    def attribute(self, n: Any) -> IR:
+        """``symbol.attribute`` on a typed OBJECT fact (rule-engine: ``thing[symbol]``, then ``getattr``)."""
         ast, DataType = self.ast, self.DataType
         obj = n.object
         if type(obj) is not ast.SymbolExpression or obj.scope is not None or n.safe:
             raise _Unsupported("attribute of something other than a fact")
         if not DataType.is_type(obj.result_type, DataType.OBJECT) or n.name not in obj.result_type.attributes:
             raise _Unsupported("untyped attribute")
-        symbol, name = obj.name, n.name
-        kind = obj.result_type.attributes[name]
-        if kind in (DataType.BOOLEAN, DataType.STRING):
-            return lambda thing: getattr(thing[symbol], name)
-        if kind == DataType.FLOAT:
-            coerce = self.coerce
-            return lambda thing: coerce(getattr(thing[symbol], name), verify_type=False)
-        raise _Unsupported(f"attribute of type {kind}")
+        kinds = {DataType.FLOAT: "float", DataType.BOOLEAN: "bool", DataType.STRING: "str"}
+        kind = next((name for data_type, name in kinds.items() if obj.result_type.attributes[n.name] == data_type), None)
+        if kind is None:
+            raise _Unsupported("attribute of another type")
+        return ["attr", obj.name, n.name, kind]
 
-    def equality(self, n: Any) -> Evaluator:
-        left, right = self.node(n.left), self.node(n.right)
-        if n.type == "eq":
-            def eq(thing: dict) -> bool:
-                a, b = left(thing), right(thing)
-                return type(a) is type(b) and a == b
-            return eq
-        if n.type == "ne":
-            def ne(thing: dict) -> bool:
-                a, b = left(thing), right(thing)
-                return type(a) is not type(b) or a != b
-            return ne
-        raise _Unsupported(n.type)
 
-    def ordered(self, n: Any) -> Evaluator:
-        DataType = self.DataType
-        if DataType.is_type(n.left.result_type, DataType.ARRAY) or DataType.is_type(n.right.result_type, DataType.ARRAY):
-            raise _Unsupported("ordered comparison of arrays")
-        if n.type not in _ORDERED:
-            raise _Unsupported(n.type)
-        op, left, right = _ORDERED[n.type], self.node(n.left), self.node(n.right)
-        mismatch = self.errors.EvaluationError
-        equal_counts = n.type in ("ge", "le")
+# --- intermediate form -> closures (needs nothing but the facts) -------------------------------------------
 
-        def compare(thing: dict) -> bool:
+def _to_decimal(value: Any) -> decimal.Decimal:
+    """rule-engine's coercion of a number read from a fact (rule_engine.types.coercion._to_decimal)."""
+    if isinstance(value, decimal.Decimal):
+        return value
+    if isinstance(value, int):
+        return decimal.Decimal(int(value))
+    return decimal.Decimal(repr(value))
+
+
+def _mismatch() -> Exception:
+    from .ruleengine import rule_engine
+
+    return rule_engine().errors.EvaluationError("data type mismatch")
+
+
+def _literal_value(ir: IR) -> Any:
+    _, kind, value = ir
+    return decimal.Decimal(value) if kind == "float" else value
+
+
+def from_ir(ir: IR) -> Evaluator:
+    op = ir[0]
+    if op == "lit":
+        value = _literal_value(ir)
+        return lambda thing: value
+    if op == "attr":
+        _, symbol, name, kind = ir
+        if kind == "float":
+            return lambda thing: _to_decimal(getattr(thing[symbol], name))
+        return lambda thing: getattr(thing[symbol], name)
+    if op == "in":
+        member, values = from_ir(ir[1]), tuple(_literal_value(v) for v in ir[2])
+        return lambda thing: member(thing) in values
+    if op == "not":
+        right = from_ir(ir[1])
+        return lambda thing: not right(thing)
+    if op == "neg":
+        right = from_ir(ir[1])
+        return lambda thing: -right(thing)  # the operand is numeric: checked when the rule was parsed
+    left, right = from_ir(ir[1]), from_ir(ir[2])
+    if op == "and":
+        return lambda thing: bool(left(thing) and right(thing))
+    if op == "or":
+        return lambda thing: bool(left(thing) or right(thing))
+    if op == "eq":
+        def eq(thing: dict) -> bool:
             a, b = left(thing), right(thing)
-            if a is None and b is None:
-                return equal_counts
-            if type(a) is not type(b):
-                raise mismatch("data type mismatch")
-            return op(a, b)
-        return compare
+            return type(a) is type(b) and a == b
+        return eq
+    if op == "ne":
+        def ne(thing: dict) -> bool:
+            a, b = left(thing), right(thing)
+            return type(a) is not type(b) or a != b
+        return ne
+    compare, equal_counts = _ORDERED[op], op in ("ge", "le")
 
-    def contains(self, n: Any) -> Evaluator:
-        if type(n.container) is not self.ast.ArrayExpression:
-            raise _Unsupported("containment in something other than a literal array")
-        container, member = self.node(n.container), self.node(n.member)
-        return lambda thing: member(thing) in container(thing)
+    def ordered(thing: dict) -> bool:
+        a, b = left(thing), right(thing)
+        if a is None and b is None:
+            return equal_counts
+        if type(a) is not type(b):
+            raise _mismatch()
+        return compare(a, b)
+    return ordered

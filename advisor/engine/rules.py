@@ -19,8 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import AdvisorError
+from . import cache
 from .facts import fact_names, flatten, type_schema
-from .fastpath import fast_evaluator
+from .fastpath import from_ir, to_ir
 
 SETTABLE = {"method": str, "precision": str, "optimizer": str, "targets": str, "rank": int, "attn": str,
             "grad_ckpt": bool, "sharding": str, "offload": str, "alpha_per_rank": float}
@@ -66,12 +67,15 @@ class RuleSpec(BaseModel):
 class Rule:
     spec: RuleSpec
     source: str  # "file:line"
-    compiled: Any = field(repr=False, default=None)  # the rule_engine.Rule
-    fast: Any = field(repr=False, default=None)  # fastpath.fast_evaluator(compiled), None where it does not apply
+    compiled: Any = field(repr=False, default=None)  # the rule_engine.Rule (compiled when first needed after a cache hit)
+    ir: Any = field(repr=False, default=None)  # fastpath intermediate form; None where the fast path does not apply
+    fast: Any = field(repr=False, default=None)  # the closures built from `ir`
 
     def __post_init__(self) -> None:
-        if self.fast is None and self.compiled is not None:
-            self.fast = fast_evaluator(self.compiled)
+        if self.ir is None and self.compiled is not None:
+            self.ir = to_ir(self.compiled)
+        if self.fast is None and self.ir is not None:
+            self.fast = from_ir(self.ir)
 
     @property
     def id(self) -> str:
@@ -83,6 +87,8 @@ class Rule:
                 return bool(self.fast(things))
             except KeyError:
                 pass  # a fact is missing: rule-engine's own evaluation reports it
+        if self.compiled is None:
+            self.compiled = _compile(self.spec, self.source)
         return bool(self.compiled.matches(things))
 
     def sentence(self, things: dict[str, object]) -> str:
@@ -153,7 +159,20 @@ def _check_template(spec: RuleSpec, where: str) -> None:
 
 
 def load_rules_text(text: str, source: str) -> list[Rule]:
-    """Parse, validate and compile one YAML rule pack."""
+    """Parse, validate and compile one YAML rule pack (or take it from the compiled-rules cache)."""
+    cached = cache.read(text, source)
+    if cached is not None:
+        try:
+            return [Rule(RuleSpec.model_validate(entry["spec"]), entry["source"], ir=entry["ir"]) for entry in cached]
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # a cache file from something else: compile afresh (and overwrite it)
+    rules = _load_rules_text(text, source)
+    cache.write(text, source, [{"spec": rule.spec.model_dump(mode="json"), "source": rule.source, "ir": rule.ir}
+                               for rule in rules])
+    return rules
+
+
+def _load_rules_text(text: str, source: str) -> list[Rule]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: ~20x faster
     try:
         data = yaml.load(text, Loader=loader)
