@@ -352,6 +352,10 @@ def short(option) -> str:
         parts.append(cfg.sharding)
     if cfg.offload != "none":
         parts.append(f"offload {cfg.offload}")
+    if cfg.optimizer != "adamw":  # what else tells two options of the same method and rank apart
+        parts.append({"adamw_8bit": "8-bit Adam", "paged_adamw_8bit": "paged 8-bit Adam"}.get(cfg.optimizer, cfg.optimizer))
+    if cfg.loss == "chunked":
+        parts.append("chunked CE")
     return " · ".join(parts) + f"  {option.need_bytes / GiB:.1f} GiB"
 
 
