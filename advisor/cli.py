@@ -213,13 +213,18 @@ def cmd_limits(args: argparse.Namespace) -> int:
     if hardware is None:
         raise UsageError("limits needs a GPU to fit into: none was detected",
                          "name one with --gpu 4090 (or --vram 24GiB)")
+    if len(args.rank) > 1:
+        raise UsageError("limits takes one --rank", "for several ranks: lora-advisor estimate --rank 8,16,32")
     cfg = train_config(args)
-    seq, batch = fit_limits(arch, cfg, hardware)
-    est = estimate(arch, cfg, hardware, detail=False)
+    calibration = _calibration(args, arch, cfg, hardware)
+    seq, batch = fit_limits(arch, cfg, hardware, calibration)
+    est = estimate(arch, cfg, hardware, detail=False, calibration=calibration)
     notes = []
     if seq.value and seq.value > arch.max_position_embeddings:
         notes.append(f"sequences beyond the model's {arch.max_position_embeddings:,} positions fit in memory, "
                      "but quality degrades without RoPE scaling")
+    if calibration is not None:
+        notes.append(f"calibrated from a real run on {calibration.gpu_name} ({calibration.measured_at})")
     notes.append("fits = the predicted device peak is at most the usable memory; the planner keeps 10 % of it free")
     report = LimitsReport(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
                                           trainable_params=est.trainable_params),
@@ -258,7 +263,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     gpus = hardware.count if hardware is not None and args.gpus == 1 else args.gpus
     goals = Goals(seq_len=args.seq_len, effective_batch=args.effective_batch, method=args.method,
                   prefer=args.prefer, gpus=gpus)
-    plan = make_plan(arch, hardware, goals, rules)
+    calibrations = None
+    if hardware is not None and not args.no_calibration:
+        from .verify.calibration import points_by_method
+
+        calibrations, problem = points_by_method(hardware.name, arch.model_type)
+        if problem:
+            print(f"note: {problem}", file=sys.stderr)
+    plan = make_plan(arch, hardware, goals, rules, calibrations=calibrations)
     report = PlanReport.build(arch, hardware, goals, plan)
     if args.json:
         _print_json(report)
@@ -351,6 +363,7 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, 4xA100-80GB")
     p.add_argument("--vram", default=None, help="one GPU's memory for a custom card (24GiB, 80GB)")
     p.add_argument("--rules", action="append", help="a YAML rule file that adds rules or overrides them by id")
+    p.add_argument("--no-calibration", action="store_true", help="ignore calibration from real runs on this GPU")
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:

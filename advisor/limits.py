@@ -34,9 +34,9 @@ class Limit:
 
 
 def largest_fitting(arch: ModelArch, cfg: TrainConfig, hardware: Hardware, field: str,
-                    capacity_bytes: int | None = None) -> Limit:
+                    capacity_bytes: int | None = None, calibration=None) -> Limit:
     """The largest ``field`` (seq_len or micro_batch) whose device peak is at most ``capacity_bytes``
-    (default: the GPU's usable memory), the other fields as in ``cfg``."""
+    (default: the GPU's usable memory), the other fields as in ``cfg``; ``calibration`` as in `estimate`."""
     if field not in ("seq_len", "micro_batch"):
         raise ValueError(f"no limit search for {field!r}")
     capacity = hardware.usable_bytes if capacity_bytes is None else capacity_bytes
@@ -45,7 +45,7 @@ def largest_fitting(arch: ModelArch, cfg: TrainConfig, hardware: Hardware, field
 
     def need(value: int) -> int:
         if value not in needs:
-            needs[value] = peaks(arch, cfg.model_copy(update={field: value}), hardware).peak_device_bytes
+            needs[value] = peaks(arch, cfg.model_copy(update={field: value}), hardware, calibration).peak_device_bytes
         return needs[value]
 
     if need(1) > capacity:
@@ -65,6 +65,7 @@ def largest_fitting(arch: ModelArch, cfg: TrainConfig, hardware: Hardware, field
     return Limit(field, low, needs[low], need(low + 1), False, power, needs[power])
 
 
-def fit_limits(arch: ModelArch, cfg: TrainConfig, hardware: Hardware) -> tuple[Limit, Limit]:
+def fit_limits(arch: ModelArch, cfg: TrainConfig, hardware: Hardware, calibration=None) -> tuple[Limit, Limit]:
     """(longest sequence at cfg's micro batch, largest micro batch at cfg's sequence length)."""
-    return largest_fitting(arch, cfg, hardware, "seq_len"), largest_fitting(arch, cfg, hardware, "micro_batch")
+    return (largest_fitting(arch, cfg, hardware, "seq_len", calibration=calibration),
+            largest_fitting(arch, cfg, hardware, "micro_batch", calibration=calibration))

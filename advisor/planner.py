@@ -18,6 +18,7 @@ from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
 from .engine.rules import Rule
 from .hardware import Hardware
 from .memory import TrainConfig, estimate
+from .limits import fit_limits
 from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
@@ -68,6 +69,13 @@ class Rejection(BaseModel):
     need_bytes: int | None = None
 
 
+class ChosenLimits(BaseModel):
+    """How far the chosen setup stretches on the card (device peak at most the usable memory)."""
+
+    longest_seq_len: int | None = Field(description="Longest sequence that fits at the chosen micro batch.")
+    largest_micro_batch: int | None = Field(description="Largest micro batch that fits at the goal's sequence length.")
+
+
 class Plan(BaseModel):
     chosen: Option | None
     estimate: MemoryEstimate | None
@@ -79,6 +87,7 @@ class Plan(BaseModel):
     candidates_estimated: int = Field(0, description="Candidates the memory model estimated.")
     smallest_need_bytes: int | None = Field(None, description="When nothing fits: the least any candidate needs.")
     what_would_fit: list[str] = Field(default_factory=list)
+    chosen_limits: ChosenLimits | None = Field(None, description="The chosen config's limits on this card (`lora-advisor limits`).")
 
 
 @dataclass
@@ -154,10 +163,12 @@ def _describe(cfg: TrainConfig) -> str:
 
 
 def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5,
-              suggest: bool = True) -> Plan:
+              suggest: bool = True, calibrations: dict | None = None) -> Plan:
     """The fastest configuration that fits and passes the rules.  When nothing does and ``suggest`` is
     set, ``what_would_fit`` lists changes (a bigger card, more cards, a shorter sequence) that were each
-    checked by planning for them."""
+    checked by planning for them.  ``calibrations`` ({method: CalibrationPoint} measured on this GPU and
+    model family, see verify/calibration.py) replace the overhead constants as in `estimate`."""
+    calibrations = calibrations or {}
     gpu, model, goal = gpu_facts(hw), model_facts(arch), GoalFacts(goals.seq_len, goals.effective_batch, goals.method,
                                                                     goals.prefer, goals.gpus)
     base = {"gpu": gpu, "model": model, "goals": goal}
@@ -166,6 +177,9 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     space = _Space()
     plan_rules = [r for r in rules if r.spec.scope == "plan"]
     cand_rules = [r for r in rules if r.spec.scope == "candidate"]
+    if calibrations:
+        warnings.append(f"memory calibrated from real runs on this GPU for {', '.join(sorted(calibrations))} "
+                        "(allocator and context terms as measured; --no-calibration turns it off)")
     for rule in plan_rules:
         if not rule.matches(base):
             continue
@@ -201,7 +215,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         setup = _setup(cfg)
         if usable is not None and setup in too_big:
             continue
-        est = peaks(arch, cfg, hw)
+        est = peaks(arch, cfg, hw, calibrations.get(cfg.method))
         estimated += 1
         need = est.peak_device_bytes
         if usable is not None and need > usable:
@@ -241,10 +255,13 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
-                    what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest) if suggest else [])
+                    what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest, calibrations) if suggest else [])
     # sentences are rendered only for what is shown: the chosen plan and its alternatives
     chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
-    chosen.reasons = _chosen_reasons(arch, chosen, chosen_cfg, goals, hw) + [r.sentence(chosen_things) for r in chosen_rules]
+    calibration = calibrations.get(chosen_cfg.method)
+    limits = fit_limits(arch, chosen_cfg, hw, calibration) if hw is not None else None
+    chosen.reasons = (_chosen_reasons(chosen, chosen_cfg, goals, hw, limits)
+                      + [r.sentence(chosen_things) for r in chosen_rules])
     for rule in chosen_rules:
         trace.append(TraceEntry(rule=rule.id, kind="prefer", sentence=rule.sentence(chosen_things), source=rule.source))
     distinct, seen = [], {_variant(chosen_cfg)}
@@ -255,9 +272,11 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             distinct.append(option)
         if len(distinct) >= top:
             break
-    return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw), alternatives=distinct, trace=trace,
-                rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates),
-                candidates_estimated=estimated)
+    return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw, calibration=calibration), alternatives=distinct,
+                trace=trace, rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates),
+                candidates_estimated=estimated,
+                chosen_limits=None if limits is None else ChosenLimits(longest_seq_len=limits[0].value,
+                                                                        largest_micro_batch=limits[1].value))
 
 
 def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[tuple]:
@@ -302,7 +321,7 @@ def _share(est: Peaks, name: str, need: int) -> float:
     return part / need if need else 0.0
 
 
-def _chosen_reasons(arch: ModelArch, option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware | None) -> list[str]:
+def _chosen_reasons(option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware | None, limits) -> list[str]:
     reasons = []
     if hw is not None:
         reasons.append(f"fits: {option.need_bytes / GiB:.1f} GiB of {hw.usable_bytes / GiB:.1f} GiB usable "
@@ -310,10 +329,8 @@ def _chosen_reasons(arch: ModelArch, option: Option, cfg: TrainConfig, goals: Go
     reasons.append(f"micro batch {cfg.micro_batch} x {option.grad_accum} accumulation x {cfg.gpus} GPU(s) "
                    f"= {cfg.micro_batch * option.grad_accum * cfg.gpus} sequences per step (goal {goals.effective_batch})")
     reasons.append(f"fastest that fits: ~{option.tokens_per_s:,.0f} tokens/s estimated")
-    if hw is not None:
-        from .limits import fit_limits
-
-        seq, batch = fit_limits(arch, cfg, hw)
+    if limits is not None:
+        seq, batch = limits
         if seq.value and batch.value:
             reasons.append(f"at the card's limit this setup holds sequences up to {seq.value:,} tokens (micro batch "
                            f"{cfg.micro_batch}) or micro batch {batch.value} at {cfg.seq_len:,} tokens")
@@ -321,7 +338,7 @@ def _chosen_reasons(arch: ModelArch, option: Option, cfg: TrainConfig, goals: Go
 
 
 def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule],
-                    smallest: int | None) -> list[str]:
+                    smallest: int | None, calibrations: dict) -> list[str]:
     """Changes that make a plan exist, each one checked by planning for it, so a suggestion passes the
     same rules (headroom included) as any plan: the smallest catalog card that works, the fewest of
     these cards that work, the longest of the halved sequence lengths that works."""
@@ -330,7 +347,9 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
     from .hardware.catalog import gpu_catalog
 
     def works(hardware: Hardware, goals_: Goals) -> Option | None:
-        return make_plan(arch, hardware, goals_, rules, suggest=False).chosen
+        same_card = hardware.name == hw.name  # calibration was measured on this card only
+        return make_plan(arch, hardware, goals_, rules, suggest=False,
+                         calibrations=calibrations if same_card else None).chosen
 
     out = []
     sizes: dict[int, object] = {}  # one catalog card per memory size, the fastest of that size

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from advisor.cli import main
+from advisor.hardware import hardware_for
 from advisor.memory import TrainConfig, estimate
 from advisor.models import resolve_model
 from advisor.verify.calibration import CalibrationPoint, find_point, load_points, point_from_report, save_point
@@ -75,3 +76,23 @@ def test_point_from_a_real_run_report():
     assert made.allocated_ratio == pytest.approx(1.01, rel=1e-3)
     assert made.reserved_over_allocated == pytest.approx(1.08 / 1.01, rel=1e-3)
     assert made.context_bytes == pytest.approx(700 * 2**20, rel=1e-3)
+
+
+def test_plan_and_limits_apply_it_like_the_estimate(data_dir, capsys):
+    """The plan is an estimate too: with a stored point its numbers are the calibrated estimate's."""
+    from advisor.planner import Plan
+
+    args = ["plan", "--json", "--model", "llama-2-7b", "--gpu", "4090"]
+    assert main([*args, "--no-calibration"]) == 0
+    plain = Plan.model_validate(json.loads(capsys.readouterr().out)["plan"])
+    save_point(point(method=plain.chosen.config.method, allocated_ratio=1.25, context_bytes=2 * 2**30))
+    assert main(args) == 0
+    calibrated = Plan.model_validate(json.loads(capsys.readouterr().out)["plan"])
+    assert any("calibrated from real runs" in w for w in calibrated.warnings)
+    cfg = calibrated.chosen.config
+    expected = estimate(resolve_model("llama-2-7b"), cfg, hardware_for("4090"),
+                        calibration=find_point("RTX 4090", "llama", cfg.method)[0])
+    assert calibrated.chosen.need_bytes == expected.peak_device_bytes == calibrated.estimate.peak_device_bytes
+    assert calibrated.chosen_limits.longest_seq_len < plain.chosen_limits.longest_seq_len or cfg != plain.chosen.config
+    assert main(["limits", "--json", "--model", "llama-2-7b", "--gpu", "4090", "--method", cfg.method]) == 0
+    assert any("calibrated" in note for note in json.loads(capsys.readouterr().out)["notes"])

@@ -76,9 +76,10 @@ def test_cli_json_is_one_valid_document(capsys):
 def test_cli_text_and_errors(capsys):
     assert main(["limits", "--model", "llama-3.1-8b", "--method", "full", "--gpu", "4090"]) == 0
     assert "nothing fits" in capsys.readouterr().out
-    assert main(["limits", "--model", "llama-3.1-8b", "--vram", "lots"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    for bad in (["--vram", "lots"], ["--gpu", "4090", "--rank", "8,16"], ["--gpu", "4090", "--seq-len", "0"]):
+        assert main(["limits", "--model", "llama-3.1-8b", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, bad
 
 
 def test_without_a_gpu_it_asks_for_one(monkeypatch, capsys):

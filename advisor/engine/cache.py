@@ -1,9 +1,10 @@
 """A disk cache of compiled rule packs, so a `--json` run does not parse YAML, import rule-engine and
 compile 30 rules again every time (that was ~15 % of the run).
 
-One JSON file per rule pack, named by a hash of everything that decides its content: the pack's text and
-source name, this module's format, the facts rules can see, and the installed rule-engine (its path,
-size and mtime: an upgrade or reinstall changes them).  A pack is cached only after it loaded and
+One JSON file per rule pack source (so editing a pack replaces its entry instead of adding files), holding
+a key over everything that decides its content: the pack's text and source name, this module's format,
+the facts rules can see, the fast path's code and the installed rule-engine (its path, size and mtime:
+an upgrade or reinstall changes them).  An entry is used only when its key matches.  A pack is cached only after it loaded and
 type-checked cleanly, so a hit needs no checks beyond the spec model's.  Like Python's own bytecode cache,
 the cache is an optimisation only: a missing, unreadable, corrupt or unwritable cache is silently
 rebuilt or skipped, never an error.  ``LORA_ADVISOR_CACHE_DIR`` moves it (tests use it);
@@ -52,19 +53,20 @@ def _key(text: str, source: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def _path(text: str, source: str) -> Path | None:
+def _path(source: str) -> Path | None:
     directory = cache_dir()
-    return None if directory is None else directory / f"rules-{_key(text, source)}.json"
+    name = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return None if directory is None else directory / f"rules-{name}.json"
 
 
 def read(text: str, source: str) -> list[dict[str, Any]] | None:
     """The cached entries ({spec, source, ir}) of a pack, or None (not cached, or unusable)."""
     try:
-        path = _path(text, source)
+        path = _path(source)
         if path is None or not path.exists():
             return None
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != FORMAT or not isinstance(doc.get("rules"), list):
+        if doc.get("key") != _key(text, source) or not isinstance(doc.get("rules"), list):
             return None
         return doc["rules"]
     except (OSError, ValueError, AttributeError):
@@ -74,14 +76,14 @@ def read(text: str, source: str) -> list[dict[str, Any]] | None:
 def write(text: str, source: str, entries: list[dict[str, Any]]) -> None:
     """Store a pack's entries atomically (a reader never sees half a file); failures are ignored."""
     try:
-        path = _path(text, source)
+        path = _path(source)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"format": FORMAT, "source": source, "rules": entries}, handle)
+                json.dump({"format": FORMAT, "key": _key(text, source), "source": source, "rules": entries}, handle)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

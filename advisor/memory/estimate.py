@@ -180,9 +180,9 @@ class Peaks:
     trainable_params: int
 
 
-def peaks(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None) -> Peaks:
+def peaks(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, calibration=None) -> Peaks:
     """The device peak of one configuration and the terms the planner's rules and throughput read."""
-    return estimate(arch, cfg, hardware, detail=False)
+    return estimate(arch, cfg, hardware, detail=False, calibration=calibration)
 
 
 def _run_ends(per_layer: list[int]) -> list[int]:

@@ -82,6 +82,7 @@ class AdvisorApp(App):
         self.detection: Detection | None = None
         self.report = None  # the latest PlanReport
         self.hardware = None
+        self.calibrations: dict = {}  # {method: CalibrationPoint} for the planned card
 
     # ---- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -153,7 +154,12 @@ class AdvisorApp(App):
         arch = resolve_model(form.model)
         goals = Goals(seq_len=form.seq_len, effective_batch=form.effective_batch, method=form.method,
                       prefer=form.prefer, gpus=hardware.count if hardware else 1)
-        plan = make_plan(arch, hardware, goals, list(cached_default_rules()))
+        self.calibrations = {}
+        if hardware is not None:  # what real runs on this card measured, as the CLI applies it
+            from ..verify.calibration import points_by_method
+
+            self.calibrations = points_by_method(hardware.name, arch.model_type)[0]
+        plan = make_plan(arch, hardware, goals, list(cached_default_rules()), calibrations=self.calibrations)
         return PlanReport.build(arch, hardware, goals, plan)
 
     # ---- messages ----------------------------------------------------------------------------------
@@ -201,13 +207,15 @@ class AdvisorApp(App):
         capacity = self.hardware.usable_bytes if self.hardware else None
         if kind == "rejected":  # an option that lost: its memory against the card, and why
             rejection = plan.rejected[int(index)]
-            est = estimate(resolve_model(self.form.model), rejection.config, self.hardware)
+            est = estimate(resolve_model(self.form.model), rejection.config, self.hardware,
+                           calibration=self.calibrations.get(rejection.config.method))
             self.query_one(MemoryBar).show(est, capacity)
             self.query_one("#plan-summary", Static).update(
                 Text(f"✗ {rejection.option}\n{rejection.reason}", style="bold red"))
             return
         option = plan.chosen if kind == "chosen" else plan.alternatives[int(index)]
-        est = estimate(resolve_model(self.form.model), option.config, self.hardware)
+        est = estimate(resolve_model(self.form.model), option.config, self.hardware,
+                       calibration=self.calibrations.get(option.config.method))
         self.query_one(MemoryBar).show(est, capacity)
         self.query_one("#plan-summary", Static).update(describe(option, est))
 
@@ -266,7 +274,8 @@ class AdvisorApp(App):
         arch = resolve_model(self.form.model)
         rows = []
         for rank in (4, 8, 16, 32, 64, 128):
-            est = estimate(arch, cfg.model_copy(update={"rank": rank}), self.hardware)
+            est = estimate(arch, cfg.model_copy(update={"rank": rank}), self.hardware,
+                           calibration=self.calibrations.get(cfg.method))
             state = sum(est.component(n).bytes for n in ("adapters", "gradients", "optimizer_states"))
             rows.append((rank, est.trainable_params, state, est.peak_device_bytes))
         self.push_screen(RankSweepModal(rows, f"rank sweep · {arch.name} · {short(self.report.plan.chosen)}"))

@@ -15,12 +15,14 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 STORE_NAME = "calibration.json"
 
 
 class CalibrationPoint(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # imported by every plan; built only when a store exists
+
     gpu_name: str
     driver_version: str | None = None
     cuda_version: str | None = None
@@ -85,6 +87,17 @@ def find_point(gpu_name: str, model_family: str, method: str, path: Path | None 
     key = (canonical_gpu_name(gpu_name), model_family, method)
     matching = [p for p in points if (canonical_gpu_name(p.gpu_name), p.model_family, p.method) == key]
     return (max(matching, key=lambda p: p.measured_at) if matching else None), problem
+
+
+def points_by_method(gpu_name: str, model_family: str, path: Path | None = None) -> tuple[dict, str | None]:
+    """{method: newest point} for this GPU and model family (what a plan over every method applies)."""
+    points, problem = load_points(path)
+    gpu = canonical_gpu_name(gpu_name)
+    newest: dict[str, CalibrationPoint] = {}
+    for point in sorted(points, key=lambda p: p.measured_at):
+        if (canonical_gpu_name(point.gpu_name), point.model_family) == (gpu, model_family):
+            newest[point.method] = point
+    return newest, problem
 
 
 def point_from_report(report, arch, environment: dict) -> CalibrationPoint | None:
