@@ -260,8 +260,11 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
     calibration = calibrations.get(chosen_cfg.method)
     limits = fit_limits(arch, chosen_cfg, hw, calibration) if hw is not None else None
+    # a bonus the chosen config earned is a reason for it; a penalty it carries anyway (offload, a fused-loss
+    # kernel to install, a 4-bit base under "quality") is a caveat the user should read as a warning
     chosen.reasons = (_chosen_reasons(chosen, chosen_cfg, goals, hw, limits)
-                      + [r.sentence(chosen_things) for r in chosen_rules])
+                      + [r.sentence(chosen_things) for r in chosen_rules if r.spec.prefer >= 0])
+    warnings += [r.sentence(chosen_things) for r in chosen_rules if r.spec.prefer < 0]
     for rule in chosen_rules:
         trace.append(TraceEntry(rule=rule.id, kind="prefer", sentence=rule.sentence(chosen_things), source=rule.source))
     distinct, seen = [], {_variant(chosen_cfg)}
