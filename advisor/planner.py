@@ -120,7 +120,10 @@ def _sharding_fields(name: str) -> dict:
     return {"single": {}, "ddp": {}, "zero2": {"zero": 2}, "zero3": {"zero": 3}, "fsdp": {"fsdp": True}}[name]
 
 
-def enumerate_candidates(goals: Goals, space: _Space) -> list[TrainConfig]:
+def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -> list[TrainConfig]:
+    """The candidate configurations the plan-scope rules left open.  ``last_rung``: only the ZeRO-3 / FSDP
+    candidates that offload parameters too (ZeRO-Infinity style), which the planner tries when nothing
+    else passed: weights cross PCIe twice per micro step, the slowest way to train."""
     methods = [goals.method] if goals.method != "auto" else space.values("method", METHODS)
     fixed = {k: v[0] for k, v in space.allowed.items() if k in ("precision", "attn") and v}
     out = []
@@ -135,6 +138,8 @@ def enumerate_candidates(goals: Goals, space: _Space) -> list[TrainConfig]:
             offloads = ("none", "optimizer") if sharding in ("zero3", "fsdp") else ("none",)
             if sharding == "zero3" and goals.gpus == 1:
                 offloads = ("optimizer",)  # ZeRO-3 on one GPU is only worth it for the offload
+            if last_rung:
+                offloads = ("params",) if sharding in ("zero3", "fsdp") else ()
             offloads = [o for o in offloads if o in space.values("offload", ("none", "optimizer", "params"))]
             # full fine-tuning: pure 16-bit, or mixed precision over fp32 master weights (the HF default)
             masters = (False, True) if method == "full" and fixed.get("precision") != "fp32" else (False,)
@@ -211,10 +216,13 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     # batch does not fit, the larger ones of the same setup are decided without estimating them.
     too_big: set[tuple] = set()
     estimated = 0
-    for cfg in candidates:
+
+    def consider(cfg: TrainConfig) -> None:
+        """Estimate one candidate and let the rules decide it: a survivor, or the closest miss of its kind."""
+        nonlocal smallest, estimated
         setup = _setup(cfg)
         if usable is not None and setup in too_big:
-            continue
+            return
         est = peaks(arch, cfg, hw, calibrations.get(cfg.method))
         estimated += 1
         need = est.peak_device_bytes
@@ -239,9 +247,21 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             rank = (need, verdict.spec.priority)  # the closest miss of its kind
             if key not in rejected_best or rank < rejected_best[key][0]:
                 rejected_best[key] = (rank, verdict, things, cfg)
-            continue
+            return
         survivors.append((Option(config=cfg, grad_accum=accum, need_bytes=need, tokens_per_s=tp.tokens_per_s,
                                  score=tp.tokens_per_s), cfg, things, []))
+
+    for cfg in candidates:
+        consider(cfg)
+    if not survivors and usable is not None:  # the ladder's last rung: offload the parameters too
+        last = enumerate_candidates(goals, space, last_rung=True)
+        if last:
+            trace.append(TraceEntry(rule="planner.last-rung", kind="set", source="advisor/planner.py",
+                                    sentence="nothing passed on the GPU alone: trying ZeRO-3 / FSDP with the parameters "
+                                             "offloaded to CPU RAM as well"))
+            for cfg in last:
+                consider(cfg)
+            candidates += last
     survivors = _score(survivors, prefer_rules, keep=4 * top)
     survivors.sort(key=lambda item: (-item[0].score, item[0].need_bytes))
     # why each (method, precision, checkpointing, offload) choice lost, for those where nothing survived
@@ -275,7 +295,11 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             distinct.append(option)
         if len(distinct) >= top:
             break
-    return Plan(chosen=chosen, estimate=estimate(arch, chosen_cfg, hw, calibration=calibration), alternatives=distinct,
+    chosen_estimate = estimate(arch, chosen_cfg, hw, calibration=calibration)
+    if chosen_estimate.host_ram_bytes:
+        chosen.reasons.insert(1, f"offload: needs ~{chosen_estimate.host_ram_bytes / GiB:.0f} GiB of CPU RAM "
+                                 f"for the {'parameters and ' if chosen_cfg.offload == 'params' else ''}optimizer states")
+    return Plan(chosen=chosen, estimate=chosen_estimate, alternatives=distinct,
                 trace=trace, rejected=rejected, warnings=warnings, candidates_evaluated=len(candidates),
                 candidates_estimated=estimated,
                 chosen_limits=None if limits is None else ChosenLimits(longest_seq_len=limits[0].value,

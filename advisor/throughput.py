@@ -68,6 +68,8 @@ def throughput(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate | Peaks, e
         step_s += 2 * est.host_ram_bytes / 1.5 / gpus / (PCIE_GBS * GB)
     link = (NVLINK_GBS if nvlink else PCIE_GBS) * GB
     comm_s = 0.0
+    if cfg.offload == "params":  # every GPU fetches each layer's 16-bit weights from host RAM, forward and backward
+        comm_s += micro_steps * 2 * est.total_params * 2 / (PCIE_GBS * GB)
     if gpus > 1:
         grads = est.trainable_params * (2 if cfg.method == "full" else 4)
         comm_s = 2 * grads / link  # all-reduce / reduce-scatter of gradients

@@ -230,8 +230,9 @@ class AdvisorApp(App):
             summary.update(Text(f"nothing fits: the smallest candidate needs {plan.smallest_need_bytes / GiB:.1f} GiB",
                                 style="bold red"))
             self.query_one(MemoryBar).show(None, capacity)
+            # what would make it fit is the answer: it goes first, the misses that led to it after
             self.query_one("#why", Static).update("\n".join(
-                [f"✗ {r.option}: {r.reason}" for r in plan.rejected] + [f"→ {w}" for w in plan.what_would_fit]))
+                [f"→ {w}" for w in plan.what_would_fit] + [f"✗ {r.option}: {r.reason}" for r in plan.rejected]))
             return
         summary.update(describe(plan.chosen, plan.estimate))
         self.query_one(MemoryBar).show(plan.estimate, capacity)
