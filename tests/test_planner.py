@@ -179,3 +179,43 @@ def test_top_level_json_is_the_planner(capsys):
     assert doc["schema_version"] == 1 and doc["plan"]["chosen"]["config"]["method"] in ("lora", "qlora")
     assert len(doc["plan"]["chosen"]["reasons"]) >= 3
     assert doc["plan"]["candidates_evaluated"] >= 1000
+
+
+def test_parameter_offload_is_the_last_rung():
+    # 8B full fine-tuning cannot hold weights + grads on 24 GB: only ZeRO-3 with the parameters on the CPU fits
+    plan, hw = plan_for("llama-3.1-8b", "4090", method="full")
+    cfg = plan.chosen.config
+    assert cfg.method == "full" and cfg.offload == "params" and cfg.zero == 3
+    assert any(t.rule == "planner.last-rung" for t in plan.trace)
+    assert any("GiB of CPU RAM" in reason for reason in plan.chosen.reasons)
+    assert plan.estimate.host_ram_bytes > 8e9 * 12  # fp32 Adam states and master copies of 8B params
+    # its throughput cost is a warning, not a reason for it
+    assert any("offload" in w for w in plan.warnings)
+    assert not any("offload makes" in reason for reason in plan.chosen.reasons)
+    # and it is never tried while something else passes
+    easy, _ = plan_for("llama-2-7b", "rtx4090")
+    assert not any(t.rule == "planner.last-rung" for t in easy.trace)
+    assert all(o.config.offload != "params" for o in [easy.chosen, *easy.alternatives])
+
+
+def test_what_would_fit_suggestions_are_plans():
+    hw = hardware_for(vram="11GiB")
+    arch, goals = resolve_model("llama-3.1-70b"), Goals(seq_len=2048)
+    plan = make_plan(arch, hw, goals, RULES)
+    assert plan.chosen is None and plan.what_would_fit
+    card = next(s for s in plan.what_would_fit if s.startswith("1 x "))
+    name = card.removeprefix("1 x ").split(" (")[0]
+    assert make_plan(arch, hardware_for(name), goals, RULES).chosen is not None
+    shorter = next(s for s in plan.what_would_fit if s.startswith("seq len "))
+    seq = int(shorter.split()[2].replace(",", ""))
+    assert seq < 2048 and make_plan(arch, hw, Goals(seq_len=seq), RULES).chosen is not None
+
+
+def test_chosen_limits_are_the_limits_of_the_chosen_config():
+    from advisor.limits import largest_fitting
+
+    plan, hw = plan_for("qwen2.5-7b", "4090", seq_len=1024)
+    arch = resolve_model("qwen2.5-7b")
+    assert plan.chosen_limits.longest_seq_len == largest_fitting(arch, plan.chosen.config, hw, "seq_len").value
+    assert plan.chosen_limits.largest_micro_batch == largest_fitting(arch, plan.chosen.config, hw, "micro_batch").value
+    assert plan.chosen_limits.longest_seq_len >= 1024 and plan.chosen_limits.largest_micro_batch >= plan.chosen.config.micro_batch
