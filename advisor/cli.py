@@ -206,7 +206,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     """The longest sequence (at the given micro batch) and the largest micro batch (at the given
     sequence length) that fit the configuration on the GPU."""
     from .limits import fit_limits
-    from .memory import estimate
+    from .memory import peaks
     from .report import LimitEntry, LimitsReport, ModelInfo
 
     arch, hardware = _model_and_hardware(args)
@@ -218,7 +218,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     calibration = _calibration(args, arch, cfg, hardware)
     seq, batch = fit_limits(arch, cfg, hardware, calibration)
-    est = estimate(arch, cfg, hardware, detail=False, calibration=calibration)
+    est = peaks(arch, cfg, hardware, calibration)
     notes = []
     if seq.value and seq.value > arch.max_position_embeddings:
         notes.append(f"sequences beyond the model's {arch.max_position_embeddings:,} positions fit in memory, "

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
 from .engine.rules import Rule
 from .hardware import Hardware
-from .memory import TrainConfig, estimate
 from .limits import fit_limits
+from .memory import TrainConfig, estimate
 from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch

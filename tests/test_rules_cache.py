@@ -90,7 +90,8 @@ def test_the_second_json_run_never_imports_rule_engine(tmp_path):
             "out = io.StringIO(); ctx = contextlib.redirect_stdout(out); ctx.__enter__(); "
             "rc = main(['--json', '--model', 'llama-2-7b', '--gpu', 'rtx4090']); ctx.__exit__(None, None, None); "
             "print(rc, 'rule_engine' in sys.modules)")
-    env = {"LORA_ADVISOR_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    env = {"LORA_ADVISOR_CACHE_DIR": str(tmp_path / "cache"), "LORA_ADVISOR_DATA_DIR": str(tmp_path / "data"),
+           "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
                                     timeout=60) for _ in range(2))
     assert first.stdout.split() == ["0", "True"], first.stderr

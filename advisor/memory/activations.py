@@ -25,6 +25,7 @@ class SavedTensors:
     items: dict[str, int] = field(default_factory=dict)
     scores_bytes: int = 0  # bytes kept per s x s element (eager: per head; SDPA window mask: once)
     scores_per_head: bool = True
+    layer_bytes: int = 0  # kept once per layer whatever the tokens (PEFT's merged MoE expert weights)
 
     def add(self, name: str, bytes_per_token: int) -> None:
         if bytes_per_token:
@@ -175,14 +176,41 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     router_rg = _linear(saved, plan, "gate", arch.hidden_size, in_rg, True)
     if in_rg or router_rg:
         saved.add("router softmax (fp32)", FP32 * e)
-    expert_rg = in_rg or plan.full
+    # PEFT adapts the fused expert tensors through a parametrization: every forward materialises the
+    # merged weight W + B·A of the whole expert stack, and the per-expert matmuls keep views of it for
+    # backward, so one full copy of each adapted tensor stays alive per layer (checked by the oracle).
+    merged = merged_expert_bytes(arch, plan)
+    saved.layer_bytes += merged
+    expert_weights_train = plan.full or merged > 0
+    expert_rg = in_rg or expert_weights_train
     if expert_rg:
         saved.add("expert inputs (gathered)", a * k * arch.hidden_size)
         saved.add("expert MLP (act in/out, up)", a * 3 * k * ie)
-        if plan.full:
+        if expert_weights_train:
             saved.add("expert down input", a * k * ie)
         saved.add("expert outputs (weighted)", a * k * arch.hidden_size)
     return expert_rg or router_rg
+
+
+EXPERT_TENSORS = {"experts.gate_up_proj": 2, "experts.down_proj": 1}  # LoRA target name -> ie x h blocks per expert
+
+
+def _last_merged_expert_bytes(arch: ModelArch, plan: LayerPlan) -> int:
+    if arch.moe is None:
+        return 0
+    block = arch.moe.num_experts * arch.moe.expert_intermediate_size * arch.hidden_size * plan.act_bytes
+    for name in ("experts.down_proj", "experts.gate_up_proj"):  # the order backward meets them
+        if name in plan.lora:
+            return EXPERT_TENSORS[name] * block
+    return 0
+
+
+def merged_expert_bytes(arch: ModelArch, plan: LayerPlan) -> int:
+    """One layer's PEFT-merged copies (W + B·A, in the weights' 16-bit dtype) of the adapted expert tensors."""
+    if arch.moe is None:
+        return 0
+    block = arch.moe.num_experts * arch.moe.expert_intermediate_size * arch.hidden_size * plan.act_bytes
+    return sum(blocks * block for name, blocks in EXPERT_TENSORS.items() if name in plan.lora)
 
 
 def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensors) -> int:
@@ -256,14 +284,18 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     up_lora = T * (FP32 * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
     down_work = T * (a * i + (FP32 * i + lora_out * h if "down_proj" in lora else a * h))
-    forward_unsaved = base + max(up_lora, at_mul, down_work)
+    # the layer's merged expert weights exist while it runs, saved or not (they are its weights)
+    forward_unsaved = base + max(up_lora, at_mul, down_work) + merged_expert_bytes(arch, plan)
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
     mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
     down_lora_bwd = T * (a * i + FP32 * i + FP32 * h) if "down_proj" in lora else 0
     down_q_bwd = dequant + T * a * i if quantized else 0
-    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd)
+    # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
+    # merged tensor it read (down_proj's, else gate_up's) before it reaches the LoRA factors
+    expert_grad = _last_merged_expert_bytes(arch, plan)
+    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
     norm_backward = T * (4 * FP32 * h + 2 * a * h)

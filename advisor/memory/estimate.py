@@ -24,7 +24,7 @@ from .targets import effective_attention, lora_linears
 
 
 def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True,
-             calibration=None) -> MemoryEstimate:
+             calibration=None) -> "MemoryEstimate | Peaks":
     """The memory of one configuration.  ``detail=False`` returns only the `Peaks` (the planner's fast
     path over thousands of candidates, see `peaks`); every number that decides fits is the same.  ``calibration``
     (a CalibrationPoint from a real run on this GPU) replaces the overhead constants with what was
@@ -47,7 +47,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     first_layer: dict[str, int] = {}
     for _ in range(L):
         saved, out_rg = layer_saved(arch, plan, in_rg)
-        per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved))
+        per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved)
+                         + saved.layer_bytes)
         first_layer = first_layer or saved.items
         if out_rg == in_rg and len(per_layer) > 1:  # same input state, same layer: the rest repeat
             per_layer += [per_layer[-1]] * (L - len(per_layer))
@@ -146,7 +147,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                      trainable_params=pb.trainable_params)
     phases = PhasePeaks.model_construct(**by_phase)
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
-                             loss_fwd, loss_bwd, over, per_layer) if detail else []
+                             loss_fwd, loss_bwd, over, per_layer)
     notes = _notes(arch, cfg, attn) + ([calibrated] if calibrated else [])
     # model_construct: every value here is computed, not user input; validation would only cost time
     # (the planner builds thousands of these)
