@@ -17,6 +17,8 @@ import compileall
 import datetime as dt
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,15 @@ def walls(commands: dict[str, list[str]], runs: int = 11) -> dict[str, float]:
             subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def instructions(cmd: list[str]) -> int | None:
+    """Instructions one run executes, counted by callgrind (None when valgrind fails)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", *cmd], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    return int(found.group(1)) if found else None
 
 
 # What any tool pays that defines a single pydantic model: `import pydantic` alone is lazy and builds none
@@ -91,6 +102,13 @@ def main() -> int:
     summary = (f"\nplanner: min {min(rates):,.0f} candidates decided/s (target >= 10,000); "
                f"--json cold start {cold['plan']:.2f} s = {cold['plan'] / floor:.1f}x floor (target <= 3x), "
                f"{cold['plan'] / cold['one_model']:.1f}x a one-model pydantic script")
+    if shutil.which("valgrind"):  # instruction counts: the same on a quiet and on a busy machine
+        counts = {name: instructions(cmd) for name, cmd in (
+            ("floor", [python, "-c", "import pydantic, yaml"]), ("one_model", [python, "-c", ONE_MODEL]),
+            ("plan", [python, "-m", "advisor", *plan_cmd]))}
+        if all(counts.values()):
+            lines += ["", "| command (callgrind) | instructions | x floor |", "|---|---:|---:|"]
+            lines += [f"| {name} | {count:,} | {count / counts['floor']:.1f} |" for name, count in counts.items()]
     text = "\n".join(lines) + "\n" + summary
     print(text)
     out = ROOT / "benchmarks" / "results" / f"planner-speed-{dt.date.today().isoformat()}.md"
