@@ -34,4 +34,12 @@ async def settle(pilot):
             pass
         await pilot.pause()
     await pilot.wait_for_scheduled_animations()
-    await pilot.pause(0.05)  # let a modal pushed by the last message finish its first layout
+    # let a modal pushed by the last message finish its first layout: wait until the screen stack has
+    # stayed the same for two short pauses (a loaded machine can need more than one)
+    previous = None
+    for _ in range(20):
+        await pilot.pause(0.05)
+        current = (id(pilot.app.screen), len(pilot.app.screen_stack))
+        if current == previous:
+            break
+        previous = current

@@ -83,10 +83,8 @@ def canonical_gpu_name(name: str) -> str:
 
 
 def find_point(gpu_name: str, model_family: str, method: str, path: Path | None = None) -> tuple[CalibrationPoint | None, str | None]:
-    points, problem = load_points(path)
-    key = (canonical_gpu_name(gpu_name), model_family, method)
-    matching = [p for p in points if (canonical_gpu_name(p.gpu_name), p.model_family, p.method) == key]
-    return (max(matching, key=lambda p: p.measured_at) if matching else None), problem
+    newest, problem = points_by_method(gpu_name, model_family, path)
+    return newest.get(method), problem
 
 
 def points_by_method(gpu_name: str, model_family: str, path: Path | None = None) -> tuple[dict, str | None]:
