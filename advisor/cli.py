@@ -118,6 +118,20 @@ def _hardware(args: argparse.Namespace):
     return hardware_for(args.gpu, args.vram, gpus, detection)
 
 
+def _host_ram(args: argparse.Namespace) -> int | None:
+    """The CPU RAM offload may use: --host-ram, else this machine's when the GPUs are this machine's
+    (detected); a named --gpu / --vram may be another box, so its RAM is unknown."""
+    if args.host_ram:
+        from .units import parse_size
+
+        return parse_size(args.host_ram)
+    if args.gpu or args.vram:
+        return None
+    from .hardware import host_ram_bytes
+
+    return host_ram_bytes()
+
+
 def _calibration(args: argparse.Namespace, arch, cfg, hardware):
     """The newest stored point for this GPU, model family and method (unless --no-calibration)."""
     if args.no_calibration or hardware is None:
@@ -270,7 +284,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         calibrations, problem = points_by_method(hardware.name, arch.model_type)
         if problem:
             print(f"note: {problem}", file=sys.stderr)
-    plan = make_plan(arch, hardware, goals, rules, calibrations=calibrations)
+    plan = make_plan(arch, hardware, goals, rules, calibrations=calibrations, host_ram_bytes=_host_ram(args))
     report = PlanReport.build(arch, hardware, goals, plan)
     if args.json:
         _print_json(report)
@@ -364,6 +378,8 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vram", default=None, help="one GPU's memory for a custom card (24GiB, 80GB)")
     p.add_argument("--rules", action="append", help="a YAML rule file that adds rules or overrides them by id")
     p.add_argument("--no-calibration", action="store_true", help="ignore calibration from real runs on this GPU")
+    p.add_argument("--host-ram", default=None,
+                   help="CPU RAM for offload (64GiB); default: this machine's when planning for its own GPUs")
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:

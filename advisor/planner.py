@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
+from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, HostFacts, ModelFacts
 from .engine.rules import Rule
 from .hardware import Hardware
 from .limits import fit_limits
@@ -168,15 +168,17 @@ def _describe(cfg: TrainConfig) -> str:
 
 
 def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5,
-              suggest: bool = True, calibrations: dict | None = None) -> Plan:
+              suggest: bool = True, calibrations: dict | None = None, host_ram_bytes: int | None = None) -> Plan:
     """The fastest configuration that fits and passes the rules.  When nothing does and ``suggest`` is
     set, ``what_would_fit`` lists changes (a bigger card, more cards, a shorter sequence) that were each
     checked by planning for them.  ``calibrations`` ({method: CalibrationPoint} measured on this GPU and
-    model family, see verify/calibration.py) replace the overhead constants as in `estimate`."""
+    model family, see verify/calibration.py) replace the overhead constants as in `estimate`.
+    ``host_ram_bytes``: the CPU RAM of the machine the job runs on, when known (rules see `host.*`)."""
     calibrations = calibrations or {}
     gpu, model, goal = gpu_facts(hw), model_facts(arch), GoalFacts(goals.seq_len, goals.effective_batch, goals.method,
                                                                     goals.prefer, goals.gpus)
-    base = {"gpu": gpu, "model": model, "goals": goal}
+    host = HostFacts(host_ram_bytes is not None, (host_ram_bytes or 0) / GiB)
+    base = {"gpu": gpu, "host": host, "model": model, "goals": goal}
     trace: list[TraceEntry] = []
     warnings: list[str] = []
     space = _Space()
@@ -239,7 +241,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             loss=cfg.loss, need_gib=need / GiB, usable_gib=cap / GiB, fits=need <= cap, headroom_gib=(cap - need) / GiB,
             headroom_frac=(cap - need) / cap if cap else 0.0,
             activation_share=_share(est, "activations", need), state_share=_share(est, "optimizer_states", need),
-            tokens_per_s=tp.tokens_per_s)
+            tokens_per_s=tp.tokens_per_s, host_ram_gib=est.host_ram_bytes / GiB,
+            host_ram_frac=est.host_ram_bytes / host_ram_bytes if host_ram_bytes else 0.0)
         things = {**base, "candidate": facts}
         verdict = next((r for r in forbid_rules if r.matches(things)), None)
         if verdict is not None:
@@ -275,7 +278,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
-                    what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest, calibrations) if suggest else [])
+                    what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest, calibrations, host_ram_bytes)
+                    if suggest else [])
     # sentences are rendered only for what is shown: the chosen plan and its alternatives
     chosen, chosen_cfg, chosen_things, chosen_rules = survivors[0]
     calibration = calibrations.get(chosen_cfg.method)
@@ -365,7 +369,7 @@ def _chosen_reasons(option: Option, cfg: TrainConfig, goals: Goals, hw: Hardware
 
 
 def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule],
-                    smallest: int | None, calibrations: dict) -> list[str]:
+                    smallest: int | None, calibrations: dict, host_ram_bytes: int | None) -> list[str]:
     """Changes that make a plan exist, each one checked by planning for it, so a suggestion passes the
     same rules (headroom included) as any plan: the smallest catalog card that works, the fewest of
     these cards that work, the longest of the halved sequence lengths that works."""
@@ -375,7 +379,7 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
 
     def works(hardware: Hardware, goals_: Goals) -> Option | None:
         same_card = hardware.name == hw.name  # calibration was measured on this card only
-        return make_plan(arch, hardware, goals_, rules, suggest=False,
+        return make_plan(arch, hardware, goals_, rules, suggest=False, host_ram_bytes=host_ram_bytes,
                          calibrations=calibrations if same_card else None).chosen
 
     out = []

@@ -219,3 +219,13 @@ def test_chosen_limits_are_the_limits_of_the_chosen_config():
     assert plan.chosen_limits.longest_seq_len == largest_fitting(arch, plan.chosen.config, hw, "seq_len").value
     assert plan.chosen_limits.largest_micro_batch == largest_fitting(arch, plan.chosen.config, hw, "micro_batch").value
     assert plan.chosen_limits.longest_seq_len >= 1024 and plan.chosen_limits.largest_micro_batch >= plan.chosen.config.micro_batch
+
+
+def test_offload_must_fit_the_machines_ram(capsys):
+    args = ["plan", "--json", "--model", "llama-3.1-8b", "--gpu", "4090", "--method", "full"]
+    assert main([*args, "--host-ram", "64GiB"]) == 3  # 8B full FT offloaded needs ~112 GiB of CPU RAM
+    doc = json.loads(capsys.readouterr().out)["plan"]
+    assert any(r["rule"] == "offload-needs-host-ram" and "CPU RAM" in r["reason"] for r in doc["rejected"])
+    assert main([*args, "--host-ram", "256GiB"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["chosen"]["config"]["offload"] == "params"
+    assert main([*args, "--host-ram", "lots"]) == 2

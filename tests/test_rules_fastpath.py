@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from advisor.engine.facts import CandidateFacts, GoalFacts, GpuFacts, ModelFacts
+from advisor.engine.facts import FACT_CLASSES
 from advisor.engine.fastpath import fast_evaluator
 from advisor.engine.rules import _context, default_rules
 from advisor.engine.ruleengine import rule_engine
@@ -16,7 +16,7 @@ from advisor.hardware import hardware_for
 from advisor.models import resolve_model
 from advisor.planner import Goals, make_plan
 
-CLASSES = {"gpu": GpuFacts, "model": ModelFacts, "goals": GoalFacts, "candidate": CandidateFacts}
+CLASSES = FACT_CLASSES  # every namespace rules can see
 FIELDS = {(prefix, f.name): f.type for prefix, cls in CLASSES.items() for f in dataclasses.fields(cls)}
 NUMERIC = [f"{p}.{n}" for (p, n), t in FIELDS.items() if t in ("int", "float")]
 STRINGS = [f"{p}.{n}" for (p, n), t in FIELDS.items() if t == "str"]

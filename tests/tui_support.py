@@ -19,7 +19,8 @@ NO_DRIVER = backend(init_error="LibraryNotFound")
 
 
 def app(gpu_backend=ONE_4090, export_dir=None, **form):
-    return make_app(gpu_backend=gpu_backend, form=Form(**form), export_dir=export_dir)
+    # a fixed CPU RAM, so offload rules decide the same on every machine that runs the tests
+    return make_app(gpu_backend=gpu_backend, form=Form(**form), export_dir=export_dir, host_ram=lambda: 128 * GiB)
 
 
 async def settle(pilot):

@@ -46,6 +46,14 @@ class GoalFacts:
 
 
 @dataclass(frozen=True)
+class HostFacts:
+    """The machine the job's GPUs sit in (what CPU offload draws on)."""
+
+    known: bool  # planning for this machine (detected GPUs) or --host-ram given; False for a named --gpu
+    ram_gib: float  # physical RAM (0 when unknown)
+
+
+@dataclass(frozen=True)
 class CandidateFacts:
     """One candidate configuration with its estimate (per GPU)."""
 
@@ -69,9 +77,11 @@ class CandidateFacts:
     activation_share: float  # activations / need
     state_share: float  # optimizer states / need
     tokens_per_s: float  # estimated throughput of the whole job
+    host_ram_gib: float  # CPU RAM the job's offload needs (0 without offload)
+    host_ram_frac: float  # host_ram_gib / host.ram_gib (0 when the host is unknown)
 
 
-FACT_CLASSES = {"gpu": GpuFacts, "model": ModelFacts, "goals": GoalFacts, "candidate": CandidateFacts}
+FACT_CLASSES = {"gpu": GpuFacts, "host": HostFacts, "model": ModelFacts, "goals": GoalFacts, "candidate": CandidateFacts}
 
 
 def fact_names(include_candidate: bool = True) -> list[str]:

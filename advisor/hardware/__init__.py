@@ -21,6 +21,16 @@ class Hardware(BaseModel):
         return max(self.memory_bytes - self.in_use_bytes, 0)
 
 
+def host_ram_bytes() -> int | None:
+    """Physical RAM of this machine (what CPU offload can use), or None where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def hardware_for(gpu: str | None = None, vram: str | None = None, gpus: int | None = None,
                  detection=None) -> "Hardware | None":
     """What to plan for.  Flags override detection: ``--gpu NAME`` (with an optional count, 4xA100-80GB),

@@ -74,9 +74,10 @@ class AdvisorApp(App):
             self.error = error
 
     def __init__(self, gpu_backend: GpuBackend = nvml_backend, form: Form | None = None,
-                 export_dir: Path = Path("lora-advisor-export")) -> None:
+                 export_dir: Path = Path("lora-advisor-export"), host_ram: Callable[[], int | None] | None = None) -> None:
         super().__init__()
         self.gpu_backend = gpu_backend
+        self.host_ram = host_ram  # this machine's CPU RAM (for offload rules); None: read it from the OS
         self.form = form or Form()
         self.export_dir = export_dir
         self.detection: Detection | None = None
@@ -159,7 +160,12 @@ class AdvisorApp(App):
             from ..verify.calibration import points_by_method
 
             self.calibrations = points_by_method(hardware.name, arch.model_type)[0]
-        plan = make_plan(arch, hardware, goals, list(cached_default_rules()), calibrations=self.calibrations)
+        from ..hardware import host_ram_bytes
+
+        # the detected GPUs are this machine's, a named card may sit in another one
+        host_ram = None if (gpu or vram) else (self.host_ram or host_ram_bytes)()
+        plan = make_plan(arch, hardware, goals, list(cached_default_rules()), calibrations=self.calibrations,
+                         host_ram_bytes=host_ram)
         return PlanReport.build(arch, hardware, goals, plan)
 
     # ---- messages ----------------------------------------------------------------------------------
