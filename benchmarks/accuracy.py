@@ -1,6 +1,6 @@
 """Accuracy of the memory model against the fake-tensor oracle, over the full matrix.
 
-    python benchmarks/accuracy.py [--quick] [--out benchmarks/results/accuracy-<date>.md]
+    python benchmarks/accuracy.py [--quick | --stress | --moe] [--out benchmarks/results/accuracy-<date>.md]
 
 For every config: the oracle's phase peaks (the real PyTorch step on fake CPU tensors) next to the
 estimate, and the relative error of each phase peak.  Prints the table, the median and the max |error|,
@@ -73,6 +73,19 @@ def stress_matrix() -> list[tuple[str, TrainConfig, dict]]:
     return out
 
 
+def moe_matrix() -> list[tuple[str, TrainConfig, dict]]:
+    """Mixtral (fused expert tensors, which PEFT adapts through a parametrization under all-linear) at its
+    real widths with 2-4 layers: LoRA / QLoRA, experts adapted or not, checkpointing on and off.  SGD keeps
+    the optimizer phase small, so the forward and backward peaks decide."""
+    out = []
+    methods = [dict(method="lora", targets=("all-linear",)), dict(method="lora", targets=("attention",)),
+               dict(method="qlora", targets=("all-linear",))]
+    for layers, method, ckpt, seq in itertools.product((2, 4), methods, (False, True), (256, 2048)):
+        out.append(("mixtral-8x7b-v0.1", TrainConfig(seq_len=seq, grad_ckpt=ckpt, optimizer="sgd", **method),
+                    dict(num_layers=layers)))
+    return out
+
+
 def describe(cfg: TrainConfig) -> str:
     targets = "" if cfg.method == "full" else f" r{cfg.rank} {','.join(cfg.targets)}"
     return f"{cfg.method}{targets}{' ckpt' if cfg.grad_ckpt else ''} s{cfg.seq_len} b{cfg.micro_batch}"
@@ -82,6 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape per (model, method, ckpt)")
     parser.add_argument("--stress", action="store_true", help="tiny vocabulary, 3 layers: in-layer transients decide")
+    parser.add_argument("--moe", action="store_true", help="Mixtral shapes with 2-4 layers (LoRA on fused experts)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")
     args = parser.parse_args()
 
@@ -90,7 +104,12 @@ def main() -> int:
     lines = [header, "|---|---|---|---:|---:|---:|---:|"]
     print(header)
     started = time.perf_counter()
-    cases = stress_matrix() if args.stress else [(m, c, {}) for m, c in matrix(args.quick)]
+    if args.stress:
+        cases = stress_matrix()
+    elif args.moe:
+        cases = moe_matrix()
+    else:
+        cases = [(m, c, {}) for m, c in matrix(args.quick)]
     for model, cfg, shape in cases:
         arch = resolve_model(model).model_copy(update=shape)
         if shape:
@@ -113,7 +132,7 @@ def main() -> int:
                f"max |error| {max(errors):.2f} % (target: median <= 1 %, max <= 3 %); "
                f"{time.perf_counter() - started:.0f} s")
     print(summary)
-    kind = "stress" if args.stress else "accuracy"
+    kind = "stress" if args.stress else "moe" if args.moe else "accuracy"
     out = args.out or Path(__file__).parent / "results" / f"{kind}-{dt.date.today().isoformat()}.md"
     import os
 
