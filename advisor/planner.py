@@ -48,6 +48,18 @@ class TraceEntry(BaseModel):
     kind: str  # set, warn, forbid, prefer
     sentence: str
     source: str
+    fields: list[str] = Field(default_factory=list, description="For set: the config fields the rule fixed.")
+
+
+# config fields that only mean something for adapters: a rule that set only these says nothing about full FT
+ADAPTER_FIELDS = {"rank", "targets", "alpha_per_rank"}
+
+
+def settled_for(plan: "Plan") -> list[str]:
+    """The sentences of the set rules that bear on the chosen config (all of them when nothing was chosen)."""
+    full = plan.chosen is not None and plan.chosen.config.method == "full"
+    return [t.sentence for t in plan.trace
+            if t.kind == "set" and not (full and t.fields and set(t.fields) <= ADAPTER_FIELDS)]
 
 
 class Option(BaseModel):
@@ -194,7 +206,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if rule.spec.set is not None:
             for key, value in rule.spec.set.items():
                 space.allowed[key] = list(value) if isinstance(value, list) else [value]
-            trace.append(TraceEntry(rule=rule.id, kind="set", sentence=sentence, source=rule.source))
+            trace.append(TraceEntry(rule=rule.id, kind="set", sentence=sentence, source=rule.source,
+                                    fields=sorted(rule.spec.set)))
         elif rule.spec.warn:
             warnings.append(sentence)
             trace.append(TraceEntry(rule=rule.id, kind="warn", sentence=sentence, source=rule.source))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .memory.config import TrainConfig
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
+from .planner import settled_for
 from .units import GiB, format_bytes
 
 
@@ -105,8 +106,7 @@ def plan_text(report) -> str:
         lines.append("")
         lines.append("why:")
         lines += [f"  ✓ {reason}" for reason in plan.chosen.reasons]
-    settled = [t for t in plan.trace if t.kind == "set"]
-    lines += [f"  ✓ {t.sentence}" for t in settled]
+    lines += [f"  ✓ {sentence}" for sentence in settled_for(plan)]
     lines += [f"  ✗ {r.option}: {r.reason}" for r in plan.rejected]
     lines += [f"  ! {w}" for w in plan.warnings]
     if plan.alternatives:

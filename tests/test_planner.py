@@ -229,3 +229,14 @@ def test_offload_must_fit_the_machines_ram(capsys):
     assert main([*args, "--host-ram", "256GiB"]) == 0
     assert json.loads(capsys.readouterr().out)["plan"]["chosen"]["config"]["offload"] == "params"
     assert main([*args, "--host-ram", "lots"]) == 2
+
+
+def test_adapter_rules_are_not_reasons_for_a_full_fine_tuning_plan():
+    from advisor.planner import settled_for
+
+    full, _ = plan_for("llama-3.2-1b", "a100-80gb", method="full")
+    lora, _ = plan_for("llama-3.2-1b", "a100-80gb", method="lora")
+    assert full.chosen.config.method == "full" and lora.chosen.config.method == "lora"
+    assert not any("LoRA" in s for s in settled_for(full))
+    assert any("LoRA on all linear layers" in s for s in settled_for(lora))
+    assert any(t.rule == "lora-targets-all-linear" for t in full.trace)  # the trace still has every rule

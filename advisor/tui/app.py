@@ -243,7 +243,9 @@ class AdvisorApp(App):
         summary.update(describe(plan.chosen, plan.estimate))
         self.query_one(MemoryBar).show(plan.estimate, capacity)
         lines = [f"✓ {r}" for r in plan.chosen.reasons]
-        lines += [f"✓ {t.sentence}" for t in plan.trace if t.kind == "set"]
+        from ..planner import settled_for
+
+        lines += [f"✓ {sentence}" for sentence in settled_for(plan)]
         lines += [f"✗ {r.option}: {r.reason}" for r in plan.rejected]
         lines += [f"! {w}" for w in plan.warnings]
         self.query_one("#why", Static).update("\n".join(lines))
