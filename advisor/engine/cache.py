@@ -3,9 +3,10 @@ compile 30 rules again every time (that was ~15 % of the run).
 
 One JSON file per rule pack source (so editing a pack replaces its entry instead of adding files), holding
 a key over everything that decides its content: the pack's text and source name, this module's format,
-the facts rules can see, the fast path's code and the installed rule-engine (its path, size and mtime:
-an upgrade or reinstall changes them).  An entry is used only when its key matches.  A pack is cached only after it loaded and
-type-checked cleanly, so a hit needs no checks beyond the spec model's.  Like Python's own bytecode cache,
+the facts rules can see (names and types), the fast path's code and the installed rule-engine (its path,
+size and mtime: an upgrade or reinstall changes them).  An entry is used only when its key matches.  A
+pack is cached only after it loaded and type-checked cleanly, so a hit needs no checks beyond the spec
+model's.  Like Python's own bytecode cache,
 the cache is an optimisation only: a missing, unreadable, corrupt or unwritable cache is silently
 rebuilt or skipped, never an error.  ``LORA_ADVISOR_CACHE_DIR`` moves it (tests use it);
 ``LORA_ADVISOR_CACHE_DIR=off`` turns it off.
@@ -44,10 +45,12 @@ def _engine_stamp() -> str:
 
 
 def _key(text: str, source: str) -> str:
-    from .facts import fact_names
+    import dataclasses
+
+    from .facts import FACT_CLASSES
     from .fastpath import __file__ as fastpath_file
 
-    facts = ",".join(fact_names())
+    facts = ",".join(f"{prefix}.{f.name}:{f.type}" for prefix, cls in FACT_CLASSES.items() for f in dataclasses.fields(cls))
     fastpath = Path(fastpath_file).stat()
     parts = [str(FORMAT), source, text, facts, _engine_stamp(), f"{fastpath.st_size}:{fastpath.st_mtime_ns}"]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
