@@ -313,6 +313,10 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if len(distinct) >= top:
             break
     chosen_estimate = estimate(arch, chosen_cfg, hw, calibration=calibration)
+    if chosen_cfg.offload == "params":
+        warnings.append("parameter offload is the least checked part of the memory model: a published FSDP "
+                        "CPU-offload run (benchmarks/public_measurements.py) used ~30 % more GPU memory than "
+                        "estimated; run `lora-advisor verify` before a long job")
     if chosen_estimate.host_ram_bytes:
         chosen.reasons.insert(1, f"offload: needs ~{chosen_estimate.host_ram_bytes / GiB:.0f} GiB of CPU RAM "
                                  f"for the {'parameters and ' if chosen_cfg.offload == 'params' else ''}optimizer states")
