@@ -10,9 +10,7 @@ and writes the table to benchmarks/results/.  Target: median |error| <= 1 %, max
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _results import default_path, write_result  # noqa: E402  (benchmarks/, the script's own folder)
 from advisor.memory import TrainConfig, estimate  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
 from advisor.verify.dryrun import PHASES, run_dry  # noqa: E402
@@ -133,20 +132,15 @@ def main() -> int:
                f"{time.perf_counter() - started:.0f} s")
     print(summary)
     kind = "stress" if args.stress else "moe" if args.moe else "accuracy"
-    out = args.out or Path(__file__).parent / "results" / f"{kind}-{dt.date.today().isoformat()}.md"
-    import os
-
-    machine = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
+    import peft
     import torch
     import transformers
-    import peft
 
-    meta = (f"# Memory model vs fake-tensor oracle\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
-            f"machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}.\n"
-            f"Oracle: advisor/verify/dryrun.py (the real training step on FakeTensorMode CPU tensors).\n\n")
     if not args.quick:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(meta + "\n".join(lines) + "\n" + summary + "\n")
+        body = ("Oracle: advisor/verify/dryrun.py (the real training step on FakeTensorMode CPU tensors).\n\n"
+                + "\n".join(lines) + "\n" + summary)
+        out = write_result(args.out or default_path(kind), "Memory model vs fake-tensor oracle", body,
+                           about=f"; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
         print(f"wrote {out}")
     if args.stress:
         return 0  # informative: shows how far the in-layer transient terms are from exact

@@ -14,9 +14,7 @@ Writes benchmarks/results/planner-speed-<date>.md.
 from __future__ import annotations
 
 import compileall
-import datetime as dt
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import default_path, write_result  # noqa: E402  (benchmarks/, the script's own folder)
 from advisor.engine.rules import default_rules  # noqa: E402
 from advisor.hardware import hardware_for  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
@@ -111,10 +110,7 @@ def main() -> int:
             lines += [f"| {name} | {count:,} | {count / counts['floor']:.1f} |" for name, count in counts.items()]
     text = "\n".join(lines) + "\n" + summary
     print(text)
-    out = ROOT / "benchmarks" / "results" / f"planner-speed-{dt.date.today().isoformat()}.md"
-    machine = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
-    out.write_text(f"# Planner speed and --json cold start\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
-                   f"machine: {machine}.\n\n{text}\n")
+    out = write_result(default_path("planner-speed"), "Planner speed and --json cold start", text)
     print(f"wrote {out}")
     return 0
 

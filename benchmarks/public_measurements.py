@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import os
-import platform
 import re
 import statistics
 import sys
@@ -29,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import default_path, write_result  # noqa: E402  (benchmarks/, the script's own folder)
 from advisor.hardware import hardware_for  # noqa: E402
 from advisor.memory import TrainConfig, estimate  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
@@ -121,10 +119,8 @@ def main() -> int:
                f"median |error| {statistics.median(abs(e) for e in errors):.1f} %, range {min(errors):+.1f} % .. {max(errors):+.1f} %")
     text = "\n".join(lines) + "\n" + summary + "\n" + "\n".join(skipped)
     print(text)
-    out = ROOT / "benchmarks" / "results" / f"public-measurements-{dt.date.today().isoformat()}.md"
-    machine = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
-    out.write_text(f"# The estimate against published GPU measurements\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
-                   f"machine: {machine}; data: {args.csv.name}.\n\n{text}\n")
+    out = write_result(default_path("public-measurements"), "The estimate against published GPU measurements", text,
+                       about=f"; data: {args.csv.name}")
     print(f"wrote {out}")
     return 0
 
