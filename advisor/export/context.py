@@ -46,6 +46,46 @@ class ExportContext:
                               "use --optimizer adamw with --fsdp, or --zero 2/3 for 8-bit states")
         return HF_OPTIM[self.cfg.optimizer]
 
+    # ---- precision: what the framework will really do, so the file trains the config that was estimated ----
+    @property
+    def load_dtype(self) -> str:
+        """The dtype the weights are loaded in: fp32 master weights for mixed-precision full fine-tuning,
+        else the plan's 16-bit dtype (adapters are fp32 either way: PEFT's autocast_adapter_dtype)."""
+        return "float32" if self.cfg.master_weights else self.dtype
+
+    @property
+    def autocast(self) -> bool:
+        """Whether the trainer runs under autocast (bf16=True / fp16=True).  Pure 16-bit full fine-tuning must
+        not: under FSDP, accelerate upcasts every trainable parameter to fp32 whenever mixed_precision != 'no'
+        (accelerate utils/fsdp_utils.py fsdp2_prepare_model, accelerator.py prepare_model for FSDP1), which is
+        the master-weights estimate, not the pure 16-bit one."""
+        if self.cfg.precision == "fp32":
+            return False
+        return self.cfg.master_weights or self.cfg.method != "full"
+
+    @property
+    def bf16(self) -> bool:
+        return self.autocast and self.cfg.precision == "bf16"
+
+    @property
+    def fp16(self) -> bool:
+        return self.autocast and self.cfg.precision == "fp16"
+
+    @property
+    def mixed_precision(self) -> str:
+        """accelerate's mixed_precision key, consistent with the trainer's bf16 / fp16 flags."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
+
+    @property
+    def pure_16bit(self) -> bool:
+        """Full fine-tuning with 16-bit weights and no autocast (axolotl `bfloat16: true`, LLaMA-Factory `pure_bf16`)."""
+        return self.cfg.method == "full" and not self.cfg.master_weights and self.cfg.precision != "fp32"
+
+    @property
+    def liger(self) -> bool:
+        """The plan's chunked cross-entropy is Liger's fused linear cross-entropy (pip install liger-kernel)."""
+        return self.cfg.loss == "chunked"
+
     @property
     def lr(self) -> float:
         return LEARNING_RATE[self.cfg.method]
