@@ -1,7 +1,12 @@
-"""Command line: `lora-advisor estimate`, `gpus`, `models`; `--json` everywhere.
+"""Command line: `lora-advisor plan`, `estimate`, `limits`, `export`, `verify`, `gpus`, `models`; `--json` everywhere.
 
-Exit codes: 0 ok; 4 `verify` ran out of memory (the report has the measured numbers); 3 `plan` found nothing that fits (the JSON says the smallest need); 2 bad input (one line on stderr: the error and a hint; with --json also an error
-document on stdout); 1 an unexpected internal error (a bug: please report it).
+The CLI parses flags into the core's requests (advisor/core.py), calls the core, and renders what comes
+back; it assembles nothing itself.
+
+Exit codes: 0 ok; 2 bad input (one line on stderr: the error and a hint; with --json also an error document
+on stdout); 3 nothing fits (`plan`), or the configuration to export does not fit its GPU (`export`, unless
+--allow-no-fit); 4 `verify` ran out of memory (the report has the measured numbers); 1 an unexpected
+internal error (a bug: please report it), or a verification run that failed.
 """
 
 from __future__ import annotations
@@ -10,19 +15,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence, get_args
 
-from pydantic import ValidationError
-
+from . import core
 from .errors import AdvisorError, UsageError
+from .memory import config as train_fields
 
+# The flag for each request / config field: how this front end words an error's field.
 FLAG_FOR_FIELD = {
+    "model": "--model", "gpu": "--gpu", "vram": "--vram", "gpus": "--gpus", "seq_len": "--seq-len",
+    "effective_batch": "--effective-batch", "prefer": "--prefer", "rules": "--rules", "host_ram": "--host-ram",
     "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
     "alpha": "--alpha", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
-    "double_quant": "--no-double-quant", "seq_len": "--seq-len", "micro_batch": "--micro-batch",
-    "grad_ckpt": "--grad-ckpt", "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "gpus": "--gpus",
-    "zero": "--zero", "fsdp": "--fsdp", "offload": "--offload",
+    "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
+    "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
+    "offload": "--offload", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
+    "allow_no_fit": "--allow-no-fit", "from_file": "--from",
 }
+# TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
+# describes the configuration by hand instead of planning it.
+CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "targets", "train_embeddings", "quant_type",
+                 "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp", "offload")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +55,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _option_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an option number (0 = the plan's choice)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: options are numbered from 0 (the plan's choice)")
+    return value
+
+
 def _ranks(text: str) -> list[int]:
     return [_positive_int(part) for part in text.split(",") if part.strip()] or [_positive_int(text)]
 
@@ -55,194 +78,240 @@ def _targets(text: str) -> tuple[str, ...]:
     return names
 
 
-def add_model_and_training_flags(p: argparse.ArgumentParser) -> None:
-    """The flags every planning command shares (estimate now; plan, export, verify later)."""
-    p.add_argument("--model", "-m", default=None, help="catalog name (llama-3.1-8b), config.json, model dir, or hub id")
-    p.add_argument("--from", dest="from_file", default=None, help="read model and settings from an axolotl, LLaMA-Factory or TRL YAML")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", choices=["full", "lora", "qlora", "lora8bit"], default="lora")
-    g.add_argument("--rank", "-r", type=_ranks, default=[16], help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
-    g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
-    g.add_argument("--targets", type=_targets, default=("all-linear",),
-                   help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
-    g.add_argument("--train-embeddings", action="store_true", help="also train embed_tokens and lm_head (modules_to_save)")
-    g.add_argument("--quant", dest="quant_type", choices=["nf4", "fp4"], default="nf4", help="QLoRA 4-bit type")
-    g.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="QLoRA without double quantization")
-    g.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
-    g.add_argument("--master-weights", action="store_true", help="full FT with fp32 master weights (mixed precision)")
-    t = p.add_argument_group("step")
-    t.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
-    t.add_argument("--micro-batch", "-b", type=_positive_int, default=1)
-    t.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=False, help="gradient checkpointing")
-    t.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"], default="adamw")
-    t.add_argument("--attn", choices=["auto", "sdpa", "flash", "eager"], default="auto")
-    t.add_argument("--loss", choices=["standard", "chunked"], default="standard",
-                   help="chunked = fused/chunked cross-entropy (Liger, CCE)")
-    d = p.add_argument_group("GPUs")
-    d.add_argument("--gpus", type=_positive_int, default=1, help="GPUs in the job (data parallel)")
-    d.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=0, help="DeepSpeed ZeRO stage")
-    d.add_argument("--fsdp", action="store_true", help="FSDP full shard")
-    d.add_argument("--offload", choices=["none", "optimizer", "params"], default="none")
-    d.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, h100, 4xA100-80GB")
-    d.add_argument("--vram", default=None, help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
-    d.add_argument("--no-calibration", action="store_true", help="ignore (and do not store) calibration from real runs")
+def _size(text: str) -> int:
+    from .units import parse_size
 
-
-def train_config(args: argparse.Namespace, rank: int | None = None):
-    from .memory.config import TrainConfig
-
-    fields = {name: getattr(args, name) for name in FLAG_FOR_FIELD if name != "rank"}
-    fields["rank"] = rank if rank is not None else args.rank[0]
     try:
-        return TrainConfig(**fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        message = err["msg"].removeprefix("Value error, ")
-        if field in FLAG_FOR_FIELD:
-            message = f"{FLAG_FOR_FIELD[field]}: {message}"
-        raise UsageError(message, "see `lora-advisor estimate --help`") from None
+        return parse_size(text)
+    except AdvisorError as err:
+        raise argparse.ArgumentTypeError(f"{err.message} ({err.hint})") from None
 
 
-def _hardware(args: argparse.Namespace):
-    """--gpu / --vram override detection; without them, the GPUs this machine has (if any)."""
-    from .hardware import hardware_for
-
-    detection = None
-    if not args.gpu and not args.vram:
-        from .hardware.nvml import Nvml
-
-        with Nvml() as nvml:
-            detection = nvml.detect()
-    gpus = args.gpus if args.gpus != 1 else None
-    return hardware_for(args.gpu, args.vram, gpus, detection)
+# ---- the flag sets: one definition each --------------------------------------------------------------------
+def add_hardware_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GPUs")
+    g.add_argument("--gpu", default="", help="plan for a catalog GPU (4090, A100-80GB, 4xA100-80GB) or a size (24GiB)")
+    g.add_argument("--vram", default="", help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
+    g.add_argument("--gpus", type=_positive_int, default=None, help="GPUs in the job (data parallel)")
+    g.add_argument("--no-calibration", action="store_true", help="ignore (and do not store) calibration from real runs")
 
 
-def _host_ram(args: argparse.Namespace) -> int | None:
-    """The CPU RAM offload may use: --host-ram, else this machine's when the GPUs are this machine's
-    (detected); a named --gpu / --vram may be another box, so its RAM is unknown."""
-    if args.host_ram:
-        from .units import parse_size
-
-        return parse_size(args.host_ram)
-    if args.gpu or args.vram:
-        return None
-    from .hardware import host_ram_bytes
-
-    return host_ram_bytes()
-
-
-def _calibration(args: argparse.Namespace, arch, cfg, hardware):
-    """The newest stored point for this GPU, model family and method (unless --no-calibration)."""
-    if args.no_calibration or hardware is None:
-        return None
-    from .verify.calibration import find_point
-
-    point, problem = find_point(hardware.name, arch.model_type, cfg.method)
-    if problem:
-        print(f"note: {problem}", file=sys.stderr)
-    return point
+def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    """The question the planner answers: the model and the goals (plan, the app, and export / verify)."""
+    if with_model:
+        p.add_argument("--model", "-m", default=None, help="catalog name (llama-3.1-8b), config.json, model dir, or hub id")
+        p.add_argument("--from", dest="from_file", default=None,
+                       help="read the model and settings from an axolotl, LLaMA-Factory or TRL YAML")
+    g = p.add_argument_group("goals")
+    g.add_argument("--method", choices=core.METHOD_CHOICES, default=None, help="auto (default) lets the planner choose")
+    g.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
+    g.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
+    g.add_argument("--prefer", choices=core.PREFER_CHOICES, default="speed")
+    g.add_argument("--rules", action="append", default=[], help="a YAML rule file that adds rules or overrides them by id")
+    g.add_argument("--host-ram", type=_size, default=None,
+                   help="CPU RAM for offload (64GiB); default: this machine's when planning for its own GPUs")
 
 
-def _from_file(args: argparse.Namespace) -> None:
-    """--from FILE: the model and the training fields come from an axolotl / LLaMA-Factory / TRL YAML."""
+def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """A configuration by hand.  With ``defaults=False`` (export, verify) a flag not given is absent, so
+    giving any one of them is what switches from the plan to the hand-made configuration."""
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    g = p.add_argument_group("configuration by hand (export / verify: any of these skips the planner)")
+    g.add_argument("--rank", "-r", type=_ranks, default=d([16]), help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
+    g.add_argument("--alpha", type=float, default=d(None), help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--targets", type=_targets, default=d(("all-linear",)),
+                   help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
+    g.add_argument("--train-embeddings", action="store_true", default=d(False),
+                   help="also train embed_tokens and lm_head (modules_to_save)")
+    g.add_argument("--quant", dest="quant_type", choices=get_args(train_fields.QuantType), default=d("nf4"),
+                   help="QLoRA 4-bit type")
+    g.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=d(True),
+                   help="QLoRA without double quantization")
+    g.add_argument("--precision", choices=get_args(train_fields.Precision), default=d("bf16"))
+    g.add_argument("--master-weights", action="store_true", default=d(False),
+                   help="full FT with fp32 master weights (mixed precision)")
+    g.add_argument("--micro-batch", "-b", type=_positive_int, default=d(1))
+    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=d(False), help="gradient checkpointing")
+    g.add_argument("--optimizer", choices=get_args(train_fields.Optimizer), default=d("adamw"))
+    g.add_argument("--attn", choices=get_args(train_fields.Attention), default=d("auto"))
+    g.add_argument("--loss", choices=get_args(train_fields.LossKind), default=d("standard"),
+                   help="chunked = Liger's fused linear cross-entropy")
+    g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d(0), help="DeepSpeed ZeRO stage")
+    g.add_argument("--fsdp", action="store_true", default=d(False), help="FSDP full shard")
+    g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("none"))
+
+
+def add_plan_file_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", dest="plan_file", default=None, help="a saved `plan --json` document to take the config from")
+    p.add_argument("--option", type=_option_index, default=0,
+                   help="which option of the plan: 0 its choice (default), N its N-th alternative")
+
+
+_CONFIG_DEFAULTS = {"rank": [16], "alpha": None, "targets": ("all-linear",), "train_embeddings": False,
+                    "quant_type": "nf4", "double_quant": True, "precision": "bf16", "master_weights": False,
+                    "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw", "attn": "auto", "loss": "standard",
+                    "zero": 0, "fsdp": False, "offload": "none"}
+
+
+# ---- from flags to the core's requests ------------------------------------------------------------------------
+def _gpu_request(args: argparse.Namespace) -> core.GpuRequest:
+    return core.GpuRequest(gpu=args.gpu or "", vram=args.vram or "", gpus=args.gpus)
+
+
+def _read_from(args: argparse.Namespace):
     from .export.readback import read_config
 
     back = read_config(Path(args.from_file))
-    args.model = back.model
-    for name, value in back.fields.items():
-        if name == "rank":
-            value = [value]
-        setattr(args, name, value)
     if back.unknown:
         print(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}",
               file=sys.stderr)
+    return back
 
 
-def _model_and_hardware(args: argparse.Namespace):
-    """What estimate, verify and export share: --from FILE, the model, and the GPUs to plan for
-    (--gpu NxNAME sets the job's GPU count when --gpus is not given)."""
-    from .models import resolve_model
+def plan_request(args: argparse.Namespace) -> core.PlanRequest:
+    model, method = args.model, args.method or "auto"
+    seq_len, batch = args.seq_len, args.effective_batch
+    if args.from_file:  # plan for what the file trains: its model, sequence length, method and batch
+        back = _read_from(args)
+        model, method = back.model, back.fields.get("method", "auto")
+        seq_len = back.fields.get("seq_len", seq_len)
+        batch = back.fields.get("micro_batch", 1) * back.grad_accum * (args.gpus or back.fields.get("gpus", 1))
+    if not model:
+        raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
+    return core.PlanRequest(model=model, hardware=_gpu_request(args), seq_len=seq_len, effective_batch=batch,
+                            method=method, prefer=args.prefer, rules=tuple(args.rules or ()), host_ram=args.host_ram,
+                            calibration=not args.no_calibration)
 
+
+def config_request(args: argparse.Namespace, rank: int | None = None) -> core.ConfigRequest:
+    """A configuration by hand: the flags, over what --from read, over the defaults."""
+    fields = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
+    fields["method"] = args.method if args.method not in (None, "auto") else "lora"
+    fields["seq_len"] = args.seq_len
+    model, batch = args.model, args.effective_batch
     if args.from_file:
-        _from_file(args)
-    if not args.model:
-        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
-    arch = resolve_model(args.model)
-    hardware = _hardware(args)
-    if args.gpu and hardware is not None and hardware.count > 1 and args.gpus == 1:
-        args.gpus = hardware.count
-    return arch, hardware
+        back = _read_from(args)
+        model = back.model
+        fields.update({k: ([v] if k == "rank" else v) for k, v in back.fields.items()})
+        batch = back.fields.get("micro_batch", 1) * back.grad_accum * back.fields.get("gpus", 1)
+    if not model:
+        raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
+    fields["rank"] = rank if rank is not None else fields["rank"][0]
+    if args.gpus is not None:
+        fields["gpus"] = args.gpus
+    return core.ConfigRequest(model=model, config=fields, hardware=_gpu_request(args), effective_batch=batch,
+                              calibration=not args.no_calibration)
+
+
+def _by_hand(args: argparse.Namespace) -> bool:
+    return bool(args.from_file) or any(hasattr(args, name) for name in CONFIG_FIELDS)
+
+
+def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanResult | None]:
+    """What export and verify act on: a saved plan's option, a configuration by hand, or the plan's option."""
+    if args.plan_file:
+        if _by_hand(args) or args.model:
+            raise UsageError("--plan takes the model and the config from the saved plan",
+                             "drop --model and the config flags, or drop --plan", field="plan_file")
+        return core.saved_option(core.load_plan(Path(args.plan_file)), args.option, not args.no_calibration), None
+    if _by_hand(args):
+        if args.option:
+            raise UsageError("--option picks an option of a plan, not of a configuration given by hand",
+                             "drop --option, or drop the config flags", field="option", value=args.option)
+        return core.configure(config_request(args)), None
+    result = core.plan(plan_request(args))
+    _notes(result.notes)
+    if result.plan.chosen is None:
+        from .errors import NoFitError
+
+        raise NoFitError(f"nothing fits: the smallest candidate needs {result.plan.smallest_need_bytes / 2**30:.1f} GiB"
+                         if result.plan.smallest_need_bytes else "nothing fits",
+                         "run `lora-advisor plan` with the same flags to see what would fit")
+    return result.select(args.option), result
+
+
+def _notes(notes) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+# ---- commands ----------------------------------------------------------------------------------------------
+def cmd_plan(args: argparse.Namespace) -> int:
+    result = core.plan(plan_request(args))
+    _notes(result.notes)
+    report = result.report()
+    outcome = None
+    if args.export and result.plan.chosen is not None:
+        outcome = core.export(result.select(args.option), core.parse_formats(args.export),
+                              Path(args.output or "lora-advisor-export"), args.force, args.allow_no_fit)
+    if args.json:
+        if outcome is None:
+            _print_json(report)
+        else:
+            document = json.loads(report.model_dump_json())
+            document["export"] = _export_document(outcome)
+            print(json.dumps(document, indent=2))
+    else:
+        from .render import plan_text
+
+        print(plan_text(report))
+        if outcome is not None:
+            _print_export(outcome)
+    return 0 if result.plan.chosen is not None else 3
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .memory import estimate
     from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
 
-    arch, hardware = _model_and_hardware(args)
     if len(args.rank) > 1:
-        if args.method == "full":
-            raise UsageError("--rank with several values needs --method lora or qlora", "full fine-tuning has no rank")
-        rows = []
-        for rank in args.rank:
-            cfg = train_config(args, rank)
-            est = estimate(arch, cfg, hardware)
-            adapter_bytes = est.component("adapters").bytes
-            rows.append(RankRow(rank=rank, adapter_params=est.component("adapters").inputs["adapter_params"],
-                                adapter_state_bytes=adapter_bytes + est.component("gradients").bytes
-                                + est.component("optimizer_states").bytes,
-                                peak_allocated_bytes=est.peak_allocated_bytes, peak_device_bytes=est.peak_device_bytes,
-                                fits=est.fits))
-        cfg = train_config(args)
-        info = ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
-                         trainable_params=est.trainable_params)
-        report = RankSweepReport(model=info, config=cfg, ranks=rows)
+        sel = core.configure(config_request(args))
+        rows = core.rank_sweep(sel, tuple(args.rank))
+        report = RankSweepReport(model=ModelInfo(name=sel.arch.name, model_type=sel.arch.model_type,
+                                                 params=sel.estimate.total_params,
+                                                 trainable_params=sel.estimate.trainable_params),
+                                 config=sel.cfg,
+                                 ranks=[RankRow(rank=r.rank, adapter_params=r.trainable_params,
+                                                adapter_state_bytes=r.adapter_state_bytes,
+                                                peak_allocated_bytes=r.peak_allocated_bytes,
+                                                peak_device_bytes=r.peak_device_bytes, fits=r.fits) for r in rows])
         if args.json:
             _print_json(report)
         else:
             from .render import rank_table
 
-            print(rank_table(arch, cfg, rows))
+            print(rank_table(sel.arch, sel.cfg, report.ranks))
         return 0
-    cfg = train_config(args)
-    est = estimate(arch, cfg, hardware, calibration=_calibration(args, arch, cfg, hardware))
-    report = EstimateReport.build(arch, cfg, est)
+    sel = core.configure(config_request(args))
     if args.json:
-        _print_json(report)
+        _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate))
     else:
         from .render import estimate_table
 
-        print(estimate_table(arch, cfg, est))
+        print(estimate_table(sel.arch, sel.cfg, sel.estimate))
     return 0
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    """The longest sequence (at the given micro batch) and the largest micro batch (at the given
-    sequence length) that fit the configuration on the GPU."""
-    from .limits import fit_limits
-    from .memory import peaks
+    """The longest sequence (at the given micro batch) and the largest micro batch (at the given sequence
+    length) that fit the configuration on the GPU."""
     from .report import LimitEntry, LimitsReport, ModelInfo
 
-    arch, hardware = _model_and_hardware(args)
-    if hardware is None:
-        raise UsageError("limits needs a GPU to fit into: none was detected",
-                         "name one with --gpu 4090 (or --vram 24GiB)")
     if len(args.rank) > 1:
-        raise UsageError("limits takes one --rank", "for several ranks: lora-advisor estimate --rank 8,16,32")
-    cfg = train_config(args)
-    calibration = _calibration(args, arch, cfg, hardware)
-    seq, batch = fit_limits(arch, cfg, hardware, calibration)
-    est = peaks(arch, cfg, hardware, calibration)
+        raise UsageError("limits takes one rank", "for several ranks: lora-advisor estimate --rank 8,16,32",
+                         field="rank", value=args.rank)
+    sel = core.configure(config_request(args))
+    seq, batch = core.limits(sel)
+    arch, est = sel.arch, sel.estimate
     notes = []
     if seq.value and seq.value > arch.max_position_embeddings:
         notes.append(f"sequences beyond the model's {arch.max_position_embeddings:,} positions fit in memory, "
                      "but quality degrades without RoPE scaling")
-    if calibration is not None:
-        notes.append(f"calibrated from a real run on {calibration.gpu_name} ({calibration.measured_at})")
+    if sel.calibration is not None:
+        notes.append(f"calibrated from a real run on {sel.calibration.gpu_name} ({sel.calibration.measured_at})")
     notes.append("fits = the predicted device peak is at most the usable memory; the planner keeps 10 % of it free")
     report = LimitsReport(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
                                           trainable_params=est.trainable_params),
-                          config=cfg, gpu=hardware.name, capacity_bytes=hardware.usable_bytes,
+                          config=sel.cfg, gpu=sel.hardware.name, capacity_bytes=sel.capacity_bytes,
                           longest_seq_len=LimitEntry.of(seq), largest_micro_batch=LimitEntry.of(batch), notes=notes)
     if args.json:
         _print_json(report)
@@ -253,66 +322,44 @@ def cmd_limits(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from .engine.rules import default_rules, load_rules_file, merge
-    from .models import resolve_model
-    from .planner import Goals, make_plan
-    from .report import PlanReport
-
-    if args.from_file:  # plan for what the file trains: its model, sequence length, method and batch
-        from .export.readback import read_config
-
-        back = read_config(Path(args.from_file))
-        args.model, args.method = back.model, back.fields.get("method", "auto")
-        args.seq_len = back.fields.get("seq_len", args.seq_len)
-        args.effective_batch = back.fields.get("micro_batch", 1) * back.grad_accum * args.gpus
-    if not args.model:
-        raise UsageError("give --model (or --from FILE)", "e.g. --model llama-3.1-8b")
-    arch = resolve_model(args.model)
-    rules = default_rules()
-    for path in args.rules or []:
-        rules = merge(rules, load_rules_file(Path(path)))
-    rules = sorted(rules, key=lambda r: r.spec.priority)
-    hardware = _hardware(args)
-    gpus = hardware.count if hardware is not None and args.gpus == 1 else args.gpus
-    goals = Goals(seq_len=args.seq_len, effective_batch=args.effective_batch, method=args.method,
-                  prefer=args.prefer, gpus=gpus)
-    calibrations = None
-    if hardware is not None and not args.no_calibration:
-        from .verify.calibration import points_by_method
-
-        calibrations, problem = points_by_method(hardware.name, arch.model_type)
-        if problem:
-            print(f"note: {problem}", file=sys.stderr)
-    plan = make_plan(arch, hardware, goals, rules, calibrations=calibrations, host_ram_bytes=_host_ram(args))
-    report = PlanReport.build(arch, hardware, goals, plan)
+def cmd_export(args: argparse.Namespace) -> int:
+    formats = core.parse_formats(args.format)  # refused before any planning or writing
+    sel, _ = selected_option(args)
+    outcome = core.export(sel, formats, Path(args.output or "lora-advisor-export"), args.force, args.allow_no_fit)
     if args.json:
-        _print_json(report)
+        print(json.dumps({"schema_version": 1, **_export_document(outcome)}, indent=2))
     else:
-        from .render import plan_text
+        _print_export(outcome)
+    return 0
 
-        print(plan_text(report))
-    return 0 if plan.chosen is not None else 3
+
+def _export_document(outcome: core.ExportOutcome) -> dict:
+    sel = outcome.selected
+    return {"written": [str(p) for p in outcome.written], "formats": list(outcome.formats),
+            "skipped": dict(outcome.skipped), "option": sel.option, "label": sel.label,
+            "config": json.loads(sel.cfg.model_dump_json()),
+            "peak_device_bytes": sel.need_bytes, "peak_allocated_bytes": sel.estimate.peak_allocated_bytes,
+            "capacity_bytes": sel.capacity_bytes, "fits": sel.fits}
+
+
+def _print_export(outcome: core.ExportOutcome) -> None:
+    sel = outcome.selected
+    which = "a configuration given by hand" if sel.option is None else (
+        "the plan's choice" if sel.option == 0 else f"option {sel.option} of the plan")
+    capacity = f" of {sel.capacity_bytes / 2**30:.2f} GiB" if sel.capacity_bytes is not None else ""
+    print(f"exported {which}: {sel.label} · {sel.need_bytes / 2**30:.2f} GiB per GPU{capacity}")
+    for path in outcome.written:
+        print(f"wrote {path}")
+    for name, why in outcome.skipped.items():
+        print(f"skipped {name}: {why}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Run the configuration: a few real steps on the GPU (or CPU), or the fake-tensor dry run."""
-    from .memory import estimate
-    from .report import VerifyReport
-    from .verify.runner import run_to_end
-
-    arch, hardware = _model_and_hardware(args)
-    cfg = train_config(args)
-    mode = "dry" if args.dry_run else args.device
-    if mode == "auto":
-        from .hardware.nvml import Nvml
-
-        with Nvml() as nvml:
-            detection = nvml.detect()
-        mode = "cuda" if detection.gpus else "dry"
-        if mode == "dry":
-            print(f"no CUDA GPU ({detection.reason}): running the dry run on fake tensors instead", file=sys.stderr)
-    predicted = estimate(arch, cfg, hardware)
+    """Run the configuration: the exported train.py for a few steps on the GPU, or the fake-tensor dry run."""
+    sel, _ = selected_option(args)
+    mode, note = core.verify_mode("dry" if args.dry_run else args.device)
+    if note:
+        print(note, file=sys.stderr)
 
     def progress(event: dict) -> None:
         if args.json:
@@ -322,16 +369,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"step {event['step']}/{args.steps} · loss {event['loss']:.3f} · {event['tokens_per_s']:,.0f} tok/s{memory}",
                   file=sys.stderr)
         elif event["event"] == "start":
-            print(f"verifying in a child process ({event['mode']}, pid {event['pid']}) ...", file=sys.stderr)
+            print(f"verifying {sel.label} in a child process ({event.get('mode', mode)}, pid {event.get('pid')}) ...",
+                  file=sys.stderr)
 
-    events = run_to_end(arch, cfg, mode, args.steps, progress)
-    report = VerifyReport.build(arch, cfg, mode, predicted, events)
-    if mode == "cuda" and not args.no_calibration:
-        from .verify.calibration import point_from_report, save_point
-
-        point = point_from_report(report, arch, report.environment)
-        if point is not None:
-            report.calibration_saved = str(save_point(point))
+    run = core.start_verify(sel, mode, args.steps)
+    events: list[dict] = []
+    try:
+        for event in run.events():
+            events.append(event)
+            progress(event)
+    except KeyboardInterrupt:
+        run.cancel()
+        raise
+    report = core.verify_report(sel, mode, events, save_calibration=not args.no_calibration)
     if args.json:
         _print_json(report)
     else:
@@ -343,53 +393,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 4 if report.oom else 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportContext, render_all
-    from .export.writer import write_files
-    from .memory import estimate
-    from .models.catalog import hub_id_for
-
-    arch, hardware = _model_and_hardware(args)
-    cfg = train_config(args)
-    est = estimate(arch, cfg, hardware)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    ctx = ExportContext(arch=arch, cfg=cfg, estimate=est, model_id=hub_id_for(arch.name),
-                        effective_batch=args.effective_batch, gpu_name=hardware.name if hardware else "unknown GPU")
-    files = render_all(ctx, formats)
-    target = Path(args.output) if args.output else Path("lora-advisor-export")
-    written = write_files(files, target, args.force)
-    if args.json:
-        print(json.dumps({"schema_version": 1, "written": [str(p) for p in written]}, indent=2))
-    else:
-        for path in written:
-            print(f"wrote {path}")
-    return 0
-
-
-def add_plan_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None, help="catalog name, config.json, model dir, or hub id")
-    p.add_argument("--from", dest="from_file", default=None, help="plan for what an axolotl, LLaMA-Factory or TRL YAML trains")
-    p.add_argument("--method", choices=["auto", "full", "lora", "qlora", "lora8bit"], default="auto")
-    p.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
-    p.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
-    p.add_argument("--prefer", choices=["speed", "quality"], default="speed")
-    p.add_argument("--gpus", type=_positive_int, default=1)
-    p.add_argument("--gpu", default=None, help="plan for a catalog GPU: 4090, A100-80GB, 4xA100-80GB")
-    p.add_argument("--vram", default=None, help="one GPU's memory for a custom card (24GiB, 80GB)")
-    p.add_argument("--rules", action="append", help="a YAML rule file that adds rules or overrides them by id")
-    p.add_argument("--no-calibration", action="store_true", help="ignore calibration from real runs on this GPU")
-    p.add_argument("--host-ram", default=None,
-                   help="CPU RAM for offload (64GiB); default: this machine's when planning for its own GPUs")
-
-
 def cmd_gpus(args: argparse.Namespace) -> int:
     """Detected GPUs.  No driver is not bad input: exit 0 with an empty list, the reason and a hint."""
-    from .hardware.nvml import Nvml
     from .report import GpusReport
 
-    with Nvml() as nvml:
-        detection = nvml.detect()
-    report = GpusReport.from_detection(detection)
+    report = GpusReport.from_detection(core.detect_gpus())
     if args.json:
         _print_json(report)
     else:
@@ -422,45 +430,63 @@ def _print_json(model: Any) -> None:
     print(model.model_dump_json(indent=2))
 
 
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", default=None, help="a directory (default lora-advisor-export/), or a file for one format")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--allow-no-fit", action="store_true", help="export even when the config does not fit its GPU "
+                   "(each file's header says so)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lora-advisor", description="Which LoRA / QLoRA / full fine-tuning setup fits your GPUs, and why.")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    est = sub.add_parser("estimate", help="memory of one configuration: breakdown, phases, peaks")
-    add_model_and_training_flags(est)
-    est.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
-    est.set_defaults(func=cmd_estimate)
-    plan = sub.add_parser("plan", help="propose the fastest config that fits, with the reason for every choice")
-    add_plan_flags(plan)
-    plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    plan.set_defaults(func=cmd_plan)
-    limits = sub.add_parser("limits", help="the longest sequence and the largest micro batch that fit a config")
-    add_model_and_training_flags(limits)
-    limits.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    limits.set_defaults(func=cmd_limits)
-    verify = sub.add_parser("verify", help="run a few training steps (or the dry run) and compare with the estimate")
-    add_model_and_training_flags(verify)
+
+    def command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
+        p.set_defaults(func=func)
+        return p
+
+    plan = command("plan", "propose the fastest config that fits, with the reason for every choice", cmd_plan)
+    add_goal_flags(plan)
+    add_hardware_flags(plan)
+    plan.add_argument("--export", default=None, metavar="FORMATS",
+                      help="also export the chosen config: all, or a comma list of " + ", ".join(core.EXPORT_FORMATS))
+    plan.add_argument("--option", type=_option_index, default=0, help="with --export: which option (0 = the choice)")
+    _add_output_flags(plan)
+
+    for name, help_text, func in (("estimate", "memory of one configuration: breakdown, phases, peaks", cmd_estimate),
+                                  ("limits", "the longest sequence and the largest micro batch that fit a config",
+                                   cmd_limits)):
+        p = command(name, help_text, func)
+        add_goal_flags(p)
+        add_config_flags(p)
+        add_hardware_flags(p)
+
+    export = command("export", "write the plan's config (or one given by hand) for PEFT+TRL, TRL, axolotl, "
+                     "LLaMA-Factory, accelerate, DeepSpeed", cmd_export)
+    export.add_argument("--format", "-f", required=True,
+                        help="all, or a comma list of " + ", ".join(core.EXPORT_FORMATS))
+    add_goal_flags(export)
+    add_config_flags(export, defaults=False)
+    add_hardware_flags(export)
+    add_plan_file_flags(export)
+    _add_output_flags(export)
+
+    verify = command("verify", "run the plan's config for a few steps (or trace one on fake tensors) and compare "
+                     "with the estimate", cmd_verify)
+    add_goal_flags(verify)
+    add_config_flags(verify, defaults=False)
+    add_hardware_flags(verify)
+    add_plan_file_flags(verify)
     verify.add_argument("--steps", type=_positive_int, default=10)
     verify.add_argument("--dry-run", action="store_true", help="trace one step on fake tensors (no GPU needed)")
     verify.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="auto: the GPU when there is one, else the dry run; cpu: a tiny real run for smoke tests")
-    verify.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    verify.set_defaults(func=cmd_verify)
-    export = sub.add_parser("export", help="write the config for PEFT+TRL, TRL, axolotl, LLaMA-Factory, accelerate, DeepSpeed")
-    add_model_and_training_flags(export)
-    export.add_argument("--format", "-f", required=True,
-                        help="peft-trl, trl-yaml, axolotl, llamafactory, accelerate, deepspeed (comma list for several)")
-    export.add_argument("--output", "-o", default=None, help="a file (one format) or a directory (default lora-advisor-export/)")
-    export.add_argument("--force", action="store_true", help="overwrite existing files")
-    export.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
-    export.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    export.set_defaults(func=cmd_export)
-    gpus = sub.add_parser("gpus", help="the NVIDIA GPUs on this machine (through NVML)")
-    gpus.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    gpus.set_defaults(func=cmd_gpus)
-    models = sub.add_parser("models", help="list the model catalog")
-    models.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    models.set_defaults(func=cmd_models)
+
+    command("gpus", "the NVIDIA GPUs on this machine (through NVML)", cmd_gpus)
+    command("models", "list the model catalog", cmd_models)
     return parser
 
 
@@ -468,22 +494,27 @@ def run_tui(argv: list[str]) -> int:
     """`lora-advisor` with no command: the Textual app, pre-filled from the planning flags."""
     parser = _Parser(prog="lora-advisor", description="Interactive session (the commands: lora-advisor --help-commands)")
     parser.add_argument("--model", "-m", default="llama-3.1-8b")
-    parser.add_argument("--gpu", default="", help="plan for a catalog GPU instead of the detected one")
-    parser.add_argument("--vram", default="", help="plan for a custom card of this size")
-    parser.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
-    parser.add_argument("--effective-batch", type=_positive_int, default=16)
-    parser.add_argument("--method", choices=["auto", "full", "lora", "qlora"], default="auto")
-    parser.add_argument("--prefer", choices=["speed", "quality"], default="speed")
+    add_goal_flags(parser, with_model=False)
+    add_hardware_flags(parser)
     args = parser.parse_args(argv)
+    args.from_file = None
+    request = plan_request(args)
     try:
         from .tui import make_app
-        from .tui.app import Form
     except ImportError:
         raise UsageError("the interactive app needs textual", "pip install textual, or use a command: lora-advisor plan --help") from None
-    form = Form(model=args.model, gpu=args.gpu or args.vram, seq_len=args.seq_len, effective_batch=args.effective_batch,
-                method=args.method, prefer=args.prefer)
-    make_app(form=form).run()
+    make_app(request=request).run()
     return 0
+
+
+def describe_error(err: AdvisorError) -> str:
+    """One line: the flag the error is about (when the message does not name it already), the error, a hint."""
+    message, hint = err.message, err.hint
+    if err.field == "allow_no_fit":  # not a wrong flag: the way past the refusal is one
+        hint = "choose an option that fits (see `lora-advisor plan`), or pass --allow-no-fit"
+    elif (flag := FLAG_FOR_FIELD.get(err.field or "")) and flag not in message:
+        message = f"{flag}: {message}"
+    return f"error: {message}" + (f" (hint: {hint})" if hint else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -501,11 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")
         return args.func(args)
     except AdvisorError as err:
-        print(err.one_line(), file=sys.stderr)
+        print(describe_error(err), file=sys.stderr)
         if want_json:
             from .report import ErrorReport
 
-            _print_json(ErrorReport(error=err.message, hint=err.hint))
+            _print_json(ErrorReport(error=err.message, hint=err.hint, field=FLAG_FOR_FIELD.get(err.field or "")))
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

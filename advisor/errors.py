@@ -13,10 +13,15 @@ class AdvisorError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", field: str | None = None, value: object = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # What went wrong as data: the request field (a PlanRequest / TrainConfig field name, or "option",
+        # "format", "plan_file") and the value given.  Each front end words the field in its own terms: a
+        # flag in the CLI, a labelled input in the app.  ``message`` and ``hint`` name no flag.
+        self.field = field
+        self.value = value
 
     def one_line(self) -> str:
         return f"error: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
@@ -36,3 +41,9 @@ class ModelConfigError(AdvisorError):
 
 class UnitError(AdvisorError):
     """A size such as '24GiB' that cannot be parsed."""
+
+
+class NoFitError(AdvisorError):
+    """The configuration asked for does not fit the GPU (exit 3, as `plan` when nothing fits)."""
+
+    exit_code = 3

@@ -117,17 +117,20 @@ class PlanReport(BaseModel):
     model: ModelInfo
     gpu: dict = Field(description="What the plan is for: name, count, memory_bytes, usable_bytes (null when unknown).")
     goals: dict
+    request: dict | None = Field(None, description="The question as asked (model as typed, GPU, goals, rules, host "
+                                 "RAM): what `export --plan` / `verify --plan` re-resolve the model from.")
     plan: "Plan"
 
     @classmethod
-    def build(cls, arch, hardware, goals, plan) -> "PlanReport":
+    def build(cls, arch, hardware, goals, plan, request: dict | None = None) -> "PlanReport":
         from .models.params import count_params
 
         trainable = plan.estimate.trainable_params if plan.estimate else 0
         gpu = None if hardware is None else {"name": hardware.name, "count": hardware.count,
                                              "memory_bytes": hardware.memory_bytes, "usable_bytes": hardware.usable_bytes}
         return cls(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=count_params(arch).total,
-                                   trainable_params=trainable), gpu=gpu or {}, goals=goals.model_dump(), plan=plan)
+                                   trainable_params=trainable), gpu=gpu or {}, goals=goals.model_dump(),
+                   request=request, plan=plan)
 
 
 class PhaseCheck(BaseModel):
@@ -237,6 +240,7 @@ class ErrorReport(BaseModel):
     schema_version: int = SCHEMA_VERSION
     error: str
     hint: str
+    field: str | None = Field(None, description="The flag the error is about, when it is about one.")
 
 
 from .planner import Plan  # noqa: E402  (after the report models it refers to)

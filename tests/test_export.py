@@ -141,7 +141,7 @@ def test_round_trip_gives_the_same_peak(tmp_path, flags, capsys):
     (["--model", "llama-3.1-8b", "--gpus", "2", "--fsdp", "--optimizer", "adamw_8bit", "--format", "accelerate"], "FSDP"),
     (["--model", "llama-3.1-8b", "--zero", "3", "--offload", "optimizer", "--optimizer", "paged_adamw_8bit",
       "--format", "deepspeed"], "CPU Adam"),
-    (["--model", "llama-3.1-8b", "--format", "deepspeed"], "--zero"),
+    (["--model", "llama-3.1-8b", "--format", "deepspeed"], "ZeRO"),
     (["--model", "llama-3.1-8b", "--format", "megatron"], "unknown export format"),
 ])
 def test_known_breakages_are_refused(tmp_path, flags, words, capsys):

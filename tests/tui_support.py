@@ -1,8 +1,8 @@
 """Fake GPU backends for the app's tests (NVML faked at the pynvml boundary)."""
 
 from advisor.hardware.nvml import Nvml
+from advisor.core import GpuRequest, PlanRequest
 from advisor.tui import make_app
-from advisor.tui.app import Form
 from tests.fake_pynvml import FakeGpu, GiB, make_fake_pynvml
 
 
@@ -18,9 +18,13 @@ TWO_GPUS = backend([FakeGpu(uuid="GPU-a"), FakeGpu(name="NVIDIA A100-SXM4-80GB",
 NO_DRIVER = backend(init_error="LibraryNotFound")
 
 
+def request(model="llama-3.1-8b", gpu="", **goals):
+    return PlanRequest(model=model, hardware=GpuRequest(gpu=gpu), **goals)
+
+
 def app(gpu_backend=ONE_4090, export_dir=None, **form):
     # a fixed CPU RAM, so offload rules decide the same on every machine that runs the tests
-    return make_app(gpu_backend=gpu_backend, form=Form(**form), export_dir=export_dir, host_ram=lambda: 128 * GiB)
+    return make_app(gpu_backend=gpu_backend, request=request(**form), export_dir=export_dir, host_ram=lambda: 128 * GiB)
 
 
 async def settle(pilot):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .context import ExportContext, ExportError
-from .launch import accelerate, deepspeed
+from .launch import accelerate, companions, deepspeed
 from .peft_trl import render as peft_trl
 from .yaml_formats import axolotl, llamafactory, trl_yaml
 
@@ -18,9 +18,11 @@ __all__ = ["FORMATS", "ExportContext", "ExportError", "render_all"]
 
 
 def render_all(ctx: ExportContext, formats: list[str]) -> dict[str, str]:
+    """{filename: text} of every format asked for, each with the companion files it refers to."""
     files: dict[str, str] = {}
     for name in formats:
         if name not in FORMATS:
             raise ExportError(f"unknown export format {name!r}", "formats: " + ", ".join(FORMATS))
         files.update(FORMATS[name](ctx))
+        files.update(companions(ctx, name))
     return files

@@ -14,7 +14,8 @@ EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")
 def deepspeed_config(ctx: ExportContext) -> dict:
     cfg = ctx.cfg
     if not cfg.zero:
-        raise ExportError("the deepspeed format needs --zero 1, 2 or 3", "add --zero N (and --gpus N)")
+        raise ExportError("the deepspeed format applies to DeepSpeed ZeRO configurations only",
+                          "this configuration uses no ZeRO stage")
     zero: dict = {"stage": cfg.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if cfg.zero == 3:
         zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
@@ -50,7 +51,7 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
                   "main_training_function": "main", "num_machines": 1, "num_processes": cfg.gpus,
                   "rdzv_backend": "static", "same_network": True, "use_cpu": False}
     files = {}
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
+    mixed = ctx.mixed_precision  # the trainer's bf16 / fp16 flags say the same (context.py)
     if cfg.zero:
         # with deepspeed_config_file, accelerate refuses its own mixed_precision / zero_stage / offload keys
         data.update({"distributed_type": "DEEPSPEED",
@@ -59,6 +60,11 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
     elif cfg.fsdp:
         if cfg.optimizer in EIGHT_BIT:
             ctx.hf_optim  # raises the FSDP + 8-bit error
+        if cfg.offload == "optimizer":
+            # FSDP's CPUOffload moves parameters, gradients and optimizer states together, never states alone
+            raise ExportError("FSDP cannot offload only the optimizer states: its CPU offload moves parameters, "
+                              "gradients and optimizer states together", "offload params with FSDP, or use "
+                              "DeepSpeed ZeRO-2/3 for optimizer offload")
         qlora = cfg.method == "qlora"
         fsdp = {"fsdp_version": 1 if qlora else 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                 "fsdp_offload_params": cfg.offload == "params", "fsdp_state_dict_type": "FULL_STATE_DICT",
@@ -70,4 +76,28 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
     else:
         data.update({"distributed_type": "MULTI_GPU" if cfg.gpus > 1 else "NO", "mixed_precision": mixed})
     files["accelerate.yaml"] = ctx.header() + yaml.safe_dump(data, sort_keys=False)
+    return files
+
+
+# Formats that name a companion file train only with it: they always come with it (identical text, so a
+# second format writing the same file never collides).
+NEEDS_DEEPSPEED_JSON = ("peft-trl", "trl-yaml", "axolotl", "llamafactory", "accelerate")
+NEEDS_ACCELERATE_YAML = ("peft-trl", "trl-yaml")
+
+
+def launched_by_accelerate(cfg) -> bool:
+    """Several processes, or a sharding engine (DeepSpeed needs its launcher even for one GPU)."""
+    return cfg.gpus > 1 or bool(cfg.zero) or cfg.fsdp
+
+
+def companions(ctx: ExportContext, fmt: str) -> dict[str, str]:
+    """The files a format's own file refers to: ds_config.json under ZeRO; accelerate.yaml where the
+    launch goes through `accelerate launch --config_file accelerate.yaml` (several GPUs, ZeRO or FSDP, whose
+    settings live in that file for TRL and LLaMA-Factory)."""
+    cfg = ctx.cfg
+    files: dict[str, str] = {}
+    if cfg.zero and fmt in NEEDS_DEEPSPEED_JSON:
+        files.update(deepspeed(ctx))
+    if (fmt in NEEDS_ACCELERATE_YAML and launched_by_accelerate(cfg)) or (fmt == "llamafactory" and cfg.fsdp):
+        files.update(accelerate(ctx))
     return files

@@ -27,13 +27,15 @@ def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
         if not os.access(parent, os.W_OK):
             raise ExportError(f"{parent} is not writable", "choose a writable -o path")
     # every file goes to a temp file first; only when all are written do they get their names
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files: give them the mode open() would (the umask's)
     staged: list[tuple[str, Path]] = []
     try:
         for path, text in paths.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            staged.append((tmp, path))
+                os.fchmod(handle.fileno(), mode)
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as exc:
@@ -41,3 +43,10 @@ def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
             Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"cannot write {exc.filename}: {exc.strerror}", "choose a writable -o path") from None
     return list(paths)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current

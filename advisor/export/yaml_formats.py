@@ -8,10 +8,63 @@ from __future__ import annotations
 import yaml
 
 from .context import ExportContext, ExportError
+from .launch import launched_by_accelerate
 
 
-def _dump(ctx: ExportContext, data: dict) -> str:
-    return ctx.header() + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+# TRL / transformers: Liger's fused linear cross-entropy only (use_liger_kernel alone also patches RoPE,
+# RMSNorm and SwiGLU, which the estimate does not model; they would only lower memory)
+TRL_LIGER = {"use_liger_kernel": True,
+             "liger_kernel_config": {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
+                                     "rms_norm": False, "swiglu": False}}
+
+
+def _dump(ctx: ExportContext, data: dict, run: str) -> str:
+    return ctx.header() + f"# run: {run}\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def run_command(ctx: ExportContext, fmt: str) -> str:
+    """The exact command that trains this file, with its companions (accelerate.yaml, ds_config.json)."""
+    cfg = ctx.cfg
+    several = cfg.gpus > 1
+    if fmt == "trl-yaml":
+        if launched_by_accelerate(cfg):
+            return "accelerate launch --config_file accelerate.yaml -m trl.scripts.sft --config trl_sft.yaml --dataset_name NAME"
+        return "trl sft --config trl_sft.yaml --dataset_name NAME"
+    if fmt == "axolotl":
+        return "axolotl train axolotl.yaml" + (f" --num-processes {cfg.gpus}" if several else "")
+    if cfg.fsdp:
+        return "accelerate launch --config_file accelerate.yaml -m llamafactory.launcher llamafactory.yaml"
+    if several:
+        return f"FORCE_TORCHRUN=1 NPROC_PER_NODE={cfg.gpus} llamafactory-cli train llamafactory.yaml"
+    return "llamafactory-cli train llamafactory.yaml"
+
+
+def _axolotl_precision(ctx: ExportContext) -> dict:
+    """axolotl loads the weights in the 16-bit dtype whenever bf16 / fp16 is on.  Pure 16-bit: `bfloat16` /
+    `float16` (no AMP).  fp32 master weights exist only where the stack keeps them: DeepSpeed's ZeRO
+    optimizer, or FSDP's upcast of the trainable parameters under mixed precision."""
+    cfg = ctx.cfg
+    if ctx.pure_16bit:
+        return {"bfloat16": True} if cfg.precision == "bf16" else {"float16": True}
+    if cfg.master_weights and not (cfg.zero or cfg.fsdp):
+        raise ExportError("axolotl loads the weights in 16 bits when bf16 / fp16 is on: it has no fp32-master "
+                          "mixed precision on its own", "use peft-trl, trl-yaml or llamafactory for fp32 master "
+                          "weights, or DeepSpeed / FSDP, which keep the fp32 copy")
+    return {"bf16": ctx.bf16, "fp16": ctx.fp16}
+
+
+def _llamafactory_precision(ctx: ExportContext) -> dict:
+    """LLaMA-Factory upcasts trainable parameters to fp32 for full fine-tuning unless `pure_bf16` (fp32 master
+    weights under bf16 autocast); pure 16-bit is `pure_bf16`, which it refuses under ZeRO-3."""
+    cfg = ctx.cfg
+    if ctx.pure_16bit:
+        if cfg.precision != "bf16":
+            raise ExportError("LLaMA-Factory has no pure fp16 training (only pure_bf16)",
+                              "use bf16, or fp32 master weights")
+        if cfg.zero == 3:
+            raise ExportError("LLaMA-Factory refuses pure_bf16 with DeepSpeed ZeRO-3", "use ZeRO-2, or FSDP")
+        return {"pure_bf16": True, "bf16": False, "fp16": False}
+    return {"bf16": ctx.bf16, "fp16": ctx.fp16}
 
 
 def _deepspeed_file(ctx: ExportContext) -> dict:
@@ -20,12 +73,14 @@ def _deepspeed_file(ctx: ExportContext) -> dict:
 
 def trl_yaml(ctx: ExportContext) -> dict[str, str]:
     cfg = ctx.cfg
-    data: dict = {"model_name_or_path": ctx.model_id, "dtype": ctx.dtype, "output_dir": "outputs",
+    data: dict = {"model_name_or_path": ctx.model_id, "dtype": ctx.load_dtype, "output_dir": "outputs",
                   "max_length": cfg.seq_len, "per_device_train_batch_size": cfg.micro_batch,
                   "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
                   "optim": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
-                  "bf16": cfg.precision == "bf16", "fp16": cfg.precision == "fp16",
+                  "bf16": ctx.bf16, "fp16": ctx.fp16,
                   "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")}
+    if ctx.liger:
+        data.update(TRL_LIGER)
     if cfg.method != "full":
         data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
                      "lora_target_modules": "all-linear" if ctx.all_linear else ctx.target_modules()})
@@ -38,7 +93,7 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data["load_in_8bit"] = True
     data.update(_deepspeed_file(ctx))
-    return {"trl_sft.yaml": _dump(ctx, data)}
+    return {"trl_sft.yaml": _dump(ctx, data, run_command(ctx, "trl-yaml"))}
 
 
 def axolotl(ctx: ExportContext) -> dict[str, str]:
@@ -46,7 +101,7 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
     data: dict = {"base_model": ctx.model_id, "sequence_len": cfg.seq_len, "micro_batch_size": cfg.micro_batch,
                   "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
                   "optimizer": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
-                  "bf16": cfg.precision == "bf16", "fp16": cfg.precision == "fp16",
+                  **_axolotl_precision(ctx),
                   # axolotl >= 0.19 takes transformers' name (flash_attention / sdp_attention are deprecated)
                   "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa"),
                   "num_epochs": 1, "output_dir": "./outputs",
@@ -72,8 +127,10 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
             "offload_params": cfg.offload == "params", "reshard_after_forward": True,
             "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "cpu_ram_efficient_loading": cfg.method != "qlora"}})  # FSDP2 + 4-bit + efficient loading deadlocks
+    if ctx.liger:  # only the fused linear cross-entropy: the kernel the estimate assumes
+        data.update({"plugins": ["axolotl.integrations.liger.LigerPlugin"], "liger_fused_linear_cross_entropy": True})
     data.update(_deepspeed_file(ctx))
-    return {"axolotl.yaml": _dump(ctx, data)}
+    return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"))}
 
 
 def llamafactory(ctx: ExportContext) -> dict[str, str]:
@@ -85,9 +142,11 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
                   "dataset": "DATASET", "template": "default", "cutoff_len": cfg.seq_len, "output_dir": "outputs",
                   "per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": ctx.grad_accum,
                   "learning_rate": ctx.lr, "num_train_epochs": 1.0, "lr_scheduler_type": "cosine",
-                  "warmup_ratio": 0.03, "optim": ctx.hf_optim, "bf16": cfg.precision == "bf16",
-                  "fp16": cfg.precision == "fp16", "flash_attn": "fa2" if cfg.attn == "flash" else "sdpa",
+                  "warmup_ratio": 0.03, "optim": ctx.hf_optim, **_llamafactory_precision(ctx),
+                  "flash_attn": "fa2" if cfg.attn == "flash" else "sdpa",
                   "disable_gradient_checkpointing": not cfg.grad_ckpt}
+    if ctx.liger:
+        data["enable_liger_kernel"] = True
     if cfg.method != "full":
         data.update({"lora_rank": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
                      "lora_target": "all" if ctx.all_linear else ",".join(ctx.target_modules())})
@@ -99,4 +158,4 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data.update({"quantization_bit": 8, "quantization_method": "bnb"})
     data.update(_deepspeed_file(ctx))
-    return {"llamafactory.yaml": _dump(ctx, data)}
+    return {"llamafactory.yaml": _dump(ctx, data, run_command(ctx, "llamafactory"))}

@@ -43,7 +43,7 @@ def hardware_for(gpu: str | None = None, vram: str | None = None, gpus: int | No
     if gpu:
         spec, count = resolve_gpu(gpu)
         if gpus is not None and gpus > 1 and count > 1 and gpus != count:
-            raise UsageError(f"--gpus {gpus} contradicts --gpu {gpu}", "give the count once")
+            raise UsageError(f"{gpus} GPUs contradicts {gpu!r}", "give the GPU count once", field="gpus", value=gpus)
         memory = parse_size(vram) if vram else spec.memory_bytes
         return Hardware(name=spec.name, memory_bytes=memory, count=max(count, gpus or 1),
                         compute_capability=spec.compute_capability)
@@ -58,8 +58,8 @@ def hardware_for(gpu: str | None = None, vram: str | None = None, gpus: int | No
     if not visible:
         return None
     if gpus is not None and gpus > len(visible):
-        raise UsageError(f"--gpus {gpus}: this machine has {len(visible)} visible GPU(s)",
-                         "lower --gpus, or plan for another box with --gpu NxNAME")
+        raise UsageError(f"{gpus} GPUs: this machine has {len(visible)} visible GPU(s)",
+                         "ask for fewer GPUs, or plan for another box (4xA100-80GB)", field="gpus", value=gpus)
     first = visible[0]
     if first.total_bytes is None:
         return None

@@ -81,9 +81,11 @@ def resolve_gpu(text: str) -> tuple[GpuSpec, int]:
     if match:
         count, name = int(match.group(1)), match.group(2)
         if count < 1:
-            raise UnknownGpuError(f"--gpu {text!r}: the GPU count must be at least 1", "write it like 4xA100-80GB")
+            raise UnknownGpuError(f"{text!r}: the GPU count must be at least 1", "write it like 4xA100-80GB",
+                                  field="gpu", value=text)
     spec = find_gpu(name)
     if spec is None:
         raise UnknownGpuError(f"unknown GPU {name!r}",
-                              "nearest catalog GPUs: " + ", ".join(nearest_gpus(name)) + " (or give --vram SIZE)")
+                              "nearest catalog GPUs: " + ", ".join(nearest_gpus(name)) + " (or a memory size such as 24GiB)",
+                              field="gpu", value=text)
     return spec, count

@@ -94,12 +94,12 @@ def resolve_model(spec: str) -> ModelArch:
     """A catalog name, a config.json, a model directory, or a hub id."""
     spec = spec.strip()
     if not spec:
-        raise UnknownModelError("--model is empty", "name a catalog model, e.g. llama-3.1-8b (lora-advisor models)")
+        raise UnknownModelError("no model given", "name a catalog model, e.g. llama-3.1-8b", field="model", value=spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():
-            raise UnknownModelError(f"{spec}: the directory has no config.json", "point --model at a model directory or its config.json")
+            raise UnknownModelError(f"{spec}: the directory has no config.json", "give a model directory or its config.json")
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise UnknownModelError(f"{spec}: no such file", "check the path to config.json")

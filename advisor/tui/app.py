@@ -6,7 +6,7 @@ messages back.  The domain (hardware, models, planner, export) does not know the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Header, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from .. import core
 from ..errors import AdvisorError
 from ..hardware.nvml import Detection
 from ..units import GiB
@@ -27,22 +28,24 @@ from .widgets.memory_bar import MemoryBar
 
 GpuBackend = Callable[[], Detection]
 
+# How this front end names a request field in an error (the CLI names its flag).
+FIELD_LABELS = {"model": "Model", "gpu": "GPU", "vram": "GPU", "gpus": "GPU count", "seq_len": "Sequence length",
+                "effective_batch": "Effective batch", "method": "Method", "prefer": "Preference", "format": "Format",
+                "output": "Export path", "option": "Option", "rules": "Rules"}
+
 
 def nvml_backend() -> Detection:
-    from ..hardware.nvml import Nvml
-
-    with Nvml() as nvml:  # closes NVML again: the app holds no handle while idle
-        return nvml.detect()
+    return core.detect_gpus()  # closes NVML again: the app holds no handle while idle
 
 
-@dataclass
-class Form:
-    model: str = "llama-3.1-8b"
-    gpu: str = ""
-    seq_len: int = 2048
-    effective_batch: int = 16
-    method: str = "auto"
-    prefer: str = "speed"
+def error_text(err: AdvisorError) -> tuple[str, str]:
+    """(message, hint) worded for this screen: the field's label, never a command-line flag."""
+    label = FIELD_LABELS.get(err.field or "")
+    message = f"{label}: {err.message}" if label else err.message
+    hint = err.hint
+    if err.field == "allow_no_fit":
+        hint = "pick an option that fits"
+    return message, hint
 
 
 class AdvisorApp(App):
@@ -64,26 +67,39 @@ class AdvisorApp(App):
             self.detection = detection
 
     class Planned(Message):
-        def __init__(self, report) -> None:
+        def __init__(self, result: core.PlanResult) -> None:
             super().__init__()
-            self.report = report
+            self.result = result
 
     class Failed(Message):
         def __init__(self, error: AdvisorError) -> None:
             super().__init__()
             self.error = error
 
-    def __init__(self, gpu_backend: GpuBackend = nvml_backend, form: Form | None = None,
+    def __init__(self, gpu_backend: GpuBackend = nvml_backend, request: core.PlanRequest | None = None,
                  export_dir: Path = Path("lora-advisor-export"), host_ram: Callable[[], int | None] | None = None) -> None:
         super().__init__()
         self.gpu_backend = gpu_backend
         self.host_ram = host_ram  # this machine's CPU RAM (for offload rules); None: read it from the OS
-        self.form = form or Form()
+        self.request = request or core.PlanRequest(model="llama-3.1-8b")
         self.export_dir = export_dir
         self.detection: Detection | None = None
-        self.report = None  # the latest PlanReport
-        self.hardware = None
-        self.calibrations: dict = {}  # {method: CalibrationPoint} for the planned card
+        self.result: core.PlanResult | None = None  # the latest answer, immutable; rendered, never patched
+        self.selected = 0  # the option Export, Verify and the rank sweep act on (0 = the plan's choice)
+        self._report = None
+
+    @property
+    def report(self):
+        """The plan document of the current result (what `plan --json` prints for the same question)."""
+        if self.result is None:
+            return None
+        if self._report is None or self._report[0] is not self.result:
+            self._report = (self.result, self.result.report())
+        return self._report[1]
+
+    @property
+    def hardware(self):
+        return self.result.hardware if self.result is not None else None
 
     # ---- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -95,18 +111,18 @@ class AdvisorApp(App):
             with Vertical(classes="panel", id="hardware"):
                 yield Label("Hardware")
                 yield Static("detecting GPUs ...", id="hardware-text")
-                yield Input(self.form.gpu, id="gpu", placeholder="GPU: 4090, A100-80GB, 2xH100, or 24GiB",
+                yield Input(self.request.hardware.gpu or self.request.hardware.vram, id="gpu", placeholder="GPU: 4090, A100-80GB, 2xH100, or 24GiB",
                             suggester=SuggestFromList([g.name for g in gpu_catalog()], case_sensitive=False))
             with Vertical(classes="panel", id="goals"):
                 yield Label("Model and goals")
-                yield Input(self.form.model, id="model", placeholder="catalog name or path to config.json",
+                yield Input(self.request.model, id="model", placeholder="catalog name or path to config.json",
                             suggester=SuggestFromList(catalog_names(), case_sensitive=False))
-                yield Input(str(self.form.seq_len), id="seq_len", placeholder="sequence length", type="integer")
-                yield Input(str(self.form.effective_batch), id="effective_batch", placeholder="effective batch",
+                yield Input(str(self.request.seq_len), id="seq_len", placeholder="sequence length", type="integer")
+                yield Input(str(self.request.effective_batch), id="effective_batch", placeholder="effective batch",
                             type="integer")
-                yield Select([(m, m) for m in ("auto", "full", "lora", "qlora")], value=self.form.method,
+                yield Select([(m, m) for m in core.METHOD_CHOICES], value=self.request.method,
                              allow_blank=False, id="method")
-                yield Select([("prefer speed", "speed"), ("prefer quality", "quality")], value=self.form.prefer,
+                yield Select([(f"prefer {p}", p) for p in core.PREFER_CHOICES], value=self.request.prefer,
                              allow_blank=False, id="prefer")
         with Vertical(id="right"):
             with Vertical(classes="panel", id="plan"):
@@ -134,39 +150,14 @@ class AdvisorApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
     def replan(self) -> None:
+        """Ask the core; the answer comes back as a message (this thread writes nothing of the app's)."""
+        request, detection = self.request, self.detection
         try:
-            self.post_message(self.Planned(self._plan()))
+            result = core.plan(request, detect=lambda: detection, host_ram=self.host_ram)
         except AdvisorError as err:
             self.post_message(self.Failed(err))
-
-    def _plan(self):
-        from ..engine.rules import cached_default_rules
-        from ..hardware import hardware_for
-        from ..models import resolve_model
-        from ..planner import Goals, make_plan
-        from ..report import PlanReport
-
-        form = self.form
-        gpu, vram = (form.gpu, None)
-        if form.gpu and form.gpu.strip()[-1:].lower() in ("b",) and any(c.isdigit() for c in form.gpu):
-            gpu, vram = None, form.gpu  # "24GiB", "80GB": a custom card
-        hardware = hardware_for(gpu or None, vram, None, None if (gpu or vram) else self.detection)
-        self.hardware = hardware
-        arch = resolve_model(form.model)
-        goals = Goals(seq_len=form.seq_len, effective_batch=form.effective_batch, method=form.method,
-                      prefer=form.prefer, gpus=hardware.count if hardware else 1)
-        self.calibrations = {}
-        if hardware is not None:  # what real runs on this card measured, as the CLI applies it
-            from ..verify.calibration import points_by_method
-
-            self.calibrations = points_by_method(hardware.name, arch.model_type)[0]
-        from ..hardware import host_ram_bytes
-
-        # the detected GPUs are this machine's, a named card may sit in another one
-        host_ram = None if (gpu or vram) else (self.host_ram or host_ram_bytes)()
-        plan = make_plan(arch, hardware, goals, list(cached_default_rules()), calibrations=self.calibrations,
-                         host_ram_bytes=host_ram)
-        return PlanReport.build(arch, hardware, goals, plan)
+            return
+        self.post_message(self.Planned(result))
 
     # ---- messages ----------------------------------------------------------------------------------
     def on_advisor_app_detected(self, message: Detected) -> None:
@@ -176,58 +167,63 @@ class AdvisorApp(App):
             self.replan()
 
     def on_advisor_app_planned(self, message: Planned) -> None:
-        self.report = message.report
+        self.result = message.result
+        self.selected = 0
         self.show_plan()
 
     def on_advisor_app_failed(self, message: Failed) -> None:
-        self.query_one("#plan-summary", Static).update(Text(f"no plan: {message.error.message}", style="red"))
-        self.push_screen(ErrorModal(message.error.message, message.error.hint))
+        # no stale answer: the panels say there is no plan for what was asked
+        self.result, self.selected = None, 0
+        text, hint = error_text(message.error)
+        self.query_one("#plan-summary", Static).update(Text(f"no plan: {text}", style="red"))
+        self.query_one(MemoryBar).show(None, None)
+        self.query_one("#why", Static).update("")
+        self.query_one("#alternatives", OptionList).clear_options()
+        self.push_screen(ErrorModal(text, hint))
 
     @on(Input.Submitted)
     @on(Select.Changed)
     def form_changed(self, event) -> None:
         if self.detection is None:  # still starting: the first plan follows detection
             return
-        form = self.form
         try:
-            form.model = self.query_one("#model", Input).value.strip() or form.model
-            form.gpu = self.query_one("#gpu", Input).value.strip()
-            form.seq_len = int(self.query_one("#seq_len", Input).value or form.seq_len)
-            form.effective_batch = int(self.query_one("#effective_batch", Input).value or form.effective_batch)
+            seq_len = int(self.query_one("#seq_len", Input).value or self.request.seq_len)
+            batch = int(self.query_one("#effective_batch", Input).value or self.request.effective_batch)
         except ValueError:
             return
-        form.method = str(self.query_one("#method", Select).value)
-        form.prefer = str(self.query_one("#prefer", Select).value)
+        gpu = self.query_one("#gpu", Input).value.strip()
+        self.request = replace(self.request, model=self.query_one("#model", Input).value.strip() or self.request.model,
+                               hardware=core.GpuRequest(gpu=gpu, gpus=None), seq_len=seq_len, effective_batch=batch,
+                               method=str(self.query_one("#method", Select).value),
+                               prefer=str(self.query_one("#prefer", Select).value))
         self.query_one("#plan-summary", Static).update("planning ...")
         self.replan()
 
     @on(OptionList.OptionHighlighted, "#alternatives")
     def alternative_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        if self.report is None or event.option_id is None:
+        if self.result is None or event.option_id is None:
             return
-        from ..memory import estimate
-        from ..models import resolve_model
-
-        plan = self.report.plan
         kind, _, index = event.option_id.partition(":")
         capacity = self.hardware.usable_bytes if self.hardware else None
-        if kind == "rejected":  # an option that lost: its memory against the card, and why
-            rejection = plan.rejected[int(index)]
-            est = estimate(resolve_model(self.form.model), rejection.config, self.hardware,
-                           calibration=self.calibrations.get(rejection.config.method))
-            self.query_one(MemoryBar).show(est, capacity)
-            self.query_one("#plan-summary", Static).update(
-                Text(f"✗ {rejection.option}\n{rejection.reason}", style="bold red"))
+        try:
+            if kind == "rejected":  # an option that lost: its memory against the card, and why
+                rejection = self.result.plan.rejected[int(index)]
+                self.query_one(MemoryBar).show(self.result.rejected(int(index)).estimate, capacity)
+                self.query_one("#plan-summary", Static).update(
+                    Text(f"✗ {rejection.option}\n{rejection.reason}", style="bold red"))
+                return
+            self.selected = int(index)
+            chosen = self.result.select(self.selected)
+        except AdvisorError as err:
+            self.push_screen(ErrorModal(*error_text(err)))
             return
-        option = plan.chosen if kind == "chosen" else plan.alternatives[int(index)]
-        est = estimate(resolve_model(self.form.model), option.config, self.hardware,
-                       calibration=self.calibrations.get(option.config.method))
-        self.query_one(MemoryBar).show(est, capacity)
-        self.query_one("#plan-summary", Static).update(describe(option, est))
+        self.query_one(MemoryBar).show(chosen.estimate, capacity)
+        self.query_one("#plan-summary", Static).update(describe(self.result.option(self.selected), chosen.estimate,
+                                                                self.selected))
 
     # ---- rendering -----------------------------------------------------------------------------------
     def show_plan(self) -> None:
-        plan = self.report.plan
+        plan = self.result.plan
         summary = self.query_one("#plan-summary", Static)
         capacity = self.hardware.usable_bytes if self.hardware else None
         alternatives = self.query_one("#alternatives", OptionList)
@@ -240,18 +236,16 @@ class AdvisorApp(App):
             self.query_one("#why", Static).update("\n".join(
                 [f"→ {w}" for w in plan.what_would_fit] + [f"✗ {r.option}: {r.reason}" for r in plan.rejected]))
             return
-        summary.update(describe(plan.chosen, plan.estimate))
+        summary.update(describe(plan.chosen, plan.estimate, 0))
         self.query_one(MemoryBar).show(plan.estimate, capacity)
         lines = [f"✓ {r}" for r in plan.chosen.reasons]
-        from ..planner import settled_for
-
-        lines += [f"✓ {sentence}" for sentence in settled_for(plan)]
+        lines += [f"✓ {sentence}" for sentence in self.result.settled()]
         lines += [f"✗ {r.option}: {r.reason}" for r in plan.rejected]
         lines += [f"! {w}" for w in plan.warnings]
         self.query_one("#why", Static).update("\n".join(lines))
-        alternatives.add_option(Option(f"▶ {short(plan.chosen)}", id="chosen"))
-        for index, alt in enumerate(plan.alternatives):
-            alternatives.add_option(Option(f"  {short(alt)}", id=f"alt:{index}"))
+        alternatives.add_option(Option(f"▶ {short(plan.chosen)}", id="option:0"))
+        for index, alt in enumerate(plan.alternatives, start=1):
+            alternatives.add_option(Option(f"{index} {short(alt)}", id=f"option:{index}"))
         for index, rejection in enumerate(plan.rejected):
             need = f"  {rejection.need_bytes / GiB:.1f} GiB" if rejection.need_bytes else ""
             alternatives.add_option(Option(Text(f"✗ {rejection.option}{need}", style="red"), id=f"rejected:{index}"))
@@ -269,76 +263,67 @@ class AdvisorApp(App):
     def action_focus_plan(self) -> None:
         self.query_one("#alternatives", OptionList).focus()
 
-    def action_rank_sweep(self) -> None:
-        if self.report is None or self.report.plan.chosen is None:
-            return
-        from ..memory import estimate
-        from ..models import resolve_model
+    def _selected(self) -> core.Selected | None:
+        """The option Export, Verify and the rank sweep act on: the highlighted one (the plan's choice by default)."""
+        if self.result is None or self.result.plan.chosen is None:
+            self.push_screen(ErrorModal("there is no plan yet", "pick a model and a GPU that fit"))
+            return None
+        try:
+            return self.result.select(self.selected)
+        except AdvisorError as err:
+            self.push_screen(ErrorModal(*error_text(err)))
+            return None
 
-        cfg = self.report.plan.chosen.config
-        if cfg.method == "full":
-            self.push_screen(ErrorModal("the chosen plan is full fine-tuning: it has no rank",
-                                        "set the method to lora or qlora"))
+    def action_rank_sweep(self) -> None:
+        selected = self._selected()
+        if selected is None:
             return
-        arch = resolve_model(self.form.model)
-        rows = []
-        for rank in (4, 8, 16, 32, 64, 128):
-            est = estimate(arch, cfg.model_copy(update={"rank": rank}), self.hardware,
-                           calibration=self.calibrations.get(cfg.method))
-            state = sum(est.component(n).bytes for n in ("adapters", "gradients", "optimizer_states"))
-            rows.append((rank, est.trainable_params, state, est.peak_device_bytes))
-        self.push_screen(RankSweepModal(rows, f"rank sweep · {arch.name} · {short(self.report.plan.chosen)}"))
+        try:
+            rows = core.rank_sweep(selected)
+        except AdvisorError as err:
+            self.push_screen(ErrorModal(*error_text(err)))
+            return
+        self.push_screen(RankSweepModal([(r.rank, r.trainable_params, r.adapter_state_bytes, r.peak_device_bytes)
+                                         for r in rows], f"rank sweep · {selected.arch.name} · {selected.label}"))
 
     def action_verify(self) -> None:
-        """A short real run on the detected GPU, or the dry run (fake tensors) without one."""
-        if self.report is None or self.report.plan.chosen is None:
-            self.push_screen(ErrorModal("there is no plan to verify yet", "pick a model and a GPU that fit"))
+        """A short real run of the selected option on the detected GPU, or the dry run (fake tensors) without one."""
+        selected = self._selected()
+        if selected is None:
             return
-        from ..models import resolve_model
         from .screens.verify import VerifyScreen
 
-        mode = "cuda" if self.detection is not None and self.detection.gpus and not self.form.gpu else "dry"
-        self.push_screen(VerifyScreen(resolve_model(self.form.model), self.report.plan.chosen.config,
-                                      self.report.plan.estimate, mode,
-                                      capacity=self.hardware.usable_bytes if self.hardware else None))
+        # a real run only on this machine's own GPUs; a named card is somewhere else: trace it instead
+        mode = "cuda" if self.result.hardware_source == "detected" else "dry"
+        self.push_screen(VerifyScreen(selected, mode))
 
     def action_export(self) -> None:
-        if self.report is None or self.report.plan.chosen is None:
-            self.push_screen(ErrorModal("there is no plan to export yet", "pick a model and a GPU that fit"))
+        selected = self._selected()
+        if selected is None:
             return
-        self.push_screen(ExportModal(self.export_dir, self._would_write), self._export)
+        self.push_screen(ExportModal(self.export_dir, lambda fmt, directory: self._would_write(selected, fmt, directory),
+                                     core.EXPORT_FORMATS),
+                         lambda choice: self._export(selected, choice))
 
-    def _export_context(self):
-        from ..export import ExportContext
-        from ..models import resolve_model
-        from ..models.catalog import hub_id_for
-
-        arch = resolve_model(self.form.model)
-        return ExportContext(arch=arch, cfg=self.report.plan.chosen.config, estimate=self.report.plan.estimate,
-                             model_id=hub_id_for(arch.name), effective_batch=self.form.effective_batch,
-                             gpu_name=self.hardware.name if self.hardware else "unknown GPU")
-
-    def _would_write(self, fmt: str, directory: Path) -> list[Path]:
-        from ..export import render_all
-
+    @staticmethod
+    def _would_write(selected: core.Selected, fmt: str, directory: Path) -> list[Path]:
         try:
-            return [directory / name for name in render_all(self._export_context(), [fmt])]
+            files, _, _ = core.render_export(selected, (fmt,), allow_no_fit=True)
         except AdvisorError:
             return []
+        return [directory / name for name in files]
 
-    def _export(self, choice) -> None:
+    def _export(self, selected: core.Selected, choice) -> None:
         if choice is None:
             return
-        from ..export import render_all
-        from ..export.writer import write_files
-
         fmt, directory, force = choice
         try:
-            written = write_files(render_all(self._export_context(), [fmt]), directory, force)
+            outcome = core.export(selected, (fmt,), directory, force)
         except AdvisorError as err:
-            self.push_screen(ErrorModal(err.message, err.hint))
+            self.push_screen(ErrorModal(*error_text(err)))
             return
-        self.notify("wrote " + ", ".join(str(p) for p in written), title="Export")
+        skipped = "".join(f"\nskipped {name}: {why}" for name, why in outcome.skipped.items())
+        self.notify("wrote " + ", ".join(str(p) for p in outcome.written) + skipped, title=f"Export · {selected.label}")
 
 
 def _moved(before: Detection, after: Detection, threshold: int) -> bool:
@@ -348,10 +333,11 @@ def _moved(before: Detection, after: Detection, threshold: int) -> bool:
     return any(abs((a.used_bytes or 0) - (b.used_bytes or 0)) > threshold for a, b in zip(before.gpus, after.gpus))
 
 
-def describe(option, est=None) -> Text:
+def describe(option, est=None, index: int | None = None) -> Text:
     cfg = option.config
     text = Text()
-    text.append(short(option), style="bold")
+    which = "" if index is None else ("▶ " if index == 0 else f"option {index} · ")
+    text.append(which + short(option), style="bold")
     text.append(f"\nmicro batch {cfg.micro_batch} x accumulation {option.grad_accum} · {cfg.optimizer} · "
                 f"{cfg.precision} · attention {cfg.attn}\n~{option.tokens_per_s:,.0f} tokens/s estimated")
     if est is not None:
@@ -362,19 +348,7 @@ def describe(option, est=None) -> Text:
 
 
 def short(option) -> str:
-    cfg = option.config
-    method = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA", "lora8bit": "LoRA 8-bit"}[cfg.method]
-    rank = f" r{cfg.rank}" if cfg.uses_adapters else ""
-    parts = [f"{method}{rank}", "ckpt" if cfg.grad_ckpt else "no ckpt", f"bs {cfg.micro_batch}"]
-    if cfg.sharding not in ("single",):
-        parts.append(cfg.sharding)
-    if cfg.offload != "none":
-        parts.append(f"offload {cfg.offload}")
-    if cfg.optimizer != "adamw":  # what else tells two options of the same method and rank apart
-        parts.append({"adamw_8bit": "8-bit Adam", "paged_adamw_8bit": "paged 8-bit Adam"}.get(cfg.optimizer, cfg.optimizer))
-    if cfg.loss == "chunked":
-        parts.append("chunked CE")
-    return " · ".join(parts) + f"  {option.need_bytes / GiB:.1f} GiB"
+    return core.option_label(option.config) + f"  {option.need_bytes / GiB:.1f} GiB"
 
 
 def hardware_text(detection: Detection) -> Text:

@@ -83,24 +83,22 @@ class RankSweepModal(ModalScreen[None]):
         self.dismiss()
 
 
-FORMATS = ["peft-trl", "trl-yaml", "axolotl", "llamafactory", "accelerate", "deepspeed"]
-
-
 class ExportModal(ModalScreen[tuple[str, Path, bool] | None]):
     """Pick a format and a path; an existing file needs a second, explicit confirmation."""
 
     BINDINGS = [("escape", "cancel", "Cancel")]
 
-    def __init__(self, default_dir: Path, would_write) -> None:
+    def __init__(self, default_dir: Path, would_write, formats: tuple[str, ...]) -> None:
         super().__init__()
         self.default_dir = default_dir
+        self.formats = formats
         self.would_write = would_write  # (format, directory) -> the paths an export would write
         self.confirm_overwrite = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Export the plan", classes="title")
-            yield Select([(f, f) for f in FORMATS], value="peft-trl", allow_blank=False, id="format")
+            yield Select([(f, f) for f in self.formats], value=self.formats[0], allow_blank=False, id="format")
             yield Input(str(self.default_dir), id="path", placeholder="directory to write into")
             yield Static("", id="export-status", classes="hint")
             with Horizontal(classes="buttons"):

@@ -29,10 +29,12 @@ class VerifyScreen(ModalScreen[None]):
             super().__init__()
             self.event = event
 
-    def __init__(self, arch, cfg, predicted, mode: str, steps: int = 10, capacity: int | None = None) -> None:
+    def __init__(self, selected, mode: str, steps: int = 10) -> None:
         super().__init__()
-        self.arch, self.cfg, self.predicted, self.mode, self.steps = arch, cfg, predicted, mode, steps
-        self.capacity = capacity
+        self.selected = selected  # core.Selected: the option to run, with its estimate
+        self.arch, self.cfg, self.predicted = selected.arch, selected.cfg, selected.estimate
+        self.mode, self.steps = mode, steps
+        self.capacity = selected.capacity_bytes
         self.samples: list[float] = []
         self.events: list[dict] = []
         self.run = None
@@ -40,7 +42,7 @@ class VerifyScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label(f"Verify · {self.arch.name} · {self.cfg.method} · {self.mode}", classes="title")
+            yield Label(f"Verify · {self.arch.name} · {self.selected.label} · {self.mode}", classes="title")
             yield ProgressBar(total=self.steps if self.mode != "dry" else 1, show_eta=False, id="progress")
             # live device memory from NVML (GiB); the dry run has no GPU to sample
             yield Sparkline([0.0], id="memory-chart", classes="hidden" if self.mode == "dry" else "")
@@ -58,9 +60,9 @@ class VerifyScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="verify")
     def start(self) -> None:
-        from ...verify.runner import VerifyRun
+        from ... import core
 
-        self.run = VerifyRun(self.arch, self.cfg, self.mode, self.steps)
+        self.run = core.start_verify(self.selected, self.mode, self.steps)
         for event in self.run.events():
             self.post_message(self.Event(event))
 
@@ -84,10 +86,10 @@ class VerifyScreen(ModalScreen[None]):
             self.finish()
 
     def finish(self) -> None:
-        from ...report import VerifyReport
+        from ... import core
 
         self.finished = True
-        report = VerifyReport.build(self.arch, self.cfg, self.mode, self.predicted, self.events)
+        report = core.verify_report(self.selected, self.mode, self.events)
         self.query_one(ProgressBar).update(progress=self.query_one(ProgressBar).total)
         lines = Text()
         if report.oom:

@@ -1,0 +1,627 @@
+"""The headless core both front ends call: a typed request in, one immutable result out.
+
+The CLI and the app answer the same questions (plan, estimate, limits, rank sweep, export, verify).  The
+assembling of a question (the model, the GPUs with their catalog facts, calibrations from real runs, the
+host RAM offload may use, the rules) and the choice of one option happen here, once.  A front end parses
+its input into a `PlanRequest` (or a `ConfigRequest` for a configuration described by hand), calls
+`plan` / `configure` / `saved_option`, and renders what comes back; every later action (export, verify,
+limits, rank sweep) takes a `Selected` option of that result, so what a user exports or verifies is the
+exact configuration the plan chose, with its estimate.
+
+Errors carry what went wrong as data (``AdvisorError.field`` / ``.value``): the CLI names the flag, the
+app the input field.  Nothing here imports textual, rich or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping, get_args
+
+from pydantic import ValidationError
+
+from .errors import AdvisorError, NoFitError, UsageError
+from .hardware import Hardware
+from .memory.config import Method, TrainConfig
+from .models.arch import ModelArch
+from .units import GiB
+
+# ---- the choices a question may take: one definition for the CLI's flags and the app's fields ----------
+METHOD_CHOICES: tuple[str, ...] = ("auto", *get_args(Method))
+PREFER_CHOICES: tuple[str, ...] = ("speed", "quality")
+EXPORT_FORMATS: tuple[str, ...] = ("peft-trl", "trl-yaml", "axolotl", "llamafactory", "accelerate", "deepspeed")
+DEFAULT_RANKS: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
+MAX_GPUS = 1024  # TrainConfig's bound: a plan and an estimate refuse the same counts
+
+Detector = Callable[[], object]  # returns a hardware.nvml.Detection
+
+
+def detect_gpus():
+    """This machine's GPUs through NVML (closed again afterwards)."""
+    from .hardware.nvml import Nvml
+
+    with Nvml() as nvml:
+        return nvml.detect()
+
+
+# ---- requests -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuRequest:
+    """Which GPUs to plan for.  ``gpu``: a catalog card with an optional count (``4090``, ``4xA100-80GB``,
+    ``A100 80GB``) or, when it names no card, a size for a custom one (``24GiB``, ``80GB``, ``24``);
+    ``vram`` overrides one card's memory; ``gpus`` the job's GPU count.  All empty: the detected GPUs."""
+
+    gpu: str = ""
+    vram: str = ""
+    gpus: int | None = None
+
+    @property
+    def named(self) -> bool:
+        return bool(self.gpu.strip() or self.vram.strip())
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A question for the planner: the model and the goals; the planner chooses the configuration."""
+
+    model: str
+    hardware: GpuRequest = GpuRequest()
+    seq_len: int = 2048
+    effective_batch: int = 16
+    method: str = "auto"
+    prefer: str = "speed"
+    rules: tuple[str, ...] = ()  # rule files that add rules or override them by id
+    host_ram: int | None = None  # bytes of CPU RAM offload may use; None: this machine's for its own GPUs
+    calibration: bool = True  # apply what real runs measured on this GPU
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """A configuration described by hand (estimate, limits, export or verify with explicit settings)."""
+
+    model: str
+    config: Mapping[str, object]  # TrainConfig fields
+    hardware: GpuRequest = GpuRequest()
+    effective_batch: int = 16
+    calibration: bool = True
+
+
+# ---- results --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selected:
+    """One configuration, ready to export, verify, sweep or stretch: the plan's choice, one of its
+    alternatives, or a configuration described by hand, with its estimate on the GPUs it is for."""
+
+    model_spec: str  # what the user typed for the model (a catalog name, a path, a hub id)
+    arch: ModelArch
+    hardware: Hardware | None
+    cfg: TrainConfig
+    estimate: object  # memory.result.MemoryEstimate
+    effective_batch: int
+    calibration: object | None = None  # the CalibrationPoint applied, if any
+    option: int | None = None  # 0 = the plan's choice, N = its N-th alternative; None = by hand
+    label: str = ""
+
+    @property
+    def capacity_bytes(self) -> int | None:
+        return self.hardware.usable_bytes if self.hardware is not None else None
+
+    @property
+    def need_bytes(self) -> int:
+        return self.estimate.peak_device_bytes
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity_bytes is None else self.need_bytes <= self.capacity_bytes
+
+    @property
+    def grad_accum(self) -> int:
+        return max(1, math.ceil(self.effective_batch / (self.cfg.micro_batch * self.cfg.gpus)))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """Everything one question resolved to, and the answer.  Immutable: a front end renders it and
+    passes it (or one of its options) back; it never patches it."""
+
+    request: PlanRequest
+    arch: ModelArch
+    hardware: Hardware | None
+    gpu_spec: object | None  # hardware.catalog.GpuSpec: the catalog facts of the card, when it is a known one
+    hardware_source: str  # "detected", "catalog", "custom" or "none"
+    calibrations: Mapping[str, object]
+    host_ram_bytes: int | None
+    goals: object  # planner.Goals
+    plan: object  # planner.Plan
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.plan.chosen is not None
+
+    @property
+    def option_count(self) -> int:
+        return 0 if self.plan.chosen is None else 1 + len(self.plan.alternatives)
+
+    def option(self, index: int = 0):
+        """The planner's Option: 0 the choice, N the N-th alternative."""
+        if self.plan.chosen is None:
+            raise NoFitError(f"nothing fits: the smallest candidate needs {self.plan.smallest_need_bytes / GiB:.1f} GiB",
+                             "there is no option to take; see what would fit", field="option", value=index)
+        options = [self.plan.chosen, *self.plan.alternatives]
+        if not 0 <= index < len(options):
+            raise UsageError(f"option {index} does not exist: the plan has options 0 (its choice) to {len(options) - 1}",
+                             "0 is the chosen config, 1.. its alternatives in the order shown", field="option", value=index)
+        return options[index]
+
+    def select(self, index: int = 0) -> Selected:
+        """An option of this plan with its own full estimate (the choice's is the plan's)."""
+        option = self.option(index)
+        calibration = self.calibrations.get(option.config.method)
+        est = self.plan.estimate if index == 0 else _estimate(self.arch, option.config, self.hardware, calibration)
+        return Selected(model_spec=self.request.model, arch=self.arch, hardware=self.hardware, cfg=option.config,
+                        estimate=est, effective_batch=self.request.effective_batch, calibration=calibration,
+                        option=index, label=option_label(option.config))
+
+    def rejected(self, index: int) -> Selected:
+        """A configuration that lost (the closest miss of its kind), with its estimate: to show why."""
+        rejection = self.plan.rejected[index]
+        calibration = self.calibrations.get(rejection.config.method)
+        return Selected(model_spec=self.request.model, arch=self.arch, hardware=self.hardware, cfg=rejection.config,
+                        estimate=_estimate(self.arch, rejection.config, self.hardware, calibration),
+                        effective_batch=self.request.effective_batch, calibration=calibration, option=None,
+                        label=option_label(rejection.config))
+
+    def settled(self) -> list[str]:
+        """The set-rule sentences that bear on the chosen config."""
+        from .planner import settled_for
+
+        return settled_for(self.plan)
+
+    def report(self):
+        """The `plan --json` document."""
+        from .report import PlanReport
+
+        return PlanReport.build(self.arch, self.hardware, self.goals, self.plan, request=_request_dict(self.request))
+
+
+# ---- resolving the parts of a question -------------------------------------------------------------------
+def resolve_model(spec: str) -> ModelArch:
+    from .models import resolve_model as resolve
+
+    try:
+        return resolve(spec)
+    except AdvisorError as err:
+        err.field = err.field or "model"
+        err.value = spec
+        raise
+
+
+def resolve_hardware(req: GpuRequest, detect: Detector | None = detect_gpus) -> tuple[Hardware | None, object | None, str]:
+    """(hardware, catalog spec, source).  A named card or size wins over detection; without either, the
+    GPUs this machine has (``detect`` is only called then), or None when there are none."""
+    from .hardware import hardware_for
+    from .hardware.catalog import UnknownGpuError, find_gpu, resolve_gpu
+    from .units import parse_size
+
+    gpu, vram, gpus = req.gpu.strip(), req.vram.strip(), req.gpus
+    if gpus is not None and not 1 <= gpus <= MAX_GPUS:
+        raise UsageError(f"{gpus} GPUs: a job has 1 to {MAX_GPUS}", "give a GPU count from 1 to 1024",
+                         field="gpus", value=gpus)
+    try:
+        if gpu:
+            try:
+                resolve_gpu(gpu)
+            except UnknownGpuError as unknown:
+                try:  # not a card: a size for a custom one ("24GiB", "80GB", "24")
+                    parse_size(gpu)
+                except AdvisorError:
+                    raise unknown from None
+                gpu, vram = "", vram or gpu
+            hardware = hardware_for(gpu or None, vram or None, gpus, None)
+            source = "catalog" if gpu else "custom"
+        elif vram:
+            hardware, source = hardware_for(None, vram, gpus, None), "custom"
+        else:
+            detection = detect() if detect is not None else None
+            hardware = hardware_for(None, None, gpus, detection)
+            source = "detected" if hardware is not None else "none"
+    except AdvisorError as err:
+        err.field = err.field or ("vram" if vram and not gpu else "gpu")
+        err.value = err.value if err.value is not None else (gpu or vram)
+        raise
+    if hardware is not None and hardware.count > MAX_GPUS:
+        raise UsageError(f"{hardware.count} GPUs: a job has 1 to {MAX_GPUS}", "give a GPU count from 1 to 1024",
+                         field="gpu", value=req.gpu)
+    return hardware, (find_gpu(hardware.name) if hardware is not None else None), source
+
+
+def _rules(paths: tuple[str, ...]):
+    from .engine.rules import cached_default_rules, load_rules_file, merge
+
+    rules = list(cached_default_rules())
+    for path in paths:
+        try:
+            rules = merge(rules, load_rules_file(Path(path)))
+        except AdvisorError as err:
+            err.field, err.value = err.field or "rules", path
+            raise
+    return sorted(rules, key=lambda r: r.spec.priority)
+
+
+def _calibrations(arch: ModelArch, hardware: Hardware | None, use: bool) -> tuple[Mapping[str, object], tuple[str, ...]]:
+    if not use or hardware is None:
+        return MappingProxyType({}), ()
+    from .verify.calibration import points_by_method
+
+    points, problem = points_by_method(hardware.name, arch.model_type)
+    return MappingProxyType(dict(points)), ((problem,) if problem else ())
+
+
+def _host_ram(req: PlanRequest, source: str, host_ram: Callable[[], int | None] | None) -> int | None:
+    """The CPU RAM offload may use: the request's, else this machine's when the GPUs are this machine's
+    (detected); a named card may sit in another box, so its RAM is unknown."""
+    if req.host_ram is not None:
+        return req.host_ram
+    if source != "detected":
+        return None
+    if host_ram is None:
+        from .hardware import host_ram_bytes as host_ram
+    return host_ram()
+
+
+def _goals(req: PlanRequest, hardware: Hardware | None):
+    from .planner import Goals
+
+    for name, value in (("seq_len", req.seq_len), ("effective_batch", req.effective_batch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{value!r} is not a whole number of at least 1", "give a positive whole number",
+                             field=name, value=value)
+    if req.method not in METHOD_CHOICES:
+        raise UsageError(f"unknown method {req.method!r}", "one of " + ", ".join(METHOD_CHOICES), field="method",
+                         value=req.method)
+    if req.prefer not in PREFER_CHOICES:
+        raise UsageError(f"unknown preference {req.prefer!r}", "speed or quality", field="prefer", value=req.prefer)
+    gpus = hardware.count if hardware is not None else (req.hardware.gpus or 1)
+    return Goals(seq_len=req.seq_len, effective_batch=req.effective_batch, method=req.method, prefer=req.prefer, gpus=gpus)
+
+
+# ---- the questions ---------------------------------------------------------------------------------------
+def plan(req: PlanRequest, detect: Detector | None = detect_gpus,
+         host_ram: Callable[[], int | None] | None = None) -> PlanResult:
+    """The fastest configuration that fits and passes the rules, with its alternatives and reasons."""
+    from .planner import make_plan
+
+    arch = resolve_model(req.model)
+    hardware, spec, source = resolve_hardware(req.hardware, detect)
+    goals = _goals(req, hardware)
+    rules = _rules(req.rules)
+    calibrations, notes = _calibrations(arch, hardware, req.calibration)
+    ram = _host_ram(req, source, host_ram)
+    result = make_plan(arch, hardware, goals, rules, calibrations=dict(calibrations), host_ram_bytes=ram)
+    return PlanResult(request=req, arch=arch, hardware=hardware, gpu_spec=spec, hardware_source=source,
+                      calibrations=calibrations, host_ram_bytes=ram, goals=goals, plan=result, notes=notes)
+
+
+def train_config(fields: Mapping[str, object]) -> TrainConfig:
+    """A TrainConfig from its fields; a field that is wrong is named (``field``) in the error."""
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else None
+        message = err["msg"].removeprefix("Value error, ")
+        raise UsageError(message, "check the configuration's settings", field=name,
+                         value=fields.get(name) if name else None) from None
+
+
+def configure(req: ConfigRequest, detect: Detector | None = detect_gpus) -> Selected:
+    """A configuration described by hand, estimated on its GPUs (with calibration as for a plan)."""
+    arch = resolve_model(req.model)
+    hardware, _, _ = resolve_hardware(req.hardware, detect)
+    fields = dict(req.config)
+    if hardware is not None and hardware.count > 1 and fields.get("gpus", 1) == 1:
+        fields["gpus"] = hardware.count  # --gpu 4xA100-80GB sets the job's GPU count
+    cfg = train_config(fields)
+    calibrations, _ = _calibrations(arch, hardware, req.calibration)
+    calibration = calibrations.get(cfg.method)
+    return Selected(model_spec=req.model, arch=arch, hardware=hardware, cfg=cfg,
+                    estimate=_estimate(arch, cfg, hardware, calibration), effective_batch=req.effective_batch,
+                    calibration=calibration, option=None, label=option_label(cfg))
+
+
+def _estimate(arch, cfg, hardware, calibration):
+    from .memory import estimate
+
+    return estimate(arch, cfg, hardware, calibration=calibration)
+
+
+# ---- a saved `plan --json` --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SavedPlan:
+    path: Path
+    document: object  # report.PlanReport
+
+    @property
+    def option_count(self) -> int:
+        plan = self.document.plan
+        return 0 if plan.chosen is None else 1 + len(plan.alternatives)
+
+
+def load_plan(path: Path) -> SavedPlan:
+    """A document written by `plan --json`, validated against its schema."""
+    from .report import PlanReport
+
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror}", "give the file `plan --json` wrote",
+                         field="plan_file", value=where) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not a text file", "give the file `plan --json` wrote", field="plan_file",
+                         value=where) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: line {exc.lineno}: not JSON ({exc.msg})", "give the file `plan --json` wrote",
+                         field="plan_file", value=where) from None
+    if not isinstance(data, dict) or "plan" not in data or "model" not in data:
+        raise UsageError(f"{where} is not a plan document (no `plan` and `model`)",
+                         "write one with `lora-advisor plan --json ... > plan.json`", field="plan_file", value=where)
+    try:
+        return SavedPlan(path, PlanReport.model_validate(data))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"{where}: {loc}: {err['msg']}", "the file does not match the plan schema; re-run `plan --json`",
+                         field="plan_file", value=where) from None
+
+
+def saved_option(saved: SavedPlan, index: int = 0, calibration: bool = True) -> Selected:
+    """Option ``index`` of a saved plan (0 its choice, N its N-th alternative), re-estimated on the GPUs
+    the plan was for, with the model it was made for."""
+    doc = saved.document
+    plan_ = doc.plan
+    if plan_.chosen is None:
+        raise NoFitError(f"{saved.path}: the plan found nothing that fits", "there is no option to take",
+                         field="option", value=index)
+    options = [plan_.chosen, *plan_.alternatives]
+    if not 0 <= index < len(options):
+        raise UsageError(f"option {index} does not exist: {saved.path} has options 0 (its choice) to {len(options) - 1}",
+                         "0 is the chosen config, 1.. its alternatives in the order shown", field="option", value=index)
+    spec = (doc.request or {}).get("model") or doc.model.name
+    arch = resolve_model(spec)
+    hardware = None
+    if doc.gpu:
+        gpu = doc.gpu
+        hardware = Hardware(name=gpu["name"], memory_bytes=gpu["memory_bytes"], count=gpu["count"],
+                            in_use_bytes=max(gpu["memory_bytes"] - gpu["usable_bytes"], 0),
+                            compute_capability=_compute_capability(gpu["name"]))
+    cfg = options[index].config
+    calibrations, _ = _calibrations(arch, hardware, calibration)
+    point = calibrations.get(cfg.method)
+    return Selected(model_spec=spec, arch=arch, hardware=hardware, cfg=cfg, estimate=_estimate(arch, cfg, hardware, point),
+                    effective_batch=int(doc.goals.get("effective_batch", 16)), calibration=point, option=index,
+                    label=option_label(cfg))
+
+
+def _compute_capability(name: str):
+    from .hardware.catalog import find_gpu
+
+    spec = find_gpu(name)
+    return spec.compute_capability if spec else None
+
+
+def _request_dict(req: PlanRequest) -> dict:
+    return {"model": req.model, "gpu": req.hardware.gpu, "vram": req.hardware.vram, "gpus": req.hardware.gpus,
+            "seq_len": req.seq_len, "effective_batch": req.effective_batch, "method": req.method,
+            "prefer": req.prefer, "rules": list(req.rules), "host_ram_bytes": req.host_ram,
+            "calibration": req.calibration}
+
+
+# ---- what one option leads to ----------------------------------------------------------------------------
+def option_label(cfg: TrainConfig) -> str:
+    """A short name for a configuration, the same in the CLI's list and the app's."""
+    method = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA", "lora8bit": "LoRA 8-bit"}[cfg.method]
+    rank = f" r{cfg.rank}" if cfg.uses_adapters else ""
+    parts = [f"{method}{rank}", "ckpt" if cfg.grad_ckpt else "no ckpt", f"bs {cfg.micro_batch}"]
+    if cfg.method == "full" and cfg.master_weights:
+        parts.append("fp32 master")
+    if cfg.sharding not in ("single",):
+        parts.append(cfg.sharding)
+    if cfg.offload != "none":
+        parts.append(f"offload {cfg.offload}")
+    if cfg.optimizer != "adamw":  # what else tells two options of the same method and rank apart
+        parts.append({"adamw_8bit": "8-bit Adam", "paged_adamw_8bit": "paged 8-bit Adam"}.get(cfg.optimizer, cfg.optimizer))
+    if cfg.loss == "chunked":
+        parts.append("chunked CE")
+    return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class RankRow:
+    rank: int
+    trainable_params: int
+    adapter_state_bytes: int  # adapters + their gradients + optimizer states
+    peak_allocated_bytes: int
+    peak_device_bytes: int
+    fits: bool | None
+
+
+def rank_sweep(sel: Selected, ranks: tuple[int, ...] = DEFAULT_RANKS) -> list[RankRow]:
+    """How the rank moves memory for this option (it barely does: sequence length and targets do)."""
+    if not sel.cfg.uses_adapters:
+        raise UsageError("full fine-tuning has no rank", "a rank sweep needs a LoRA or QLoRA configuration",
+                         field="method", value=sel.cfg.method)
+    rows = []
+    for rank in ranks:
+        est = _estimate(sel.arch, sel.cfg.model_copy(update={"rank": rank}), sel.hardware, sel.calibration)
+        state = sum(est.component(n).bytes for n in ("adapters", "gradients", "optimizer_states"))
+        rows.append(RankRow(rank, est.trainable_params, state, est.peak_allocated_bytes, est.peak_device_bytes, est.fits))
+    return rows
+
+
+def limits(sel: Selected):
+    """(longest sequence, largest micro batch) that fit this option on its GPU."""
+    from .limits import fit_limits
+
+    if sel.hardware is None:
+        raise UsageError("limits need a GPU to fit into: none was detected or named",
+                         "name a GPU or a memory size", field="gpu", value="")
+    return fit_limits(sel.arch, sel.cfg, sel.hardware, sel.calibration)
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    written: tuple[Path, ...]
+    skipped: Mapping[str, str]  # format -> why it does not apply to this config
+    formats: tuple[str, ...]  # the formats written
+    selected: Selected
+
+
+def export_context(sel: Selected, allow_no_fit: bool = False):
+    from .export import ExportContext
+    from .models.catalog import hub_id_for
+
+    model_id = hub_id_for(sel.arch.name)
+    if model_id == sel.arch.name:  # not a catalog model: what the user gave (a hub id, or the model's folder)
+        spec = Path(sel.model_spec).expanduser()
+        model_id = str(spec.parent) if spec.suffix == ".json" else sel.model_spec
+    return ExportContext(arch=sel.arch, cfg=sel.cfg, estimate=sel.estimate, model_id=model_id,
+                         effective_batch=sel.effective_batch,
+                         gpu_name=sel.hardware.name if sel.hardware else "unknown GPU",
+                         capacity_bytes=sel.capacity_bytes, option=sel.option)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``all`` or a comma list of format names; an empty or unknown name is refused."""
+    names = tuple(part.strip() for part in text.split(","))
+    if text.strip() == "all":
+        return ("all",)
+    if not text.strip() or any(not n for n in names):
+        raise UsageError(f"no export format in {text!r}", "name formats: all, " + ", ".join(EXPORT_FORMATS),
+                         field="format", value=text)
+    for name in names:
+        if name not in EXPORT_FORMATS:
+            raise UsageError(f"unknown export format {name!r}", "formats: all, " + ", ".join(EXPORT_FORMATS),
+                             field="format", value=name)
+    return tuple(dict.fromkeys(names))
+
+
+def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = False
+                  ) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """The files of the formats that apply to this option: (files, skipped {format: why}, formats written).
+    ``("all",)`` writes every format that applies; an explicit format that does not apply is refused before
+    anything is rendered, naming the formats that do."""
+    from .export import ExportError, render_all
+
+    if sel.fits is False and not allow_no_fit:
+        raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
+                         f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
+                         "choose an option that fits (plan), or export anyway with allow-no-fit", field="allow_no_fit")
+    ctx = export_context(sel, allow_no_fit)
+    wanted = EXPORT_FORMATS if formats == ("all",) else formats
+    files: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        try:
+            rendered = render_all(ctx, [name])
+        except ExportError as err:
+            skipped[name] = err.message + (f" ({err.hint})" if err.hint else "")
+            continue
+        for filename, text in rendered.items():
+            if filename in files and files[filename] != text:  # two formats must never write one file two ways
+                raise AdvisorError(f"internal: {name} and another format both write {filename} differently", "report this")
+            files[filename] = text
+    written = tuple(n for n in wanted if n not in skipped)
+    if formats != ("all",) and skipped:
+        applicable = [n for n in EXPORT_FORMATS if n not in skipped and _applies(ctx, n)]
+        name, why = next(iter(skipped.items()))
+        raise UsageError(f"{name} does not apply to {sel.label}: {why}",
+                         "formats that apply: " + (", ".join(applicable) or "none") + " (or all)",
+                         field="format", value=name)
+    if not files:
+        raise UsageError(f"no format applies to {sel.label}", "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                         field="format", value=",".join(formats))
+    return files, skipped, written
+
+
+def _applies(ctx, name: str) -> bool:
+    from .export import ExportError, render_all
+
+    try:
+        render_all(ctx, [name])
+    except ExportError:
+        return False
+    return True
+
+
+def export(sel: Selected, formats: tuple[str, ...], target: Path, force: bool = False,
+           allow_no_fit: bool = False) -> ExportOutcome:
+    """Write the option's configuration for the frameworks: all files or none."""
+    from .export.writer import write_files
+
+    files, skipped, written_formats = render_export(sel, formats, allow_no_fit)
+    try:
+        written = write_files(files, target, force)
+    except AdvisorError as err:
+        err.field = err.field or "output"
+        raise
+    return ExportOutcome(tuple(written), MappingProxyType(skipped), written_formats, sel)
+
+
+__all__ = ["ConfigRequest", "ExportOutcome", "GpuRequest", "PlanRequest", "PlanResult", "RankRow", "SavedPlan",
+           "Selected", "configure", "export", "limits", "load_plan", "option_label", "parse_formats", "plan",
+           "rank_sweep", "render_export", "resolve_hardware", "saved_option", "train_config"]
+
+
+# ---- verification: the option's training step, run or traced -------------------------------------------
+VERIFY_MODES = ("auto", "cuda", "cpu", "dry")
+
+
+def verify_mode(mode: str, detect: Detector | None = detect_gpus) -> tuple[str, str | None]:
+    """(mode, note): ``auto`` is the GPU when CUDA has one, else the fake-tensor dry run."""
+    if mode != "auto":
+        return mode, None
+    detection = detect() if detect is not None else None
+    if detection is not None and detection.gpus:
+        return "cuda", None
+    reason = getattr(detection, "reason", None) or "no GPU detected"
+    return "dry", f"no CUDA GPU ({reason}): running the dry run on fake tensors instead"
+
+
+def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = None):
+    """A child process for the option, with ``events()`` and ``cancel()``.  On CUDA it is the exported
+    `train.py` itself (through `accelerate launch` for several GPUs) on random weights and synthetic
+    tokens: what will be run; on the CPU, a tiny real run; ``dry`` traces one step on fake tensors."""
+    if mode == "cuda":
+        import tempfile
+
+        from .export.writer import write_files
+        from .verify.launch import ExportedRun
+
+        directory = workdir or Path(tempfile.mkdtemp(prefix="lora-advisor-verify-"))
+        files, _, _ = render_export(sel, ("peft-trl",), allow_no_fit=True)
+        write_files(files, directory, force=True)
+        return ExportedRun(directory, sel.cfg.gpus, steps)
+    from .verify.runner import VerifyRun
+
+    return VerifyRun(sel.arch, sel.cfg, mode, steps)
+
+
+def verify_report(sel: Selected, mode: str, events: list[dict], save_calibration: bool = True):
+    """Measured against predicted; a real CUDA run also stores a calibration point for this GPU."""
+    from .report import VerifyReport
+
+    report = VerifyReport.build(sel.arch, sel.cfg, mode, sel.estimate, events)
+    if mode == "cuda" and save_calibration:
+        from .verify.calibration import point_from_report, save_point
+
+        point = point_from_report(report, sel.arch, report.environment)
+        if point is not None:
+            report.calibration_saved = str(save_point(point))
+    return report
