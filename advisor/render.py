@@ -110,9 +110,10 @@ def plan_text(report) -> str:
     lines += [f"  ✗ {r.option}: {r.reason}" for r in plan.rejected]
     lines += [f"  ! {w}" for w in plan.warnings]
     if plan.alternatives:
-        lines += ["", "alternatives:"]
-        for alt in plan.alternatives:
-            lines.append(f"  {_describe(alt.config):<70} {format_bytes(alt.need_bytes):>11}  ~{alt.tokens_per_s:,.0f} tok/s")
+        lines += ["", "alternatives (option N: `export --plan plan.json --option N` after `plan --json > plan.json`):"]
+        for index, alt in enumerate(plan.alternatives, start=1):
+            lines.append(f"  {index:>2}  {_describe(alt.config):<70} {format_bytes(alt.need_bytes):>11}  "
+                         f"~{alt.tokens_per_s:,.0f} tok/s")
     lines.append(f"\n({plan.candidates_evaluated} candidates evaluated)")
     return "\n".join(lines)
 

@@ -176,3 +176,40 @@ async def test_verify_can_be_cancelled(tmp_path):
             if screen.finished:
                 break
         assert screen.finished and "stopped" in str(screen.query_one("#status", Static).render())
+
+
+async def test_export_and_verify_act_on_the_highlighted_alternative(tmp_path):
+    """The app's export of option 2 writes the same file as `lora-advisor export ... --option 2`, and its
+    verify runs that option, not the plan's first choice."""
+    from advisor.cli import main
+    from advisor.tui.screens.verify import VerifyScreen
+
+    flags = ["--model", "qwen2.5-7b", "--gpu", "4090", "--seq-len", "4096"]
+    assert main(["export", *flags, "--option", "2", "--format", "peft-trl", "-o", str(tmp_path / "cli")]) == 0
+    async with app(model="qwen2.5-7b", gpu="4090", seq_len=4096, gpu_backend=NO_DRIVER,
+                   export_dir=tmp_path / "app").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        options = pilot.app.query_one("#alternatives", OptionList)
+        options.focus()
+        options.highlighted = 0
+        await pilot.press("down", "down")
+        await pilot.pause()
+        second = pilot.app.report.plan.alternatives[1]
+        assert pilot.app.query_one(MemoryBar).estimate.peak_device_bytes == second.need_bytes
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, ExportModal)
+        await pilot.click("#export")
+        await pilot.pause()
+        assert (tmp_path / "app" / "train.py").read_text() == (tmp_path / "cli" / "train.py").read_text()
+        await pilot.press("v")
+        await pilot.pause(0.2)
+        screen = pilot.app.screen
+        assert isinstance(screen, VerifyScreen), screen
+        assert screen.selected.option == 2, (screen.selected.option, pilot.app.selected)
+        assert screen.selected.cfg == second.config
+        await pilot.press("c")
+        for _ in range(40):
+            await pilot.pause(0.1)
+            if screen.finished:
+                break

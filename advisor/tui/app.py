@@ -181,8 +181,9 @@ class AdvisorApp(App):
         self.query_one("#alternatives", OptionList).clear_options()
         self.push_screen(ErrorModal(text, hint))
 
-    @on(Input.Submitted)
-    @on(Select.Changed)
+    # only the main screen's fields: a dialog's own inputs (the export path and format) must not re-plan
+    @on(Input.Submitted, "#model, #gpu, #seq_len, #effective_batch")
+    @on(Select.Changed, "#method, #prefer")
     def form_changed(self, event) -> None:
         if self.detection is None:  # still starting: the first plan follows detection
             return
