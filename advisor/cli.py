@@ -218,7 +218,7 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
         if args.option:
             raise UsageError("--option picks an option of a plan, not of a configuration given by hand",
                              "drop --option, or drop the config flags", field="option", value=args.option)
-        return core.configure(config_request(args)), None
+        return _configured(args), None
     result = core.plan(plan_request(args))
     _notes(result.notes)
     if result.plan.chosen is None:
@@ -228,6 +228,12 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
                          if result.plan.smallest_need_bytes else "nothing fits",
                          "run `lora-advisor plan` with the same flags to see what would fit")
     return result.select(args.option), result
+
+
+def _configured(args: argparse.Namespace) -> core.Selected:
+    sel = core.configure(config_request(args))
+    _notes(sel.notes)
+    return sel
 
 
 def _notes(notes) -> None:
@@ -264,7 +270,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from .report import EstimateReport, ModelInfo, RankRow, RankSweepReport
 
     if len(args.rank) > 1:
-        sel = core.configure(config_request(args))
+        sel = _configured(args)
         rows = core.rank_sweep(sel, tuple(args.rank))
         report = RankSweepReport(model=ModelInfo(name=sel.arch.name, model_type=sel.arch.model_type,
                                                  params=sel.estimate.total_params,
@@ -281,7 +287,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
             print(rank_table(sel.arch, sel.cfg, report.ranks))
         return 0
-    sel = core.configure(config_request(args))
+    sel = _configured(args)
     if args.json:
         _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate))
     else:
@@ -299,7 +305,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     if len(args.rank) > 1:
         raise UsageError("limits takes one rank", "for several ranks: lora-advisor estimate --rank 8,16,32",
                          field="rank", value=args.rank)
-    sel = core.configure(config_request(args))
+    sel = _configured(args)
     seq, batch = core.limits(sel)
     arch, est = sel.arch, sel.estimate
     notes = []

@@ -104,6 +104,7 @@ class Selected:
     calibration: object | None = None  # the CalibrationPoint applied, if any
     option: int | None = None  # 0 = the plan's choice, N = its N-th alternative; None = by hand
     label: str = ""
+    notes: tuple[str, ...] = ()  # what a front end should tell (an unreadable calibration store, ...)
 
     @property
     def capacity_bytes(self) -> int | None:
@@ -326,11 +327,11 @@ def configure(req: ConfigRequest, detect: Detector | None = detect_gpus) -> Sele
     if hardware is not None and hardware.count > 1 and fields.get("gpus", 1) == 1:
         fields["gpus"] = hardware.count  # --gpu 4xA100-80GB sets the job's GPU count
     cfg = train_config(fields)
-    calibrations, _ = _calibrations(arch, hardware, req.calibration)
+    calibrations, notes = _calibrations(arch, hardware, req.calibration)
     calibration = calibrations.get(cfg.method)
     return Selected(model_spec=req.model, arch=arch, hardware=hardware, cfg=cfg,
                     estimate=_estimate(arch, cfg, hardware, calibration), effective_batch=req.effective_batch,
-                    calibration=calibration, option=None, label=option_label(cfg))
+                    calibration=calibration, option=None, label=option_label(cfg), notes=notes)
 
 
 def _estimate(arch, cfg, hardware, calibration):

@@ -25,6 +25,11 @@ def _describe(cfg: TrainConfig) -> str:
     return " · ".join(parts)
 
 
+def range_text(est: MemoryEstimate) -> str:
+    low, high = est.peak_device_range_bytes
+    return f"{low / GiB:.2f}-{high / GiB:.2f} GiB"
+
+
 def estimate_table(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate) -> str:
     lines = [f"{arch.name}: {est.total_params / 1e9:.2f} B params, {est.trainable_params:,} trainable",
              _describe(cfg), ""]
@@ -40,11 +45,14 @@ def estimate_table(arch: ModelArch, cfg: TrainConfig, est: MemoryEstimate) -> st
                  f"optimizer {ph.optimizer / GiB:.2f} GiB  (peak in {est.peak_phase})")
     lines.append(f"peak allocated {format_bytes(est.peak_allocated_bytes)} · reserved {format_bytes(est.peak_reserved_bytes)}"
                  f" · device (nvidia-smi) {format_bytes(est.peak_device_bytes)}")
+    lines.append(f"device range {range_text(est)} ({est.range_basis})")
     if est.host_ram_bytes:
         lines.append(f"host RAM for offload: {format_bytes(est.host_ram_bytes)}")
     if est.capacity_bytes is not None:
-        verdict = "fits" if est.fits else "does NOT fit"
-        lines.append(f"{verdict}: {format_bytes(est.peak_device_bytes)} of {format_bytes(est.capacity_bytes)} "
+        verdict = {"fits": "fits", "tight": "TIGHT (the card lies inside the range)",
+                   "does_not_fit": "does NOT fit"}.get(est.fit, "fits" if est.fits else "does NOT fit")
+        lines.append(f"{verdict}: {format_bytes(est.peak_device_bytes)} expected, up to "
+                     f"{format_bytes(est.peak_device_range_bytes[1])}, of {format_bytes(est.capacity_bytes)} "
                      f"(headroom {format_bytes(est.headroom_bytes)})")
     lines += [f"note: {note}" for note in est.notes]
     return "\n".join(lines)
@@ -101,7 +109,7 @@ def plan_text(report) -> str:
         cfg = plan.chosen.config
         lines.append("plan: " + _describe(cfg) + f" · grad accum {plan.chosen.grad_accum}")
         est = plan.estimate
-        lines.append(f"memory: {format_bytes(est.peak_device_bytes)} device peak "
+        lines.append(f"memory: {format_bytes(est.peak_device_bytes)} device peak, range {range_text(est)} "
                      f"(allocated {format_bytes(est.peak_allocated_bytes)}, peak in {est.peak_phase})")
         lines.append("")
         lines.append("why:")

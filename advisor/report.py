@@ -31,13 +31,17 @@ class EstimateReport(BaseModel):
     peak_allocated_bytes: int = Field(description="Live tensors + cuBLAS workspaces (torch.cuda.max_memory_allocated).")
     peak_reserved_bytes: int = Field(description="Caching allocator's pool at the peak (torch.cuda.max_memory_reserved).")
     peak_device_bytes: int = Field(description="What nvidia-smi shows for the process (reserved + CUDA context + outside torch).")
+    peak_device_range_bytes: tuple[int, int] = Field(description="Low and high device peak (the known spread of the inexact terms).")
+    range_basis: str = Field("", description="The terms and spreads that make the range.")
     peak_phase: str
     phases: PhasePeaks = Field(description="Tensor bytes at the peak of each phase of a step.")
     components: list[Component]
     host_ram_bytes: int
     tokens_per_micro_batch: int
     capacity_bytes: int | None = None
-    fits: bool | None = None
+    fits: bool | None = Field(None, description="The expected device peak is at most the capacity.")
+    fit: str | None = Field(None, description="'fits' (the range's high end is under the card), 'tight' (the card lies "
+                            "inside the range) or 'does_not_fit'; null without a capacity.")
     headroom_bytes: int | None = None
     notes: list[str] = Field(default_factory=list)
     calibration: dict | None = Field(None, description="The calibration point applied (from a real run), if any.")
@@ -49,8 +53,9 @@ class EstimateReport(BaseModel):
                             trainable_params=est.trainable_params),
             config=cfg,
             **est.model_dump(include={"peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_phase",
+                                      "peak_device_range_bytes", "range_basis",
                                       "phases", "components", "host_ram_bytes", "tokens_per_micro_batch",
-                                      "capacity_bytes", "fits", "headroom_bytes", "notes", "calibration"}),
+                                      "capacity_bytes", "fits", "fit", "headroom_bytes", "notes", "calibration"}),
         )
 
 

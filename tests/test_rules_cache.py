@@ -76,10 +76,10 @@ def test_an_unwritable_cache_is_skipped(monkeypatch, tmp_path):
 def test_a_changed_pack_replaces_its_entry(monkeypatch, tmp_path):
     _fresh(monkeypatch, tmp_path)
     load_rules_text(PACK, "rules/default.yaml")
-    changed = PACK.replace("candidate.headroom_frac < 0.10", "candidate.headroom_frac < 0.30")
+    changed = PACK.replace("candidate.headroom_frac < 0.20", "candidate.headroom_frac < 0.30")
     assert changed != PACK
     rules = load_rules_text(changed, "rules/default.yaml")
-    assert "0.30" in str(next(r.ir for r in rules if r.id == "keep-headroom"))
+    assert "0.30" in str(next(r.ir for r in rules if r.id == "full-needs-headroom"))
     assert len(list(tmp_path.glob("rules-*.json"))) == 1  # one file per pack source, however often it changes
     again = load_rules_text(changed, "rules/default.yaml")
     assert all(rule.compiled is None for rule in again)  # and the new text is what is cached now

@@ -70,8 +70,10 @@ class CandidateFacts:
     master_weights: bool  # full FT under autocast over fp32 weights
     loss: str  # standard or chunked (fused cross-entropy)
     need_gib: float  # peak device memory (what nvidia-smi would show)
+    need_high_gib: float  # the high end of the estimate's range (the known spread of its inexact terms)
     usable_gib: float
-    fits: bool
+    fits: bool  # need <= usable
+    fit: str  # with the range: fits (high end under the card), tight (card inside the range), does_not_fit
     headroom_gib: float
     headroom_frac: float  # headroom / usable
     activation_share: float  # activations / need

@@ -16,7 +16,7 @@ from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import FP32, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
-from .overheads import overheads
+from .overheads import device_range, overheads, unchecked_part
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
@@ -131,18 +131,21 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
     reserved = allocated + over.fragmentation
     device = reserved + over.context + over.outside_torch
-    calibrated = None
+    calibrated = calibrated_context = None
     if calibration is not None:
         allocated = int(allocated * calibration.allocated_ratio)
         reserved = int(allocated * calibration.reserved_over_allocated)
         context = calibration.context_bytes if calibration.context_bytes is not None else over.context
+        calibrated_context = context
         device = reserved + context + over.outside_torch
         calibrated = (f"calibrated from a real run on {calibration.gpu_name} ({calibration.model_family}, "
                       f"{calibration.method}, {calibration.measured_at}): allocated x{calibration.allocated_ratio:.3f}, "
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
+    span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch.moe),
+                        cfg.offload == "params", calibrated_context)
     if not detail:
-        return Peaks(peak_device_bytes=device, activation_bytes=stored_acts + shared + final,
+        return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
                      optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,
                      trainable_params=pb.trainable_params)
     phases = PhasePeaks.model_construct(**by_phase)
@@ -155,6 +158,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         capacity_bytes=None, fits=None, headroom_bytes=None,
         components=components, phases=phases, peak_phase=peak_phase,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
+        peak_device_range_bytes=(span.low, span.high), range_basis=span.why,
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
         tokens_per_micro_batch=T, notes=notes, activation_bytes=stored_acts + shared + final,
         optimizer_state_bytes=gpu.states, calibration=calibration.model_dump() if calibration else None,
@@ -162,10 +166,16 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     if hardware is not None:
         result.capacity_bytes = hardware.usable_bytes
         result.fits = device <= hardware.usable_bytes
+        result.fit = fit_verdict(span.low, span.high, hardware.usable_bytes)
         result.headroom_bytes = hardware.usable_bytes - device
         if hardware.in_use_bytes:
             result.notes.append(f"{hardware.in_use_bytes / 2**30:.1f} GiB of the GPU are in use by other processes")
     return result
+
+
+def fit_verdict(low: int, high: int, capacity: int) -> str:
+    """fits: even the high end is under the card; tight: the card lies inside the range; does_not_fit."""
+    return "fits" if high <= capacity else "tight" if low <= capacity else "does_not_fit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,7 @@ class Peaks:
     hundreds a plan, and a pydantic model costs more to build than the numbers do)."""
 
     peak_device_bytes: int
+    peak_device_high_bytes: int  # the range's high end: what the planner keeps under the card
     activation_bytes: int
     optimizer_state_bytes: int
     host_ram_bytes: int

@@ -36,6 +36,10 @@ class MemoryEstimate(BaseModel):
     peak_allocated_bytes: int = Field(description="Live tensors at the peak (torch.cuda.max_memory_allocated).")
     peak_reserved_bytes: int = Field(description="What the caching allocator holds at the peak (max_memory_reserved).")
     peak_device_bytes: int = Field(description="What nvidia-smi shows for the process: reserved + CUDA context.")
+    peak_device_range_bytes: tuple[int, int] = Field(
+        (0, 0), description="Low and high device peak: the expected one widened by the known spread of the terms "
+        "that are not exact (tensors the oracle cannot trace, allocator fragmentation, CUDA context, NCCL).")
+    range_basis: str = Field("", description="The terms and spreads that make the range.")
     host_ram_bytes: int = Field(description="CPU RAM for offloaded states/params (0 without offload).")
     total_params: int
     trainable_params: int
@@ -46,6 +50,8 @@ class MemoryEstimate(BaseModel):
     calibration: dict | None = Field(None, description="The calibration point applied, if any.")
     capacity_bytes: int | None = Field(None, description="One GPU's usable memory, when known.")
     fits: bool | None = Field(None, description="peak_device_bytes <= capacity_bytes, when a capacity is known.")
+    fit: str | None = Field(None, description="With the range: 'fits' (the high end is under the card), 'tight' "
+                            "(the card lies inside the range) or 'does_not_fit'; null without a capacity.")
     headroom_bytes: int | None = Field(None, description="capacity_bytes - peak_device_bytes (negative: does not fit).")
 
     def component(self, name: str) -> Component:

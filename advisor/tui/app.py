@@ -343,8 +343,12 @@ def describe(option, est=None, index: int | None = None) -> Text:
                 f"{cfg.precision} · attention {cfg.attn}\n~{option.tokens_per_s:,.0f} tokens/s estimated")
     if est is not None:
         ph = est.phases
+        low, high = est.peak_device_range_bytes
         text.append(f" · fwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB",
                     style="dim")
+        verdict = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "does not fit"}.get(est.fit or "", "")
+        text.append(f"\ndevice {est.peak_device_bytes / GiB:.1f} GiB, range {low / GiB:.1f}-{high / GiB:.1f} GiB"
+                    + (f" · {verdict}" if verdict else ""), style="bold red" if est.fit == "tight" else "")
     return text
 
 
