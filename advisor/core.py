@@ -608,7 +608,9 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
         directory = workdir or Path(tempfile.mkdtemp(prefix="lora-advisor-verify-"))
         files, _, _ = render_export(sel, ("peft-trl",), allow_no_fit=True)
         write_files(files, directory, force=True)
-        return ExportedRun(directory, sel.cfg.gpus, steps)
+        # random weights need no download; a 4-/8-bit base is quantised while loading a checkpoint, so those
+        # plans load the real one
+        return ExportedRun(directory, sel.cfg.gpus, steps, random_init=sel.cfg.method not in ("qlora", "lora8bit"))
     from .verify.runner import VerifyRun
 
     return VerifyRun(sel.arch, sel.cfg, mode, steps)
