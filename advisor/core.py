@@ -519,6 +519,7 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     ``("all",)`` writes every format that applies; an explicit format that does not apply is refused before
     anything is rendered, naming the formats that do."""
     from .export import ExportError, render_all
+    from .export.launch import companions
 
     if sel.fits is False and not allow_no_fit:
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
@@ -530,7 +531,10 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     skipped: dict[str, str] = {}
     for name in wanted:
         try:
-            rendered = render_all(ctx, [name])
+            trains = _as_format_trains(sel, ctx, name)
+            rendered = render_all(trains, [name])
+            if trains is not ctx:  # its companions (accelerate.yaml, ds_config.json) are the plan's, as in every format
+                rendered.update(companions(ctx, name))
         except ExportError as err:
             skipped[name] = err.message + (f" ({err.hint})" if err.hint else "")
             continue
@@ -549,6 +553,22 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
         raise UsageError(f"no format applies to {sel.label}", "; ".join(f"{k}: {v}" for k, v in skipped.items()),
                          field="format", value=",".join(formats))
     return files, skipped, written
+
+
+# What a format trains whatever the file says: TRL's SFTTrainer always computes the loss with its fused LM head
+# in tiles (trl/trainer/utils.py add_fused_lm_head), so a trl-yaml file is the chunked-loss config.
+FORMAT_TRAINS = {"trl-yaml": {"loss": "chunked"}}
+
+
+def _as_format_trains(sel: Selected, ctx, name: str):
+    """The export context of the configuration this format really trains, with that configuration's estimate."""
+    update = {k: v for k, v in FORMAT_TRAINS.get(name, {}).items() if getattr(sel.cfg, k) != v}
+    if not update:
+        return ctx
+    from dataclasses import replace as replace_fields
+
+    cfg = sel.cfg.model_copy(update=update)
+    return replace_fields(ctx, cfg=cfg, estimate=_estimate(sel.arch, cfg, sel.hardware, sel.calibration))
 
 
 def _applies(ctx, name: str) -> bool:

@@ -52,12 +52,28 @@ def test_export_all_writes_the_plan_and_every_file_reads_back_to_its_header(tmp_
         doc = _estimate_json(capsys, "--from", str(out / name), "--gpu", "4090")
         assert f"{doc['peak_device_bytes'] / 2**30:.2f}" == expected, name
         assert doc["config"]["loss"] == "chunked" and doc["fits"] is True, name
-    assert yaml.safe_load((out / "trl_sft.yaml").read_text())["use_liger_kernel"] is True
+    assert "fused LM head" in (out / "trl_sft.yaml").read_text()  # TRL's own chunked loss: no Liger key
     axolotl = yaml.safe_load((out / "axolotl.yaml").read_text())
     assert axolotl["liger_fused_linear_cross_entropy"] is True
     assert "axolotl.integrations.liger.LigerPlugin" in axolotl["plugins"]
     assert yaml.safe_load((out / "llamafactory.yaml").read_text())["enable_liger_kernel"] is True
-    assert "liger" in (out / "train.py").read_text()
+    assert "TRAINER = SFTTrainer" in (out / "train.py").read_text()  # TRL's own tiled loss, not the full logits
+    assert "liger-kernel" in (out / "axolotl.yaml").read_text() and "liger-kernel" in (out / "llamafactory.yaml").read_text()
+
+
+def test_a_trl_yaml_trains_the_chunked_loss_and_says_so(tmp_path, capsys):
+    """TRL's SFTTrainer computes its loss in tiles whatever the file says: the trl-yaml of a standard-loss
+    config carries the chunked config's estimate, and reads back to it."""
+    flags = ["--model", "llama-3.2-1b", "--gpu", "4090", "--method", "lora", "--grad-ckpt", "--seq-len", "4096"]
+    code, out = _export(tmp_path, "--format", "trl-yaml,axolotl", *flags)
+    assert code == 0
+    chunked = _estimate_json(capsys, *flags, "--loss", "chunked")["peak_device_bytes"]
+    standard = _estimate_json(capsys, *flags)["peak_device_bytes"]
+    assert chunked < standard
+    assert _header_peak(out / "trl_sft.yaml") == f"{chunked / 2**30:.2f}"
+    assert _header_peak(out / "axolotl.yaml") == f"{standard / 2**30:.2f}"
+    back = _estimate_json(capsys, "--from", str(out / "trl_sft.yaml"), "--gpu", "4090")
+    assert back["peak_device_bytes"] == chunked
 
 
 def test_the_70b_export_is_the_plan_and_a_hand_config_that_does_not_fit_writes_nothing(tmp_path, capsys):

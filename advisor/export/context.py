@@ -126,11 +126,9 @@ class ExportContext:
                          "usable (exported with --allow-no-fit); expect an out-of-memory error")
         lines.append(f"{cfg.method} · seq {cfg.seq_len} · micro batch {cfg.micro_batch} x accumulation "
                      f"{self.grad_accum} x {cfg.gpus} GPU(s) · {self.precision_words} · "
-                     f"{'chunked (Liger fused linear) cross-entropy' if self.liger else 'standard cross-entropy'}"
+                     f"{'chunked cross-entropy' if self.liger else 'standard cross-entropy (full fp32 logits)'}"
                      f"{' · ' + cfg.sharding if cfg.sharding not in ('single', 'ddp') else ''}"
                      f"{' · offload ' + cfg.offload if cfg.offload != 'none' else ''}")
-        if self.liger:
-            lines.append("needs: pip install liger-kernel (the estimate assumes its fused linear cross-entropy)")
         return lines
 
     @property

@@ -39,7 +39,7 @@ def _requirements(ctx: ExportContext) -> str:
     if cfg.method in ("qlora", "lora8bit"):
         names.append("bitsandbytes")
     if ctx.liger:
-        names.append("liger-kernel")
+        names[names.index("trl")] = "trl with the fused LM head (trl.trainer.utils.add_fused_lm_head; 1.16 has it)"
     return ", ".join(names)
 
 
@@ -81,18 +81,21 @@ class PlannedLossTrainer(SFTTrainer):
 TRAINER = PlannedLossTrainer
 '''
 
-# Chunked: Liger's kernels (SFTConfig use_liger_kernel) on top of TRL's chunked LM-head loss.
-LIGER_LOSS = '''
+# Chunked: TRL's own SFT loss, its fused LM head, computes the loss tile by tile and never holds the full
+# (batch, seq, vocab) logits (trl/trainer/utils.py add_fused_lm_head).  Liger is not used here: under TRL 1.16
+# `use_liger_kernel` refuses Liger's fused cross-entropy and only patches RMSNorm / SwiGLU / RoPE, kernels the
+# estimate does not model.  The estimate's chunked term (Liger-style 1024-token chunks) bounds TRL's tiles.
+CHUNKED_LOSS = '''
 
 TRAINER = SFTTrainer  # TRL's loss is chunked: no full (batch, seq, vocab) logits, like the plan
 
 
-def require_liger():
-    """The plan's chunked cross-entropy is Liger's: never train silently with another loss."""
+def require_chunked_loss():
+    """The plan's loss is chunked: never train silently with a TRL whose SFT loss holds the full logits."""
     try:
-        import liger_kernel  # noqa: F401
+        from trl.trainer.utils import add_fused_lm_head  # noqa: F401
     except ImportError:
-        sys.exit("this plan uses Liger's chunked cross-entropy: pip install liger-kernel")
+        sys.exit("this plan's chunked loss needs a TRL whose SFTTrainer has the fused LM head: pip install -U trl")
 '''
 
 
@@ -159,7 +162,7 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
         optim={ctx.hf_optim!r},
         bf16={ctx.bf16},  # both written: SFTConfig's default is bf16=True
         fp16={ctx.fp16},
-        use_liger_kernel={ctx.liger},
+        use_liger_kernel=False,  # the chunked loss, when planned, is TRL's own (see TRAINER)
         learning_rate={ctx.lr:g},
         warmup_steps=0.03,
         lr_scheduler_type="cosine",
@@ -167,7 +170,7 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
         max_steps=max_steps,
         use_cpu=use_cpu,{deepspeed}
     )
-{STANDARD_LOSS if not ctx.liger else LIGER_LOSS}
+{STANDARD_LOSS if not ctx.liger else CHUNKED_LOSS}
 
 class StepPrinter(TrainerCallback):
     """One JSON line per optimizer step on rank 0's stdout, with the keys of `lora-advisor verify`'s step events.
@@ -264,7 +267,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-{"    require_liger()" + chr(10) if ctx.liger else ""}    if not args.cpu and not torch.cuda.is_available():
+{"    require_chunked_loss()" + chr(10) if ctx.liger else ""}    if not args.cpu and not torch.cuda.is_available():
         sys.exit(f"no CUDA GPU is visible; this plan is for {cfg.gpus} GPU(s) (--cpu runs a CPU smoke test)")
     if args.random_init and quantization_config() is not None:
         # transformers quantizes while it loads a checkpoint, never in from_config

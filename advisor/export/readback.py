@@ -205,9 +205,12 @@ def _trl(data: dict) -> ReadBack:
     target = _take(data, used, "lora_target_modules", "all-linear")
     targets = ("all-linear",) if target == "all-linear" else tuple(target)
     master = bool(data.get("bf16") or data.get("fp16")) and data.get("dtype") == "float32"
-    return _read(data, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
+    back = _read(data, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
                  _autocast_fp32_master=master,
                  grad_ckpt=bool(_take(data, used, "gradient_checkpointing", True)),
                  quant_type=_take(data, used, "bnb_4bit_quant_type", "nf4"),
                  double_quant=_take(data, used, "use_bnb_nested_quant", True),
                  train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
+    # TRL's SFTTrainer computes its loss with its fused LM head (in tiles) whatever the file says
+    back.fields["loss"] = "chunked"
+    return back

@@ -11,15 +11,15 @@ from .context import ExportContext, ExportError
 from .launch import launched_by_accelerate
 
 
-# TRL / transformers: Liger's fused linear cross-entropy only (use_liger_kernel alone also patches RoPE,
-# RMSNorm and SwiGLU, which the estimate does not model; they would only lower memory)
-TRL_LIGER = {"use_liger_kernel": True,
-             "liger_kernel_config": {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
-                                     "rms_norm": False, "swiglu": False}}
+LIGER_NEEDED = "# needs: pip install liger-kernel (the plan's chunked cross-entropy is Liger's fused linear cross-entropy)\n"
+# TRL's SFTTrainer computes its loss with a fused LM head, tile by tile, for every run (trl/trainer/utils.py
+# add_fused_lm_head): a trl-yaml file always trains with a chunked loss, and core.render_export estimates it so.
+TRL_CHUNKED = ("# loss: TRL's own fused LM head (tiles, never the full logits); estimated as the chunked "
+               "cross-entropy, which bounds it\n")
 
 
-def _dump(ctx: ExportContext, data: dict, run: str) -> str:
-    return ctx.header() + f"# run: {run}\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+def _dump(ctx: ExportContext, data: dict, run: str, extra: str = "") -> str:
+    return ctx.header() + extra + f"# run: {run}\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def run_command(ctx: ExportContext, fmt: str) -> str:
@@ -79,8 +79,6 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
                   "optim": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
                   "bf16": ctx.bf16, "fp16": ctx.fp16,
                   "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")}
-    if ctx.liger:
-        data.update(TRL_LIGER)
     if cfg.method != "full":
         data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
                      "lora_target_modules": "all-linear" if ctx.all_linear else ctx.target_modules()})
@@ -93,7 +91,7 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data["load_in_8bit"] = True
     data.update(_deepspeed_file(ctx))
-    return {"trl_sft.yaml": _dump(ctx, data, run_command(ctx, "trl-yaml"))}
+    return {"trl_sft.yaml": _dump(ctx, data, run_command(ctx, "trl-yaml"), TRL_CHUNKED)}
 
 
 def axolotl(ctx: ExportContext) -> dict[str, str]:
@@ -130,7 +128,7 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
     if ctx.liger:  # only the fused linear cross-entropy: the kernel the estimate assumes
         data.update({"plugins": ["axolotl.integrations.liger.LigerPlugin"], "liger_fused_linear_cross_entropy": True})
     data.update(_deepspeed_file(ctx))
-    return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"))}
+    return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"), LIGER_NEEDED if ctx.liger else "")}
 
 
 def llamafactory(ctx: ExportContext) -> dict[str, str]:
@@ -158,4 +156,4 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data.update({"quantization_bit": 8, "quantization_method": "bnb"})
     data.update(_deepspeed_file(ctx))
-    return {"llamafactory.yaml": _dump(ctx, data, run_command(ctx, "llamafactory"))}
+    return {"llamafactory.yaml": _dump(ctx, data, run_command(ctx, "llamafactory"), LIGER_NEEDED if ctx.liger else "")}
