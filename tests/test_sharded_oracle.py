@@ -45,3 +45,42 @@ def test_shards_are_padded_to_the_world_size():
                           TrainConfig(method="full", seq_len=64, fsdp=True, gpus=4))
     row = 2048 * 2  # bf16 row of the embedding / lm_head
     assert odd.weights_bytes - base.weights_bytes == 2 * row  # one more row on each of the two matrices
+
+
+TOLERANCE = 0.03
+
+# (model, layers, arch overrides, settings): full fine-tuning and LoRA, 2 and 4 ranks, with and without
+# checkpointing; Llama 3.2's tied 128k embedding; a vocabulary that does not divide by the world size
+CASES = [
+    ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=512, gpus=2)),
+    ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=512, gpus=4, grad_ckpt=True)),
+    ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=1024, gpus=4)),
+    ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=1024, gpus=2, grad_ckpt=True, optimizer="sgd")),
+    ("tinyllama-1.1b", 4, {}, dict(method="lora", seq_len=512, gpus=2)),
+    ("tinyllama-1.1b", 4, {}, dict(method="lora", seq_len=1024, gpus=4)),
+    ("tinyllama-1.1b", 4, {}, dict(method="lora", seq_len=1024, gpus=4, grad_ckpt=True)),
+    ("tinyllama-1.1b", 4, {}, dict(method="lora", targets=("q,v",), rank=8, seq_len=512, micro_batch=2, gpus=2,
+                                   grad_ckpt=True)),
+    ("llama-3.2-1b", 3, {}, dict(method="full", seq_len=512, gpus=2)),
+    ("llama-3.2-1b", 3, {}, dict(method="lora", seq_len=512, gpus=4, grad_ckpt=True)),
+    ("tinyllama-1.1b", 3, {"vocab_size": 32003}, dict(method="full", seq_len=512, gpus=4)),
+    ("tinyllama-1.1b", 3, {"vocab_size": 32003}, dict(method="lora", rank=6, seq_len=512, gpus=4)),
+]
+
+
+@pytest.mark.parametrize("name,layers,update,settings", CASES,
+                         ids=[f"{n}-{s['method']}-{s['gpus']}gpu-{i}" for i, (n, _, _, s) in enumerate(CASES)])
+def test_every_phase_peak_of_a_rank_within_three_percent(name, layers, update, settings):
+    from advisor.memory import estimate
+    from advisor.verify.dryrun import PHASES
+
+    arch = _arch(name, layers, **update)
+    cfg = TrainConfig(fsdp=True, **settings)
+    oracle = run_sharded_dry(arch, cfg)
+    est = estimate(arch, cfg)
+    assert oracle.trainable_params == est.trainable_params
+    for phase in PHASES:
+        measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
+        assert abs(predicted - measured) / measured <= TOLERANCE, (
+            f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB "
+            f"(peak at {oracle.peak_ops[phase]})")

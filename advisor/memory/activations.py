@@ -58,8 +58,14 @@ class LayerPlan:
     act_bytes: int  # bytes of one activation element (2 for bf16/fp16)
     eager: bool
     autocast: bool = False  # fp32 master weights under autocast: fp32 residual stream, 16-bit matmuls
+    adapter_bytes: int = FP32  # dtype LoRA computes in: fp32 (PEFT), 16-bit under FSDP2's param_dtype
     sdpa_masked: bool = False  # SDPA with an explicit (sliding-window) mask
     kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
+
+
+# Linears fed by one tensor (their LoRA branches save it once when they need no cast)
+_SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
+                 "gate_proj": "MLP input", "up_proj": "MLP input"}
 
 
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
@@ -72,9 +78,15 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
     if name in plan.lora:
         # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
         # that cast, lora_B keeps lora_A's output.
-        cast = 0 if plan.act_bytes == FP32 else FP32 * in_width
-        saved.add(f"{name}: LoRA fp32 input", cast)
-        saved.add(f"{name}: LoRA A output", FP32 * plan.rank)
+        ad = plan.adapter_bytes
+        if plan.act_bytes == ad:
+            # no cast: lora_A saves the Linear's own input, one tensor for the Linears that share it
+            if not plan.full and not (input_already_saved and name == "o_proj"):
+                shared = _SHARED_INPUT.get(name, name)
+                saved.items[f"{shared}: LoRA input"] = in_width * ad
+        else:
+            saved.add(f"{name}: LoRA fp32 input", ad * in_width)
+        saved.add(f"{name}: LoRA A output", ad * plan.rank)
     return in_rg or plan.full or name in plan.lora
 
 
@@ -223,8 +235,13 @@ def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensor
 def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], attn: str) -> LayerPlan:
     act = FP32 if cfg.precision == "fp32" else 2
     masked = attn == "sdpa" and attention_masks(arch, cfg, attn)[0] > 0
+    # FSDP2 with MixedPrecisionPolicy(param_dtype=16-bit) (what accelerate sets for LoRA, see memory/fsdp.py)
+    # all-gathers the fp32 adapters as 16-bit tensors: PEFT's cast of the input to the adapter dtype is then
+    # a no-op and the LoRA branch computes in 16 bit (torch _fsdp_param.py FSDPParam.init_unsharded_param)
+    fsdp_mixed = cfg.fsdp and cfg.gpus > 1 and cfg.offload == "none" and cfg.precision != "fp32"
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
-                     autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads)
+                     autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
+                     adapter_bytes=act if fsdp_mixed else FP32)
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:
@@ -267,7 +284,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     a, h, T = plan.act_bytes, arch.hidden_size, cfg.tokens
     i = arch.moe.expert_intermediate_size if arch.moe else arch.intermediate_size
     lora = plan.lora
-    lora_out = (a + 2 * FP32)  # base output + scaled fp32 LoRA output + their fp32 sum, per output
+    ad = plan.adapter_bytes
+    lora_out = (a + 2 * ad)  # base output + scaled LoRA output + their sum (adapter dtype), per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     dequant = 2 * h * i if quantized else 0  # one dequantized MLP weight, independent of tokens
     gated = arch.mlp_kind == "gated"
@@ -275,22 +293,22 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
 
     # -- with saving: at up_proj (act is alive, up's LoRA branch computing; act/up outputs and down's
     # cast are not saved yet) and at down_proj (prod alive unless saved, down's LoRA branch computing)
-    at_up = T * (FP32 * i if up_name in lora else 0)
+    at_up = T * (ad * i if up_name in lora else 0)
     at_down = T * (a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h))
     forward = max(at_up, at_down)
 
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
     base = T * 2 * a * h
-    up_lora = T * (FP32 * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
+    up_lora = T * (ad * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
-    down_work = T * (a * i + (FP32 * i + lora_out * h if "down_proj" in lora else a * h))
+    down_work = T * (a * i + (ad * i + lora_out * h if "down_proj" in lora else a * h))
     # the layer's merged expert weights exist while it runs, saved or not (they are its weights)
     forward_unsaved = base + max(up_lora, at_mul, down_work) + merged_expert_bytes(arch, plan)
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
     mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
-    down_lora_bwd = T * (a * i + FP32 * i + FP32 * h) if "down_proj" in lora else 0
+    down_lora_bwd = T * (a * i + ad * i + ad * h) if "down_proj" in lora else 0
     down_q_bwd = dequant + T * a * i if quantized else 0
     # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
     # merged tensor it read (down_proj's, else gate_up's) before it reaches the LoRA factors

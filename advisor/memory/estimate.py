@@ -16,6 +16,7 @@ from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import FP32, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
+from .fsdp import StepWalk, fsdp_phases
 from .overheads import device_range, overheads, unchecked_part
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
@@ -119,6 +120,15 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # after the first layer's backward the checkpoints (and the masks they held) are released
     candidates.append(gpu.grads + int(grads.embedding_transient * grad_share))
     backward = steady + gpu.gathered + gpu.grad_buckets + max(candidates)
+    if gpu.fsdp is not None:  # FSDP2: gathered units, buffers and unsharded grads move with the step (fsdp.py)
+        forward, backward = fsdp_phases(gpu.fsdp, StepWalk(
+            steady=steady, shared=shared, final=final, stored_acts=stored_acts, per_layer=per_layer,
+            ckpt_input=ckpt_input, grad_ckpt=cfg.grad_ckpt, masks=masks, held_masks=held_masks,
+            embed_out=rounded(T * a * h), loss_fwd=loss_fwd, loss_bwd=loss_bwd,
+            loss_saved=loss_bwd - 2 * rounded(min(T, CHUNKED_LOSS_TOKENS if cfg.loss == "chunked" else T)
+                                              * arch.vocab_size * FP32),
+            in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward,
+            head_grads=grads.head, embed_transient=grads.embedding_transient))
 
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..models.arch import ModelArch
 from .config import TrainConfig
+from .fsdp import FsdpTerms, fsdp_terms
 from .states import DTYPE_BYTES, OptimizerBytes, ParamBytes
 
 # DeepSpeed keeps host-side buffers ~1.5x the offloaded bytes (its own estimator's factor).
@@ -28,6 +29,7 @@ class PerGpuStates:
     step_temporaries: int
     host_ram: int  # for the whole job (all GPUs' processes on the node)
     formula: str
+    fsdp: FsdpTerms | None = None  # FSDP2 units and buffers: estimate walks the step with them (memory/fsdp.py)
 
 
 def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: OptimizerBytes) -> PerGpuStates:
@@ -61,6 +63,22 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         if shard_states:
             states, temps = states // n, temps // n
             formula += "optimizer states/N"
+    fsdp = None
+    if cfg.fsdp and cfg.offload == "none" and n > 1:
+        # FSDP2 shards every parameter on dim 0, padded to a multiple of N, one allocation per param and rank
+        # (torch _fsdp_param.py FSDPParam._init_sharded_param); grads are sharded per unit into one flat
+        # reduce-scatter output (_fsdp_collectives.py foreach_reduce); optimizer states are per param, the
+        # size of the rank's unpadded local rows (rank 0: the full ceil(dim0 / N) rows).  What is gathered and
+        # buffered during forward and backward is not a constant on top: estimate walks it (fsdp_phases).
+        fsdp = fsdp_terms(arch, cfg)
+        params, grads = fsdp.params, fsdp.grads
+        if cfg.optimizer in ("adamw", "sgd") and pb.trainable:  # states and temporaries: per param, like it
+            states = opt.states // pb.trainable * fsdp.trainable_shard
+            temps = opt.step_temporaries // pb.trainable * fsdp.trainable_shard
+        gathered = fsdp.root.unsharded + fsdp.layer.gather + fsdp.layer.unsharded
+        buckets = fsdp.layer.reduce_in
+        formula = (f"fsdp over {n} GPUs: params, grads and optimizer states per rank (dim 0 padded to a multiple of "
+                   f"{n}); root unsharded + one layer gathered (flat buffer + params); reduce-scatter buffers")
     if cfg.offload in ("optimizer", "params"):
         # states (and the fp32 grads the CPU optimizer steps on) live in host RAM; no GPU step temporaries
         host += int(HOST_BUFFER_FACTOR * (opt.states + 4 * pb.trainable_params))
@@ -70,4 +88,4 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         host += int(HOST_BUFFER_FACTOR * pb.total)
         params = 0
         formula += "; parameters offloaded to CPU (gathered per layer)"
-    return PerGpuStates(params, gathered, grads, buckets, states, temps, host, formula)
+    return PerGpuStates(params, gathered, grads, buckets, states, temps, host, formula, fsdp)
