@@ -25,12 +25,14 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     unknown = sorted(wanted - names - OUTSIDE_LAYERS)
     if unknown:
         raise UsageError(
-            f"--targets: {arch.name} has no module named {', '.join(unknown)}",
+            f"{arch.name} has no module named {', '.join(unknown)}",
             f"its layer Linears are {', '.join(sorted(names))} (or use all-linear / attention)",
+            field="targets", value=list(cfg.targets),
         )
     chosen = [spec for spec in linears if spec.name in wanted]
     if not chosen:
-        raise UsageError("--targets selects no Linear inside the decoder layers", "name at least one of " + ", ".join(sorted(names)))
+        raise UsageError("the LoRA targets select no Linear inside the decoder layers",
+                         "name at least one of " + ", ".join(sorted(names)), field="targets", value=list(cfg.targets))
     return chosen
 
 
@@ -39,8 +41,8 @@ def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
     if cfg.attn == "auto":
         return "eager" if arch.model_type == "gemma2" else "sdpa"
     if cfg.attn == "sdpa" and arch.model_type == "gemma2":
-        raise UsageError("--attn sdpa: transformers has no SDPA path for Gemma 2 (attention soft-capping)",
-                         "use --attn flash (FlashAttention-2) or --attn eager")
+        raise UsageError("transformers has no SDPA path for Gemma 2 (attention soft-capping)",
+                         "use flash (FlashAttention-2) or eager attention", field="attn", value="sdpa")
     return cfg.attn
 
 

@@ -119,13 +119,14 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
     if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
         from ..errors import UsageError
 
-        raise UsageError(f"the dry run cannot trace --optimizer {cfg.optimizer}: its step reads tensor values",
-                         "fake tensors carry no values; trace with adamw or sgd (their states are exact in the estimate)")
+        raise UsageError(f"the dry run cannot trace the {cfg.optimizer} optimizer: its step reads tensor values",
+                         "fake tensors carry no values; trace with adamw or sgd (their states are exact in the estimate)",
+                         field="optimizer", value=cfg.optimizer)
     if cfg.method == "lora8bit":
         from ..errors import UsageError
 
-        raise UsageError("the dry run cannot trace --method lora8bit: bitsandbytes int8 layers need real tensors",
-                         "trace qlora or lora instead")
+        raise UsageError("the dry run cannot trace an 8-bit (LLM.int8) base: bitsandbytes int8 layers need real tensors",
+                         "trace qlora or lora instead", field="method", value="lora8bit")
     import time
 
     import torch
