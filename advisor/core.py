@@ -58,10 +58,6 @@ class GpuRequest:
     vram: str = ""
     gpus: int | None = None
 
-    @property
-    def named(self) -> bool:
-        return bool(self.gpu.strip() or self.vram.strip())
-
 
 @dataclass(frozen=True)
 class PlanRequest:
@@ -484,7 +480,7 @@ class ExportOutcome:
     selected: Selected
 
 
-def export_context(sel: Selected, allow_no_fit: bool = False):
+def export_context(sel: Selected):
     from .export import ExportContext
     from .models.catalog import hub_id_for
 
@@ -525,7 +521,7 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
                          "choose an option that fits (plan), or export anyway with allow-no-fit", field="allow_no_fit")
-    ctx = export_context(sel, allow_no_fit)
+    ctx = export_context(sel)
     wanted = EXPORT_FORMATS if formats == ("all",) else formats
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
