@@ -30,7 +30,7 @@ FLAG_FOR_FIELD = {
     "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
-    "allow_no_fit": "--allow-no-fit", "from_file": "--from",
+    "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner",
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
@@ -378,7 +378,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"verifying {sel.label} in a child process ({event.get('mode', mode)}, pid {event.get('pid')}) ...",
                   file=sys.stderr)
 
-    run = core.start_verify(sel, mode, args.steps)
+    run = core.start_verify(sel, mode, args.steps, runner=args.runner)
     events: list[dict] = []
     try:
         for event in run.events():
@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dry-run", action="store_true", help="trace one step on fake tensors (no GPU needed)")
     verify.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="auto: the GPU when there is one, else the dry run; cpu: a tiny real run for smoke tests")
+    verify.add_argument("--runner", choices=core.VERIFY_RUNNERS, default="job",
+                        help="on CUDA: job = the exported train.py (the real stack), step = the bare training step "
+                             "(random weights for every method, 4-bit too; no download)")
 
     command("gpus", "the NVIDIA GPUs on this machine (through NVML)", cmd_gpus)
     command("models", "list the model catalog", cmd_models)

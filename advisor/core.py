@@ -611,11 +611,19 @@ def verify_mode(mode: str, detect: Detector | None = detect_gpus) -> tuple[str, 
     return "dry", f"no CUDA GPU ({reason}): running the dry run on fake tensors instead"
 
 
-def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = None):
-    """A child process for the option, with ``events()`` and ``cancel()``.  On CUDA it is the exported
-    `train.py` itself (through `accelerate launch` for several GPUs) on random weights and synthetic
-    tokens: what will be run; on the CPU, a tiny real run; ``dry`` traces one step on fake tensors."""
-    if mode == "cuda":
+VERIFY_RUNNERS = ("job", "step")
+
+
+def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = None, runner: str = "job"):
+    """A child process for the option, with ``events()`` and ``cancel()``.  On CUDA, runner ``job`` is the
+    exported `train.py` itself (through `accelerate launch` for several GPUs) on random weights and synthetic
+    tokens: what will be run; runner ``step`` is the bare training step the oracle traces (random weights for
+    every method, 4-bit included: no download), which isolates the stack's own memory from the step's.  On
+    the CPU a tiny real run; ``dry`` traces one step on fake tensors."""
+    if runner not in VERIFY_RUNNERS:
+        raise UsageError(f"unknown runner {runner!r}", "job (the exported train.py) or step (the bare step)",
+                         field="runner", value=runner)
+    if mode == "cuda" and runner == "job":
         import tempfile
 
         from .export.writer import write_files

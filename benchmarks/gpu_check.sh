@@ -4,7 +4,9 @@
 #
 # The device machines have torch, transformers, peft, accelerate, pyyaml and nvidia-ml-py; carry the
 # rest as wheels in .whl/ (see the device tool's README): pydantic, pydantic-core, annotated-types,
-# typing-inspection, typing-extensions, platformdirs, bitsandbytes.
+# typing-inspection, typing-extensions, platformdirs, bitsandbytes, rule-engine (and its ply), and for the
+# exported train.py that `verify` runs: trl, datasets with its needs (pyarrow, dill, xxhash, multiprocess,
+# fsspec, pandas where absent).
 set -uo pipefail
 out="${1:?usage: benchmarks/gpu_check.sh OUT_DIR [--dry-run]}"
 shift

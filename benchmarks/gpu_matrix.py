@@ -4,7 +4,8 @@
 
 ~1B, 3B and 8B shapes x LoRA / QLoRA / full (where it fits an 80 GB card) x checkpointing on/off x two
 sequence lengths, each through `lora-advisor verify --json` (a child process per config, so one OOM
-does not end the matrix).  Writes DIR/gpu-check.md (the table) and DIR/results.jsonl (every report).
+does not end the matrix): LoRA and full through the exported train.py (HF Trainer + PEFT + TRL, the real
+stack), QLoRA through the bare step (random 4-bit weights; the job would need the checkpoint).  Writes DIR/gpu-check.md (the table) and DIR/results.jsonl (every report).
 `--dry-run` runs the same matrix on fake tensors, to test this script on a machine without a GPU.
 """
 
@@ -52,7 +53,10 @@ def main() -> int:
             if time.perf_counter() - started > args.budget_s:
                 skipped += 1
                 continue
-            mode = ["--dry-run"] if args.dry_run else ["--device", "cuda", "--steps", str(args.steps)]
+            # a 4-bit base cannot be built with random weights by the exported job (it quantises a checkpoint
+            # while loading, and the device machine has no network): the bare step for those
+            runner = "step" if "qlora" in flags else "job"
+            mode = ["--dry-run"] if args.dry_run else ["--device", "cuda", "--steps", str(args.steps), "--runner", runner]
             cmd = [sys.executable, "-m", "advisor", "verify", "--json", "--model", model, *flags, *mode]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
             try:
