@@ -83,11 +83,12 @@ async def test_export_writes_and_refuses_to_overwrite_without_confirmation(tmp_p
         assert written.read_text() != "# mine"
 
 
-async def test_bad_model_shows_an_error_modal_not_a_crash():
+async def test_bad_model_shows_its_error_next_to_the_field_not_a_crash():
     async with app(model="not-a-model-at-all", gpu_backend=NO_DRIVER).run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        assert isinstance(pilot.app.screen, ErrorModal)
-        assert "unknown model" in pilot.app.screen.message
+        assert not isinstance(pilot.app.screen, ErrorModal)  # inline, as posting does: no modal to dismiss
+        assert "unknown model" in str(pilot.app.query_one("#model-error", Static).render())
+        assert pilot.app.query_one("#model-error").display
 
 
 async def test_rank_sweep_modal():
@@ -96,9 +97,9 @@ async def test_rank_sweep_modal():
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(pilot.app.screen, RankSweepModal)
-        ranks = [row[0] for row in pilot.app.screen.rows]
+        ranks = [row.rank for row in pilot.app.screen.rows]
         assert ranks == [4, 8, 16, 32, 64, 128]
-        peaks = [row[3] for row in pilot.app.screen.rows]
+        peaks = [row.peak_device_bytes for row in pilot.app.screen.rows]
         assert peaks == sorted(peaks) and peaks[-1] < 1.3 * peaks[0]
 
 
@@ -108,7 +109,7 @@ async def test_flipping_to_an_option_that_does_not_fit_shows_why():
         plan = pilot.app.report.plan
         full = [i for i, r in enumerate(plan.rejected) if r.config.method == "full"]
         assert full, "full fine-tuning of an 8B model cannot fit a 24 GB card"
-        target = 2 + len(plan.alternatives) + full[0]  # unhighlighted at first: one "down" reaches the plan
+        target = 1 + len(plan.alternatives) + full[0]  # the cursor starts on the plan's choice
         for _ in range(target):
             await pilot.press("down")
         await pilot.pause()
@@ -175,11 +176,11 @@ async def test_verify_can_be_cancelled(tmp_path):
             await pilot.pause(0.1)
             if screen.finished:
                 break
-        assert screen.finished and "stopped" in str(screen.query_one("#status", Static).render())
+        assert screen.finished and "cancelled" in str(screen.query_one("#status", Static).render())
 
 
 async def test_export_and_verify_act_on_the_highlighted_alternative(tmp_path):
-    """The app's export of option 2 writes the same file as `lora-advisor export ... --option 2`, and its
+    """The app's export of the adopted option 2 writes the same file as `lora-advisor export ... --option 2`, and its
     verify runs that option, not the plan's first choice."""
     from advisor.cli import main
     from advisor.tui.screens.verify import VerifyScreen
@@ -192,7 +193,7 @@ async def test_export_and_verify_act_on_the_highlighted_alternative(tmp_path):
         options = pilot.app.query_one("#alternatives", OptionList)
         options.focus()
         options.highlighted = 0
-        await pilot.press("down", "down")
+        await pilot.press("down", "down", "enter")  # preview option 2, adopt it
         await pilot.pause()
         second = pilot.app.report.plan.alternatives[1]
         assert pilot.app.query_one(MemoryBar).estimate.peak_device_bytes == second.need_bytes

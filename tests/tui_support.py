@@ -22,9 +22,10 @@ def request(model="llama-3.1-8b", gpu="", **goals):
     return PlanRequest(model=model, hardware=GpuRequest(gpu=gpu), **goals)
 
 
-def app(gpu_backend=ONE_4090, export_dir=None, **form):
+def app(gpu_backend=ONE_4090, export_dir=None, verify_start=None, **form):
     # a fixed CPU RAM, so offload rules decide the same on every machine that runs the tests
-    return make_app(gpu_backend=gpu_backend, request=request(**form), export_dir=export_dir, host_ram=lambda: 128 * GiB)
+    return make_app(gpu_backend=gpu_backend, request=request(**form), export_dir=export_dir, host_ram=lambda: 128 * GiB,
+                    verify_start=verify_start)
 
 
 async def settle(pilot):
@@ -48,3 +49,38 @@ async def settle(pilot):
         if current == previous:
             break
         previous = current
+
+
+class ScriptedRun:
+    """A verification child scripted for tests: yields ``script``, then (``hold``) waits until cancelled and
+    says so, as the real child does when it is terminated."""
+
+    def __init__(self, script, hold=True):
+        import threading
+
+        self.script, self.hold = list(script), hold
+        self.cancelled = threading.Event()
+
+    def events(self):
+        yield from self.script
+        if self.hold:
+            self.cancelled.wait(60)
+            yield {"event": "cancelled", "signal": 15}
+
+    def cancel(self):
+        self.cancelled.set()
+
+
+def scripted(*events, hold=True):
+    """A verify starter (selected, mode, steps) -> ScriptedRun; the runs it made are in ``.runs``."""
+    def start(selected, mode, steps):
+        run = ScriptedRun(events, hold)
+        start.runs.append(run)
+        return run
+
+    start.runs = []
+    return start
+
+
+def text_of(widget) -> str:
+    return str(widget.render())

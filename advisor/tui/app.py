@@ -1,7 +1,9 @@
 """`lora-advisor` as an interactive session: GPUs, model and goals, the plan, its memory and its reasons.
 
-The app never computes on the UI thread: NVML detection and planning run in thread workers that post
-messages back.  The domain (hardware, models, planner, export) does not know the TUI exists.
+The app holds one immutable answer of the core (``self.result``) and renders it.  Nothing is computed on the
+UI thread: NVML detection and planning (which may look a model up on the Hub) run in thread workers that
+return their answer as a message tagged with the request it answers; an answer to a superseded or cancelled
+request is dropped.  The domain (hardware, models, planner, export) does not know the TUI exists.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
@@ -25,27 +28,45 @@ from ..hardware.nvml import Detection
 from ..units import GiB
 from .screens.modals import ErrorModal, ExportModal, HelpModal, RankSweepModal
 from .widgets.memory_bar import MemoryBar
+from .words import FIELD_INPUT, FIELD_LABELS, card_text, config_words, error_text, rejection_words
+
+__all__ = ["AdvisorApp", "FIELD_LABELS", "error_text", "make_request"]
 
 GpuBackend = Callable[[], Detection]
 
-# How this front end names a request field in an error (the CLI names its flag).
-FIELD_LABELS = {"model": "Model", "gpu": "GPU", "vram": "GPU", "gpus": "GPU count", "seq_len": "Sequence length",
-                "effective_batch": "Effective batch", "method": "Method", "prefer": "Preference", "format": "Format",
-                "output": "Export path", "option": "Option", "rules": "Rules"}
+# the actions of the main screen: off (and out of the footer) while a dialog is in front
+MAIN_ACTIONS = {"rank_sweep", "export", "verify", "focus_gpu", "focus_model", "focus_plan", "help", "cancel_plan"}
 
 
 def nvml_backend() -> Detection:
     return core.detect_gpus()  # closes NVML again: the app holds no handle while idle
 
 
-def error_text(err: AdvisorError) -> tuple[str, str]:
-    """(message, hint) worded for this screen: the field's label, never a command-line flag."""
-    label = FIELD_LABELS.get(err.field or "")
-    message = f"{label}: {err.message}" if label else err.message
-    hint = err.hint
-    if err.field == "allow_no_fit":
-        hint = "pick an option that fits"
-    return message, hint
+class FormError(AdvisorError):
+    """A field the app cannot even read (an empty number): worded like the core's errors."""
+
+
+def make_request(base: core.PlanRequest, fields: dict[str, str]) -> core.PlanRequest:
+    """The request the form's texts describe; a number that is not one is refused with its field.  Whether a
+    number is allowed (at least 1) is the core's to say, so the app and the CLI refuse the same values."""
+    numbers = {}
+    for name in ("seq_len", "effective_batch"):
+        text = fields[name].strip()
+        try:
+            numbers[name] = int(text)
+        except ValueError:
+            raise FormError(f"{text!r} is not a whole number" if text else "empty", "give a positive whole number",
+                            field=name, value=text) from None
+    model = fields["model"].strip()
+    if not model:
+        raise FormError("empty", "a catalog name (llama-3.1-8b), a hub id (org/name) or a path to config.json",
+                        field="model", value="")
+    return replace(base, model=model, hardware=core.GpuRequest(gpu=fields["gpu"].strip()), seq_len=numbers["seq_len"],
+                   effective_batch=numbers["effective_batch"], method=fields["method"], prefer=fields["prefer"])
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    return "/" in spec and not spec.endswith(".json") and not Path(spec).expanduser().exists()
 
 
 class AdvisorApp(App):
@@ -57,8 +78,9 @@ class AdvisorApp(App):
     # (g / m, a click, or tab), and escape leaves it again.
     AUTO_FOCUS = "#alternatives"
     BINDINGS = [("r", "rank_sweep", "Rank sweep"), ("e", "export", "Export"), ("v", "verify", "Verify"),
-                ("g", "focus_gpu", "GPU"),
-                ("m", "focus_model", "Model"), ("question_mark", "help", "Help"), ("q", "quit", "Quit"),
+                ("g", "focus_gpu", "GPU"), ("m", "focus_model", "Model"),
+                Binding("c", "cancel_plan", "Cancel look-up", show=False),
+                ("question_mark", "help", "Help"), ("q", "quit", "Quit"),
                 ("escape", "focus_plan", "Back to the plan")]
 
     class Detected(Message):
@@ -67,25 +89,39 @@ class AdvisorApp(App):
             self.detection = detection
 
     class Planned(Message):
-        def __init__(self, result: core.PlanResult) -> None:
+        def __init__(self, result: core.PlanResult, ticket: int) -> None:
             super().__init__()
-            self.result = result
+            self.result, self.ticket = result, ticket
+
+    class NeedsGpu(Message):
+        """The model resolved, but there is no card to plan for: none detected and none typed."""
+
+        def __init__(self, arch, ticket: int) -> None:
+            super().__init__()
+            self.arch, self.ticket = arch, ticket
 
     class Failed(Message):
-        def __init__(self, error: AdvisorError) -> None:
+        def __init__(self, error: AdvisorError, ticket: int) -> None:
             super().__init__()
-            self.error = error
+            self.error, self.ticket = error, ticket
 
     def __init__(self, gpu_backend: GpuBackend = nvml_backend, request: core.PlanRequest | None = None,
-                 export_dir: Path = Path("lora-advisor-export"), host_ram: Callable[[], int | None] | None = None) -> None:
+                 export_dir: Path = Path("lora-advisor-export"), host_ram: Callable[[], int | None] | None = None,
+                 verify_start: Callable | None = None) -> None:
         super().__init__()
         self.gpu_backend = gpu_backend
         self.host_ram = host_ram  # this machine's CPU RAM (for offload rules); None: read it from the OS
         self.request = request or core.PlanRequest(model="llama-3.1-8b")
         self.export_dir = export_dir
+        self.verify_start = verify_start  # core.start_verify unless a test scripts the child
         self.detection: Detection | None = None
         self.result: core.PlanResult | None = None  # the latest answer, immutable; rendered, never patched
-        self.selected = 0  # the option Export, Verify and the rank sweep act on (0 = the plan's choice)
+        self.selected = 0  # the option adopted (Enter): Export, Verify and the rank sweep act on it (0 = the choice)
+        self.previewed: str | None = None  # the list row shown in the panels ("option:N" / "rejected:N")
+        self.state = "starting"  # starting, planning, planned, needs_gpu, failed, cancelled
+        self.error: AdvisorError | None = None  # what the last question failed with
+        self.compact = False  # a small terminal: shorter plan summary and legend
+        self._ticket = 0  # the request the panels wait for; answers to older ones are dropped
         self._report = None
 
     @property
@@ -98,6 +134,11 @@ class AdvisorApp(App):
         return self._report[1]
 
     @property
+    def main(self):
+        """The main screen, also while a dialog is in front (``App.query_one`` searches the front screen)."""
+        return self.screen_stack[0]
+
+    @property
     def hardware(self):
         return self.result.hardware if self.result is not None else None
 
@@ -106,30 +147,44 @@ class AdvisorApp(App):
         from ..hardware.catalog import gpu_catalog
         from ..models import catalog_names
 
+        req = self.request
         yield Header()
         with VerticalScroll(id="left"):  # scrolls on small terminals (80x24)
             with Vertical(classes="panel", id="hardware"):
-                yield Label("Hardware")
+                yield Label("Hardware", classes="panel-title")
                 yield Static("detecting GPUs ...", id="hardware-text")
-                yield Input(self.request.hardware.gpu or self.request.hardware.vram, id="gpu", placeholder="GPU: 4090, A100-80GB, 2xH100, or 24GiB",
+                yield Label("GPU: card, 2xH100, 24GiB", classes="field")
+                yield Input(req.hardware.gpu or req.hardware.vram, id="gpu", compact=True,
+                            placeholder="4090, A100-80GB, 24GiB",
                             suggester=SuggestFromList([g.name for g in gpu_catalog()], case_sensitive=False))
+                yield Static("", id="gpu-error", classes="field-error")
             with Vertical(classes="panel", id="goals"):
-                yield Label("Model and goals")
-                yield Input(self.request.model, id="model", placeholder="catalog name or path to config.json",
+                yield Label("Model and goals (Enter)", classes="panel-title")
+                yield Label("Model", classes="field")
+                yield Input(req.model, id="model", compact=True, placeholder="catalog name, org/name, config.json",
                             suggester=SuggestFromList(catalog_names(), case_sensitive=False))
-                yield Input(str(self.request.seq_len), id="seq_len", placeholder="sequence length", type="integer")
-                yield Input(str(self.request.effective_batch), id="effective_batch", placeholder="effective batch",
-                            type="integer")
-                yield Select([(m, m) for m in core.METHOD_CHOICES], value=self.request.method,
-                             allow_blank=False, id="method")
-                yield Select([(f"prefer {p}", p) for p in core.PREFER_CHOICES], value=self.request.prefer,
-                             allow_blank=False, id="prefer")
+                yield Static("", id="model-error", classes="field-error")
+                yield Label("Sequence length, tokens", classes="field")
+                yield Input(str(req.seq_len), id="seq_len", compact=True, placeholder="2048", restrict=r"-?[0-9]*")
+                yield Static("", id="seq_len-error", classes="field-error")
+                yield Label("Effective batch (seqs)", classes="field")
+                yield Input(str(req.effective_batch), id="effective_batch", compact=True, placeholder="16",
+                            restrict=r"-?[0-9]*")
+                yield Static("", id="effective_batch-error", classes="field-error")
+                yield Label("Method", classes="field")
+                yield Select([(m, m) for m in core.METHOD_CHOICES], value=req.method, allow_blank=False, id="method",
+                             compact=True)
+                yield Static("", id="method-error", classes="field-error")
+                yield Label("Prefer", classes="field")
+                yield Select([(p, p) for p in core.PREFER_CHOICES], value=req.prefer, allow_blank=False, id="prefer",
+                             compact=True)
+                yield Static("", id="prefer-error", classes="field-error")
         with Vertical(id="right"):
             with Vertical(classes="panel", id="plan"):
-                yield Label("Plan")
-                yield Static("planning ...", id="plan-summary")
+                yield Static("detecting GPUs ...", id="plan-summary")
                 yield MemoryBar(id="memory")
-            yield Static("", id="why")
+            with VerticalScroll(id="why"):
+                yield Static("", id="why-text")
             yield OptionList(id="alternatives")
         yield Footer()
 
@@ -138,136 +193,298 @@ class AdvisorApp(App):
     REPLAN_ON_CHANGE_BYTES = 512 * 2**20
 
     def on_mount(self) -> None:
-        self.query_one("#why").border_title = "Why"
-        self.query_one("#alternatives").border_title = "Alternatives"
+        self.main.query_one("#plan").border_title = "Plan"
+        self.main.query_one("#why").border_title = "Why"
+        self.main.query_one("#alternatives").border_title = "Alternatives · Enter adopts"
         self.detect()
         self.set_interval(self.POLL_SECONDS, self.detect)
+
+    def on_resize(self, event) -> None:
+        self.compact = event.size.width < 100 or event.size.height < 30
+        self.screen_stack[0].set_class(event.size.width < 100, "narrow")
+        self.screen_stack[0].set_class(event.size.height < 30, "short")
+        self.main.query_one(MemoryBar).short_legend = self.compact
+        if self.previewed is not None and self.result is not None and self.state == "planned":
+            self.preview(self.previewed)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """The main screen's keys work only while it is in front (a dialog has its own)."""
+        if action in MAIN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        if action == "cancel_plan" and self.state != "planning":
+            return False
+        return True
 
     # ---- workers -----------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="nvml")
     def detect(self) -> None:
-        self.post_message(self.Detected(self.gpu_backend()))
+        try:
+            detection = self.gpu_backend()
+        except Exception as exc:  # a backend that breaks is "no GPU", with the reason
+            detection = Detection(reason=f"GPU detection failed: {exc}", hint="type a GPU below")
+        self.post_message(self.Detected(detection))
+
+    def ask(self) -> None:
+        """Ask the core about ``self.request``: the panels say a plan is on its way until it answers."""
+        self._ticket += 1
+        self.state, self.error = "planning", None
+        self._clear_field_errors()
+        model = self.request.model
+        doing = (f"looking up {model} on the Hugging Face Hub ... (c cancels)" if looks_like_hub_id(model)
+                 else f"planning {model} ...")
+        self.main.query_one("#plan-summary", Static).update(Text(doing, style="bold yellow"))
+        self.main.query_one("#right").add_class("stale")
+        self.refresh_bindings()
+        self.replan(self.request, self.detection, self._ticket)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
-    def replan(self) -> None:
+    def replan(self, request: core.PlanRequest, detection: Detection | None, ticket: int) -> None:
         """Ask the core; the answer comes back as a message (this thread writes nothing of the app's)."""
-        request, detection = self.request, self.detection
         try:
+            hardware, _, _ = core.resolve_hardware(request.hardware, detect=lambda: detection)
+            if hardware is None:  # no card to fit into: check the model, then ask for one
+                self.post_message(self.NeedsGpu(core.resolve_model(request.model), ticket))
+                return
             result = core.plan(request, detect=lambda: detection, host_ram=self.host_ram)
         except AdvisorError as err:
-            self.post_message(self.Failed(err))
+            self.post_message(self.Failed(err, ticket))
             return
-        self.post_message(self.Planned(result))
+        except Exception as exc:  # never a traceback, never "planning ..." forever
+            self.post_message(self.Failed(AdvisorError(f"internal error: {type(exc).__name__}: {exc}",
+                                                       "please report this"), ticket))
+            return
+        self.post_message(self.Planned(result, ticket))
 
     # ---- messages ----------------------------------------------------------------------------------
     def on_advisor_app_detected(self, message: Detected) -> None:
         previous, self.detection = self.detection, message.detection
-        self.query_one("#hardware-text", Static).update(hardware_text(message.detection))
+        self._show_hardware()
         if previous is None or _moved(previous, message.detection, self.REPLAN_ON_CHANGE_BYTES):
-            self.replan()
+            self.ask()
 
     def on_advisor_app_planned(self, message: Planned) -> None:
-        self.result = message.result
-        self.selected = 0
+        if message.ticket != self._ticket:
+            return  # answers a question that was replaced or cancelled
+        self.result, self.selected, self.state = message.result, 0, "planned"
+        self.main.query_one("#right").remove_class("stale")
+        self._show_hardware()
         self.show_plan()
+        self.refresh_bindings()
+
+    def on_advisor_app_needs_gpu(self, message: NeedsGpu) -> None:
+        if message.ticket != self._ticket:
+            return
+        self.result, self.selected, self.state = None, 0, "needs_gpu"
+        self._clear_panels()
+        reason = (self.detection.reason if self.detection is not None else None) or "no GPU detected"
+        text = Text("Which GPU is this plan for?\n", style="bold yellow")
+        text.append(f"{reason}, and no GPU typed. Type a card (4090, A100-80GB, 2xH100) or a memory size (24GiB) "
+                    f"in the GPU field and press Enter.\n")
+        from ..models.params import count_params
+
+        text.append(f"{message.arch.name}: {count_params(message.arch).total / 1e9:.1f} B parameters", style="dim")
+        self.main.query_one("#plan-summary", Static).update(text)
+        self._field_error("gpu", Text("needed: type a card or a size", style="yellow"))
+        self.main.query_one("#gpu", Input).focus()
+        self.refresh_bindings()
 
     def on_advisor_app_failed(self, message: Failed) -> None:
-        # no stale answer: the panels say there is no plan for what was asked
-        self.result, self.selected = None, 0
-        text, hint = error_text(message.error)
-        self.query_one("#plan-summary", Static).update(Text(f"no plan: {text}", style="red"))
-        self.query_one(MemoryBar).show(None, None)
-        self.query_one("#why", Static).update("")
-        self.query_one("#alternatives", OptionList).clear_options()
-        self.push_screen(ErrorModal(text, hint))
+        if message.ticket != self._ticket:
+            return
+        self.fail(message.error)
 
+    def fail(self, err: AdvisorError) -> None:
+        """No stale answer: the panels are cleared, the error sits next to its field and in the plan panel."""
+        self.result, self.selected, self.state, self.error = None, 0, "failed", err
+        self._clear_panels()
+        text, hint = error_text(err)
+        summary = Text(f"no plan: {text}", style="bold red")
+        if hint:
+            summary.append(f"\nhint: {hint}", style="dim")
+        self.main.query_one("#plan-summary", Static).update(summary)
+        where = FIELD_INPUT.get(err.field or "")
+        if where is not None:
+            self._field_error(where, Text(f"✗ {err.message}" + (f" ({hint})" if hint else ""), style="red"))
+        self.refresh_bindings()
+
+    # ---- the form ------------------------------------------------------------------------------------
     # only the main screen's fields: a dialog's own inputs (the export path and format) must not re-plan
     @on(Input.Submitted, "#model, #gpu, #seq_len, #effective_batch")
     @on(Select.Changed, "#method, #prefer")
     def form_changed(self, event) -> None:
         if self.detection is None:  # still starting: the first plan follows detection
             return
+        fields = {name: self.main.query_one(f"#{name}", Input).value for name in ("model", "gpu", "seq_len", "effective_batch")}
+        fields.update({name: str(self.main.query_one(f"#{name}", Select).value) for name in ("method", "prefer")})
         try:
-            seq_len = int(self.query_one("#seq_len", Input).value or self.request.seq_len)
-            batch = int(self.query_one("#effective_batch", Input).value or self.request.effective_batch)
-        except ValueError:
+            request = make_request(self.request, fields)
+        except FormError as err:
+            self._ticket += 1  # whatever was on its way answers a question no longer asked
+            self.fail(err)
             return
-        gpu = self.query_one("#gpu", Input).value.strip()
-        self.request = replace(self.request, model=self.query_one("#model", Input).value.strip() or self.request.model,
-                               hardware=core.GpuRequest(gpu=gpu, gpus=None), seq_len=seq_len, effective_batch=batch,
-                               method=str(self.query_one("#method", Select).value),
-                               prefer=str(self.query_one("#prefer", Select).value))
-        self.query_one("#plan-summary", Static).update("planning ...")
-        self.replan()
+        self.request = request
+        self.ask()
+        if isinstance(event, Input.Submitted):  # the answer is on the right: the one-key commands work again
+            self.action_focus_plan()
 
+    def _field_error(self, name: str, text: Text | str) -> None:
+        widget = self.main.query_one(f"#{name}-error", Static)
+        widget.update(text)
+        widget.set_class(bool(str(text)), "shown")
+
+    def _clear_field_errors(self) -> None:
+        for widget in self.main.query(".field-error"):
+            widget.update("")
+            widget.remove_class("shown")
+
+    def _clear_panels(self) -> None:
+        self.previewed = None
+        self.main.query_one("#right").remove_class("stale")
+        self.main.query_one(MemoryBar).show(None, None)
+        self.main.query_one("#why-text", Static).update("")
+        self.main.query_one("#alternatives", OptionList).clear_options()
+        self._show_hardware()
+
+    def _show_hardware(self) -> None:
+        text = hardware_text(self.detection) if self.detection is not None else Text("detecting GPUs ...")
+        if self.result is not None and self.result.hardware_source != "detected":
+            text = Text("plan for: ", style="dim") + Text(card_text(self.result), style="bold") + Text("\n") + text
+        self.main.query_one("#hardware-text", Static).update(text)
+
+    # ---- the list: preview on highlight, adopt on Enter ------------------------------------------------
     @on(OptionList.OptionHighlighted, "#alternatives")
     def alternative_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        if self.result is None or event.option_id is None:
+        if self.result is None or self.state != "planned" or event.option_id is None:
+            return
+        self.preview(event.option_id)
+
+    @on(OptionList.OptionSelected, "#alternatives")
+    def alternative_selected(self, event: OptionList.OptionSelected) -> None:
+        if self.result is None or self.state != "planned" or event.option_id is None:
             return
         kind, _, index = event.option_id.partition(":")
+        if kind != "option":
+            self.notify("this option does not fit: it cannot be adopted", title="Not adopted", severity="warning")
+            return
+        self.selected = int(index)
+        self._label_options()
+        self.preview(event.option_id)
+        self.notify(f"Export, Verify and the rank sweep now use option {self.selected}: "
+                    f"{self.result.select(self.selected).label}", title="Adopted")
+
+    def preview(self, option_id: str) -> None:
+        """The row's option in the panels: its summary, memory bar, phases and reasons."""
+        self.previewed = option_id
+        kind, _, index = option_id.partition(":")
+        plan, i = self.result.plan, int(index)
         capacity = self.hardware.usable_bytes if self.hardware else None
         try:
             if kind == "rejected":  # an option that lost: its memory against the card, and why
-                rejection = self.result.plan.rejected[int(index)]
-                self.query_one(MemoryBar).show(self.result.rejected(int(index)).estimate, capacity)
-                self.query_one("#plan-summary", Static).update(
-                    Text(f"✗ {rejection.option}\n{rejection.reason}", style="bold red"))
+                rejection = plan.rejected[i]
+                shown = self.result.rejected(i) if rejection.config is not None else None
+                summary = Text(f"✗ does not fit · {rejection_words(rejection, capacity)}", style="bold red")
+                if shown is not None:
+                    summary.append("\n")
+                    summary.append_text(describe(shown, None))
+                self.main.query_one("#plan-summary", Static).update(summary)
+                self.main.query_one(MemoryBar).show(shown.estimate if shown else None, capacity)
+                self.main.query_one("#why-text", Static).update(Text(f"✗ {rejection.reason}", style="red"))
                 return
-            self.selected = int(index)
-            chosen = self.result.select(self.selected)
-        except AdvisorError as err:
-            self.push_screen(ErrorModal(*error_text(err)))
+            shown = self.result.select(i)
+        except AdvisorError as err:  # an option the plan does not have: say so where the answer goes
+            self.fail(err)
             return
-        self.query_one(MemoryBar).show(chosen.estimate, capacity)
-        self.query_one("#plan-summary", Static).update(describe(self.result.option(self.selected), chosen.estimate,
-                                                                self.selected))
+        option = self.result.option(i)
+        self.main.query_one("#plan-summary", Static).update(
+            describe(shown, option, adopted=(i == self.selected), compact=self.compact))
+        self.main.query_one(MemoryBar).show(shown.estimate, capacity)
+        lines = [Text(f"✓ {r}") for r in option.reasons]
+        lines += [Text(f"✓ {s}") for s in self.result.settled()] if i == 0 else []
+        lines += [Text(f"! {w}", style="yellow") for w in plan.warnings]
+        lines += [Text(f"✗ {rejection_words(r, capacity)}", style="red") for r in plan.rejected]
+        self.main.query_one("#why-text", Static).update(Text("\n").join(lines))
 
     # ---- rendering -----------------------------------------------------------------------------------
     def show_plan(self) -> None:
         plan = self.result.plan
-        summary = self.query_one("#plan-summary", Static)
         capacity = self.hardware.usable_bytes if self.hardware else None
-        alternatives = self.query_one("#alternatives", OptionList)
+        alternatives = self.main.query_one("#alternatives", OptionList)
         alternatives.clear_options()
+        self.previewed = None
         if plan.chosen is None:
-            summary.update(Text(f"nothing fits: the smallest candidate needs {plan.smallest_need_bytes / GiB:.1f} GiB",
-                                style="bold red"))
-            self.query_one(MemoryBar).show(None, capacity)
+            need = plan.smallest_need_bytes or 0
+            summary = Text(f"nothing fits on {card_text(self.result)}\n", style="bold red")
+            summary.append(f"the smallest candidate needs {need / GiB:.1f} GiB"
+                           + (f" of {capacity / GiB:.1f} usable" if capacity else ""))
+            self.main.query_one("#plan-summary", Static).update(summary)
+            self.main.query_one(MemoryBar).show(None, capacity)
             # what would make it fit is the answer: it goes first, the misses that led to it after
-            self.query_one("#why", Static).update("\n".join(
-                [f"→ {w}" for w in plan.what_would_fit] + [f"✗ {r.option}: {r.reason}" for r in plan.rejected]))
+            lines = [Text(f"→ {w}", style="green") for w in plan.what_would_fit]
+            if self.result.host_ram_bytes is None and any(r.config is not None and r.config.offload != "none"
+                                                          for r in plan.rejected):
+                lines.append(Text("→ offload needs the CPU RAM of the box the card is in: it is unknown for a typed "
+                                  "card, so offload rungs were judged without it", style="dim"))
+            lines += [Text(f"✗ {rejection_words(r, capacity)}", style="red") for r in plan.rejected]
+            self.main.query_one("#why-text", Static).update(Text("\n").join(lines))
+            for index, rejection in enumerate(plan.rejected):
+                alternatives.add_option(Option(self._rejected_label(rejection), id=f"rejected:{index}"))
             return
-        summary.update(describe(plan.chosen, plan.estimate, 0))
-        self.query_one(MemoryBar).show(plan.estimate, capacity)
-        lines = [f"✓ {r}" for r in plan.chosen.reasons]
-        lines += [f"✓ {sentence}" for sentence in self.result.settled()]
-        lines += [f"✗ {r.option}: {r.reason}" for r in plan.rejected]
-        lines += [f"! {w}" for w in plan.warnings]
-        self.query_one("#why", Static).update("\n".join(lines))
-        alternatives.add_option(Option(f"▶ {short(plan.chosen)}", id="option:0"))
-        for index, alt in enumerate(plan.alternatives, start=1):
-            alternatives.add_option(Option(f"{index} {short(alt)}", id=f"option:{index}"))
+        options = [Option(self._option_label(i), id=f"option:{i}") for i in range(self.result.option_count)]
+        alternatives.add_options(options)
         for index, rejection in enumerate(plan.rejected):
-            need = f"  {rejection.need_bytes / GiB:.1f} GiB" if rejection.need_bytes else ""
-            alternatives.add_option(Option(Text(f"✗ {rejection.option}{need}", style="red"), id=f"rejected:{index}"))
+            alternatives.add_option(Option(self._rejected_label(rejection), id=f"rejected:{index}"))
+        alternatives.highlighted = 0  # the cursor shows from the start, on the adopted option
+        self.preview("option:0")
+
+    def _option_label(self, index: int) -> Text:
+        option = self.result.option(index)
+        adopted = index == self.selected
+        text = Text(f"{'▶' if adopted else ' '}{index:>2} {option.need_bytes / GiB:6.1f} GiB  ",
+                    style="bold green" if adopted else "", no_wrap=True, overflow="ellipsis")
+        text.append(core.option_label(option.config), style="bold" if adopted else "")
+        return text
+
+    @staticmethod
+    def _rejected_label(rejection) -> Text:
+        label = core.option_label(rejection.config) if rejection.config is not None else rejection.option
+        need = f"{rejection.need_bytes / GiB:6.1f} GiB" if rejection.need_bytes else " " * 10
+        return Text(f" ✗ {need}  {label}", style="red", no_wrap=True, overflow="ellipsis")
+
+    def _label_options(self) -> None:
+        alternatives = self.main.query_one("#alternatives", OptionList)
+        for index in range(self.result.option_count):
+            alternatives.replace_option_prompt(f"option:{index}", self._option_label(index))
 
     # ---- actions -----------------------------------------------------------------------------------
     def action_help(self) -> None:
         self.push_screen(HelpModal())
 
     def action_focus_gpu(self) -> None:
-        self.query_one("#gpu", Input).focus()
+        self.main.query_one("#gpu", Input).focus()
 
     def action_focus_model(self) -> None:
-        self.query_one("#model", Input).focus()
+        self.main.query_one("#model", Input).focus()
 
     def action_focus_plan(self) -> None:
-        self.query_one("#alternatives", OptionList).focus()
+        self.main.query_one("#alternatives", OptionList).focus()
+
+    def action_cancel_plan(self) -> None:
+        """Stop waiting for a plan (a slow Hub look-up): its answer, when it comes, is dropped."""
+        if self.state != "planning":
+            return
+        self._ticket += 1
+        self.state = "cancelled"
+        self._clear_panels()
+        self.main.query_one("#plan-summary", Static).update(
+            Text(f"cancelled: no plan for {self.request.model}; edit a field and press Enter to ask again", style="yellow"))
+        self.refresh_bindings()
 
     def _selected(self) -> core.Selected | None:
-        """The option Export, Verify and the rank sweep act on: the highlighted one (the plan's choice by default)."""
-        if self.result is None or self.result.plan.chosen is None:
-            self.push_screen(ErrorModal("there is no plan yet", "pick a model and a GPU that fit"))
+        """The option Export, Verify and the rank sweep act on: the adopted one (the plan's choice by default)."""
+        if self.result is None or self.state != "planned" or self.result.plan.chosen is None:
+            why = {"planning": "a plan is still being computed", "needs_gpu": "type a GPU first",
+                   "failed": "the last question failed: fix the field marked in red"}.get(self.state, "")
+            self.notify(why or "pick a model and a GPU that fit", title="No plan to act on", severity="warning")
             return None
         try:
             return self.result.select(self.selected)
@@ -284,11 +501,11 @@ class AdvisorApp(App):
         except AdvisorError as err:
             self.push_screen(ErrorModal(*error_text(err)))
             return
-        self.push_screen(RankSweepModal([(r.rank, r.trainable_params, r.adapter_state_bytes, r.peak_device_bytes)
-                                         for r in rows], f"rank sweep · {selected.arch.name} · {selected.label}"))
+        self.push_screen(RankSweepModal(rows, f"Rank sweep · option {selected.option} · {selected.label}",
+                                        selected.capacity_bytes))
 
     def action_verify(self) -> None:
-        """A short real run of the selected option on the detected GPU, or the dry run (fake tensors) without one."""
+        """A short real run of the adopted option on the detected GPU, or the dry run (fake tensors) without one."""
         selected = self._selected()
         if selected is None:
             return
@@ -296,15 +513,15 @@ class AdvisorApp(App):
 
         # a real run only on this machine's own GPUs; a named card is somewhere else: trace it instead
         mode = "cuda" if self.result.hardware_source == "detected" else "dry"
-        self.push_screen(VerifyScreen(selected, mode))
+        self.push_screen(VerifyScreen(selected, mode, start=self.verify_start))
 
     def action_export(self) -> None:
         selected = self._selected()
         if selected is None:
             return
         self.push_screen(ExportModal(self.export_dir, lambda fmt, directory: self._would_write(selected, fmt, directory),
-                                     core.EXPORT_FORMATS),
-                         lambda choice: self._export(selected, choice))
+                                     core.EXPORT_FORMATS, lambda fmt, directory, force: self._export(selected, fmt, directory, force),
+                                     title=f"Export option {selected.option} · {selected.label}"))
 
     @staticmethod
     def _would_write(selected: core.Selected, fmt: str, directory: Path) -> list[Path]:
@@ -314,17 +531,20 @@ class AdvisorApp(App):
             return []
         return [directory / name for name in files]
 
-    def _export(self, selected: core.Selected, choice) -> None:
-        if choice is None:
-            return
-        fmt, directory, force = choice
-        try:
-            outcome = core.export(selected, (fmt,), directory, force)
-        except AdvisorError as err:
-            self.push_screen(ErrorModal(*error_text(err)))
-            return
+    def _export(self, selected: core.Selected, fmt: str, directory: Path, force: bool) -> None:
+        """Write the files (raises AdvisorError: the dialog shows it and stays open with what was typed)."""
+        outcome = core.export(selected, (fmt,), directory, force)
         skipped = "".join(f"\nskipped {name}: {why}" for name, why in outcome.skipped.items())
         self.notify("wrote " + ", ".join(str(p) for p in outcome.written) + skipped, title=f"Export · {selected.label}")
+
+    async def action_quit(self) -> None:
+        """Quit now: a verification child still running is ended first (never left behind)."""
+        from .screens.verify import VerifyScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, VerifyScreen):
+                screen.kill_run()
+        self.exit()
 
 
 def _moved(before: Detection, after: Detection, threshold: int) -> bool:
@@ -334,26 +554,35 @@ def _moved(before: Detection, after: Detection, threshold: int) -> bool:
     return any(abs((a.used_bytes or 0) - (b.used_bytes or 0)) > threshold for a, b in zip(before.gpus, after.gpus))
 
 
-def describe(option, est=None, index: int | None = None) -> Text:
-    cfg = option.config
+def describe(shown: core.Selected, option=None, adopted: bool = False, compact: bool = False) -> Text:
+    """An option's headline: which it is, what it trains with, and its peak against the card."""
+    cfg, est = shown.cfg, shown.estimate
     text = Text()
-    which = "" if index is None else ("▶ " if index == 0 else f"option {index} · ")
-    text.append(which + short(option), style="bold")
-    text.append(f"\nmicro batch {cfg.micro_batch} x accumulation {option.grad_accum} · {cfg.optimizer} · "
-                f"{cfg.precision} · attention {cfg.attn}\n~{option.tokens_per_s:,.0f} tokens/s estimated")
-    if est is not None:
-        ph = est.phases
-        low, high = est.peak_device_range_bytes
-        text.append(f" · fwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB",
-                    style="dim")
+    if shown.option is not None:
+        if adopted:
+            text.append(f"▶ option {shown.option} (adopted) · ", style="bold green")
+        else:
+            text.append(f"option {shown.option} (preview · Enter adopts) · ", style="bold yellow")
+    text.append(shown.label, style="bold")
+    low, high = est.peak_device_range_bytes
+    text.append(f"\npeak {est.peak_device_bytes / GiB:.1f} GiB")
+    if shown.capacity_bytes:
+        text.append(f" of {shown.capacity_bytes / GiB:.1f} usable")
         verdict = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "does not fit"}.get(est.fit or "", "")
-        text.append(f"\ndevice {est.peak_device_bytes / GiB:.1f} GiB, range {low / GiB:.1f}-{high / GiB:.1f} GiB"
-                    + (f" · {verdict}" if verdict else ""), style="bold red" if est.fit == "tight" else "")
+        if verdict:
+            text.append(f" · {verdict}", style={"fits": "bold green", "tight": "bold yellow"}.get(est.fit, "bold red"))
+    text.append(f" · range {low / GiB:.1f}-{high / GiB:.1f}", style="dim")
+    speed = f" · ~{option.tokens_per_s:,.0f} tok/s" if option is not None else ""
+    if compact:  # a small terminal: the headline, the peak and the phases; the rest is in Why
+        ph = est.phases
+        text.append(f"\nfwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB{speed}",
+                    style="dim")
+        return text
+    text.append(f"\n{config_words(cfg)} · accumulation {shown.grad_accum}{speed}", style="dim")
+    ph = est.phases
+    text.append(f"\nfwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB"
+                f" · {cfg.precision} · attention {cfg.attn}", style="dim")
     return text
-
-
-def short(option) -> str:
-    return core.option_label(option.config) + f"  {option.need_bytes / GiB:.1f} GiB"
 
 
 def hardware_text(detection: Detection) -> Text:
@@ -365,10 +594,10 @@ def hardware_text(detection: Detection) -> Text:
     for gpu in detection.gpus:
         used = (gpu.used_bytes or 0) / GiB
         total = (gpu.total_bytes or 0) / GiB
-        cells = 20
+        cells = 12
         filled = round(cells * used / total) if total else 0
         text.append(f"{gpu.index}: {gpu.name}\n", style="bold")
         text.append("█" * filled, style="red")
         text.append("░" * (cells - filled), style="green")
-        text.append(f" {used:.1f}/{total:.1f} GiB used\n")
+        text.append(f" {used:5.1f}/{total:.1f} GiB\n")
     return text

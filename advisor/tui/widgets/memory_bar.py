@@ -13,7 +13,7 @@ PARTS = [
     (("adapters", "gradients", "optimizer_states", "optimizer_temporaries"), "train state", "bold magenta"),
     (("activations",), "activations", "bold green"),
     (("logits_loss",), "logits/loss", "bold yellow"),
-    (("cublas_workspace", "allocator_fragmentation", "cuda_context"), "overhead", "bold red"),
+    (("cublas_workspace", "allocator_fragmentation", "cuda_context"), "overhead", "bold cyan"),  # not red: under 256 colours red and magenta (train state) coincide
 ]
 
 
@@ -29,13 +29,14 @@ class MemoryBar(Static):
     """Renders an estimate as a bar the width of the widget; capacity marks the end of the track."""
 
     DEFAULT_CSS = """
-    MemoryBar { height: 4; }
+    MemoryBar { height: auto; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.estimate: MemoryEstimate | None = None
         self.capacity: int | None = None
+        self.short_legend = False  # a small terminal: a shorter legend
 
     def show(self, est: MemoryEstimate | None, capacity: int | None) -> None:
         self.estimate, self.capacity = est, capacity
@@ -45,21 +46,25 @@ class MemoryBar(Static):
         est = self.estimate
         if est is None:
             return Text("no plan yet", style="dim")
-        width = max(self.size.width - 2, 20)
-        scale = max(self.capacity or 0, est.peak_device_bytes)
-        bar = Text()
+        peak = est.peak_device_bytes
+        total = f" {peak / 2**30:.1f}" + (f"/{self.capacity / 2**30:.1f}" if self.capacity else "") + " GiB"
+        over = bool(self.capacity) and peak > self.capacity
+        width = max(self.size.width - len(total) - 1, 10)
+        scale = max(self.capacity or 0, peak)
+        bar = Text(no_wrap=True)
         used = 0
         for label, size, style in breakdown(est):
-            cells = round(width * size / scale)
+            cells = min(round(width * size / scale), width - used)
             bar.append("█" * cells, style=style)
             used += cells
         if self.capacity:
             bar.append("░" * max(width - used, 0), style="dim")
+        bar.append(total, style="bold red" if over else "bold")
         legend = Text()
         for label, size, style in breakdown(est):
             legend.append("■ ", style=style)
-            legend.append(f"{label} {size / 2**30:.1f} ({100 * size / max(est.peak_device_bytes, 1):.0f}%)  ")
-        total = Text(f"{est.peak_device_bytes / 2**30:.1f} GiB peak"
-                     + (f" / {self.capacity / 2**30:.1f} GiB" if self.capacity else ""),
-                     style="bold" if (not self.capacity or est.peak_device_bytes <= self.capacity) else "bold red")
-        return Text("\n").join([bar, legend, total])
+            if self.short_legend:
+                legend.append(f"{label.split()[-1]} {size / 2**30:.1f}  ")
+            else:
+                legend.append(f"{label} {size / 2**30:.1f} ({100 * size / max(peak, 1):.0f}%)  ")
+        return Text("\n").join([bar, legend])
