@@ -29,13 +29,14 @@ FLAG_FOR_FIELD = {
     "alpha": "--alpha", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
     "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
-    "offload": "--offload", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
+    "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner",
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
 CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "targets", "train_embeddings", "quant_type",
-                 "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp", "offload")
+                 "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp", "offload",
+                 "stack")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,6 +140,9 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d(0), help="DeepSpeed ZeRO stage")
     g.add_argument("--fsdp", action="store_true", default=d(False), help="FSDP full shard")
     g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("none"))
+    g.add_argument("--stack", choices=get_args(train_fields.Stack), default=d("auto"),
+                   help="the training stack (auto: transformers' Trainer; trl / torchtune compute a chunked loss "
+                        "whatever --loss says; --from FILE sets it from the file's framework)")
 
 
 def add_plan_file_flags(p: argparse.ArgumentParser) -> None:
@@ -150,7 +154,7 @@ def add_plan_file_flags(p: argparse.ArgumentParser) -> None:
 _CONFIG_DEFAULTS = {"rank": [16], "alpha": None, "targets": ("all-linear",), "train_embeddings": False,
                     "quant_type": "nf4", "double_quant": True, "precision": "bf16", "master_weights": False,
                     "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw", "attn": "auto", "loss": "standard",
-                    "zero": 0, "fsdp": False, "offload": "none"}
+                    "zero": 0, "fsdp": False, "offload": "none", "stack": "auto"}
 
 
 # ---- from flags to the core's requests ------------------------------------------------------------------------

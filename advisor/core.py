@@ -551,9 +551,10 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     return files, skipped, written
 
 
-# What a format trains whatever the file says: TRL's SFTTrainer always computes the loss with its fused LM head
-# in tiles (trl/trainer/utils.py add_fused_lm_head), so a trl-yaml file is the chunked-loss config.
-FORMAT_TRAINS = {"trl-yaml": {"loss": "chunked"}}
+# The stack each format runs on (memory/config.py Stack): TRL's SFTTrainer always computes the loss with its
+# fused LM head in tiles, so a trl-yaml file is the chunked-loss config whatever the plan's loss was.
+FORMAT_TRAINS = {"trl-yaml": {"stack": "trl"}, "axolotl": {"stack": "axolotl"},
+                 "llamafactory": {"stack": "llamafactory"}}
 
 
 def _as_format_trains(sel: Selected, ctx, name: str):
@@ -563,7 +564,9 @@ def _as_format_trains(sel: Selected, ctx, name: str):
         return ctx
     from dataclasses import replace as replace_fields
 
-    cfg = sel.cfg.model_copy(update=update)
+    cfg = train_config({**sel.cfg.model_dump(), **update})  # validated: the stack decides its loss
+    if cfg.model_dump(exclude={"stack"}) == sel.cfg.model_dump(exclude={"stack"}):
+        return replace_fields(ctx, cfg=cfg)  # same memory: the plan's estimate stands
     return replace_fields(ctx, cfg=cfg, estimate=_estimate(sel.arch, cfg, sel.hardware, sel.calibration))
 
 

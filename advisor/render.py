@@ -22,6 +22,10 @@ def _describe(cfg: TrainConfig) -> str:
         parts.append(f"{cfg.gpus} GPUs {cfg.sharding}")
     if cfg.offload != "none":
         parts.append(f"offload {cfg.offload}")
+    if cfg.loss == "chunked":
+        parts.append("chunked CE")
+    if cfg.stack != "auto":
+        parts.append(f"on {cfg.stack}")
     return " · ".join(parts)
 
 

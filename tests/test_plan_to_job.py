@@ -211,3 +211,19 @@ def test_front_ends_import_neither_each_other_nor_the_planner():
     for path in (ROOT / "advisor" / "tui").rglob("*.py"):
         names = _imports(path)
         assert not any(n.endswith("cli") or n.endswith("planner") for n in names), (path, names)
+
+
+def test_the_stack_is_an_input_and_is_inferred(tmp_path, capsys):
+    flags = ["--model", "llama-3.2-1b", "--gpu", "4090", "--seq-len", "4096", "--grad-ckpt"]
+    on_trl = _estimate_json(capsys, *flags, "--stack", "trl")
+    chunked = _estimate_json(capsys, *flags, "--loss", "chunked")
+    plain = _estimate_json(capsys, *flags)
+    # TRL computes its loss in tiles whatever --loss says: the same memory as the chunked loss, less than plain
+    assert on_trl["config"]["loss"] == "chunked" and on_trl["config"]["stack"] == "trl"
+    assert on_trl["peak_device_bytes"] == chunked["peak_device_bytes"] < plain["peak_device_bytes"]
+    code, out = _export(tmp_path, "--format", "trl-yaml,axolotl,llamafactory", *flags, "--method", "lora")
+    assert code == 0
+    for name, stack in (("trl_sft.yaml", "trl"), ("axolotl.yaml", "axolotl"), ("llamafactory.yaml", "llamafactory")):
+        assert _estimate_json(capsys, "--from", str(out / name), "--gpu", "4090")["config"]["stack"] == stack
+    assert main(["estimate", *flags, "--method", "full", "--master-weights", "--stack", "torchtune"]) == 2
+    assert "torchtune" in capsys.readouterr().err

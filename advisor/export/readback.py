@@ -104,6 +104,7 @@ def read_config(path: Path) -> ReadBack:
         if back.fields.get("method") == "full" and back.fields.pop("_autocast_fp32_master", False):
             back.fields["master_weights"] = True
         back.fields.pop("_autocast_fp32_master", None)
+        back.fields.setdefault("stack", {"axolotl": "axolotl", "llamafactory": "llamafactory"}.get(back.format, "auto"))
         return back
     raise ExportError(f"{path}: not an axolotl, LLaMA-Factory or TRL config (no base_model / finetuning_type / "
                       "model_name_or_path)", "lora-advisor reads those three formats and its own exports")
@@ -211,6 +212,5 @@ def _trl(data: dict) -> ReadBack:
                  quant_type=_take(data, used, "bnb_4bit_quant_type", "nf4"),
                  double_quant=_take(data, used, "use_bnb_nested_quant", True),
                  train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
-    # TRL's SFTTrainer computes its loss with its fused LM head (in tiles) whatever the file says
-    back.fields["loss"] = "chunked"
+    back.fields["stack"] = "trl"  # its SFTTrainer computes the loss with its fused LM head, whatever the file says
     return back

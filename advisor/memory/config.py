@@ -13,6 +13,13 @@ Attention = Literal["auto", "sdpa", "flash", "eager"]
 Offload = Literal["none", "optimizer", "params"]
 QuantType = Literal["nf4", "fp4"]
 LossKind = Literal["standard", "chunked"]
+# The training stack that runs the job: what it allocates beyond the step differs.  transformers = the HF
+# Trainer (+ PEFT), which axolotl and LLaMA-Factory sit on; trl = TRL's SFTTrainer, whose loss is its fused
+# LM head in tiles whatever the config says (trl/trainer/utils.py add_fused_lm_head); torchtune = its own
+# recipes: pure 16-bit (no autocast master copy) and a chunked cross-entropy (CEWithChunkedOutputLoss).
+# DeepSpeed and FSDP are the sharding engines under any of them (zero, fsdp).
+Stack = Literal["auto", "transformers", "trl", "axolotl", "llamafactory", "torchtune"]
+STACK_LOSS = {"trl": "chunked", "torchtune": "chunked"}
 
 TARGET_PRESETS = ("all-linear", "attention", "q,v")
 
@@ -41,6 +48,16 @@ class TrainConfig(BaseModel):
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0 = plain DDP when gpus > 1).")
     fsdp: bool = Field(False, description="FSDP full shard (like ZeRO-3).")
     offload: Offload = Field("none", description="CPU offload of optimizer states, or of states and params.")
+    stack: Stack = Field("auto", description="The training stack that runs the job (auto = transformers' Trainer). "
+                         "trl and torchtune always compute a chunked loss; torchtune trains pure 16-bit.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stack_decides(cls, data):
+        """What the stack does whatever the config says: its loss kernel."""
+        if isinstance(data, dict) and data.get("stack") in STACK_LOSS:
+            data = {**data, "loss": STACK_LOSS[data["stack"]]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
@@ -52,6 +69,8 @@ class TrainConfig(BaseModel):
             raise ValueError("--offload needs --zero 1/2/3 or --fsdp")
         if self.master_weights and self.method != "full":
             raise ValueError("--master-weights applies to full fine-tuning only")
+        if self.stack == "torchtune" and self.master_weights:
+            raise ValueError("torchtune's recipes train pure 16-bit: they keep no fp32 master weights")
         if self.method == "qlora" and self.precision == "fp32":
             raise ValueError("--precision fp32 with qlora: 4-bit layers compute in bf16 or fp16")
         return self
