@@ -1,6 +1,8 @@
-"""The FSDP terms of the memory model against the sharded oracle: one rank of a real FSDP2 job
-(torch.distributed.fsdp.fully_shard per decoder layer, then the root) traced on fake CPU tensors under
-PyTorch's fake process group.  Every phase peak of the rank must agree within 3 %.
+"""The FSDP terms of the memory model against the sharded oracle: one rank of the exported FSDP2 job traced on
+fake CPU tensors under PyTorch's fake process group, the model sharded by accelerate's own
+``fsdp2_prepare_model`` with the exported settings (decoder layers and the untied embedding resharded after
+forward, a ``[final norm, lm_head]`` tail and the root kept gathered).  Every phase peak of the rank must
+agree within 3 %.
 
 Shapes: TinyLlama's widths (untied embeddings, GQA) and Llama 3.2's (tied, 128k vocabulary) with 3-4 layers,
 so the matrix runs in seconds.
@@ -11,6 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
+pytest.importorskip("accelerate")
 
 import torch.distributed as dist  # noqa: E402
 
@@ -19,7 +22,7 @@ if not dist.is_available():
 
 from advisor.memory import TrainConfig  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
-from advisor.verify.sharded import run_sharded_dry  # noqa: E402
+from advisor.verify.sharded import run_sharded_dry, shard_units  # noqa: E402
 
 
 def _arch(name: str, layers: int, **update):
@@ -47,10 +50,47 @@ def test_shards_are_padded_to_the_world_size():
     assert odd.weights_bytes - base.weights_bytes == 2 * row  # one more row on each of the two matrices
 
 
+@pytest.mark.parametrize("name", ["tinyllama-1.1b", "llama-3.2-1b"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_estimate_has_the_units_accelerate_makes(name, method):
+    """The units of memory/fsdp.py against the ones accelerate's fsdp2_prepare_model makes of the real model:
+    which modules each holds (a rank's sharded bytes) and which reshard after forward.  Untied: the embedding
+    alone, resharded; the tail [norm, lm_head] kept.  Tied: one kept tail with the shared weight.  Under
+    LoRA accelerate does not find the final norm through the PEFT wrapper: it stays with the root."""
+    from advisor.memory.fsdp import fsdp_terms
+
+    arch = _arch(name, 2)
+    cfg = TrainConfig(method=method, seq_len=64, fsdp=True, gpus=4)
+    units = shard_units(arch, cfg)
+    terms = fsdp_terms(arch, cfg)
+
+    def kind(unit):
+        names = unit["modules"]
+        if names == [""]:
+            return "root"
+        if any(".layers." in n for n in names):
+            return "layer"
+        return "tail" if any(n.endswith("lm_head") for n in names) else "embed"
+
+    by_kind = {}
+    for unit in units:
+        by_kind.setdefault(kind(unit), []).append(unit)
+    assert len(by_kind["layer"]) == 2 and len(by_kind["root"]) == len(by_kind["tail"]) == 1
+    assert ("embed" in by_kind) == (not arch.tie_word_embeddings) == (terms.embed is not None)
+    expected = {"root": (terms.root, False), "layer": (terms.layer, True), "tail": (terms.tail, False)}
+    if terms.embed is not None:
+        expected["embed"] = (terms.embed, True)
+    for k, (unit_terms, reshards) in expected.items():
+        for unit in by_kind[k]:
+            assert unit["sharded_bytes"] == unit_terms.sharded, (k, unit["modules"])
+            assert unit["reshard_after_forward"] is reshards, (k, unit["modules"])
+
+
 TOLERANCE = 0.03
 
 # (model, layers, arch overrides, settings): full fine-tuning and LoRA, 2 and 4 ranks, with and without
-# checkpointing; Llama 3.2's tied 128k embedding; a vocabulary that does not divide by the world size
+# checkpointing; Llama 3.2's tied 128k embedding; a vocabulary that does not divide by the world size;
+# master weights
 CASES = [
     ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=512, gpus=2)),
     ("tinyllama-1.1b", 4, {}, dict(method="full", seq_len=512, gpus=4, grad_ckpt=True)),
@@ -65,6 +105,9 @@ CASES = [
     ("llama-3.2-1b", 3, {}, dict(method="lora", seq_len=512, gpus=4, grad_ckpt=True)),
     ("tinyllama-1.1b", 3, {"vocab_size": 32003}, dict(method="full", seq_len=512, gpus=4)),
     ("tinyllama-1.1b", 3, {"vocab_size": 32003}, dict(method="lora", rank=6, seq_len=512, gpus=4)),
+    # fp32 master weights under a bf16 policy: 16-bit unsharded params and grads, fp32 sharded grads
+    ("tinyllama-1.1b", 3, {}, dict(method="full", seq_len=512, gpus=2, master_weights=True)),
+    ("llama-3.2-1b", 2, {}, dict(method="full", seq_len=1024, gpus=2, master_weights=True)),
 ]
 
 
@@ -76,7 +119,7 @@ def test_every_phase_peak_of_a_rank_within_three_percent(name, layers, update, s
 
     arch = _arch(name, layers, **update)
     cfg = TrainConfig(fsdp=True, **settings)
-    oracle = run_sharded_dry(arch, cfg)
+    oracle = run_sharded_dry(arch, cfg, layout="accelerate")
     est = estimate(arch, cfg)
     assert oracle.trainable_params == est.trainable_params
     for phase in PHASES:

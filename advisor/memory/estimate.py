@@ -125,10 +125,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
             steady=steady, shared=shared, final=final, stored_acts=stored_acts, per_layer=per_layer,
             ckpt_input=ckpt_input, grad_ckpt=cfg.grad_ckpt, masks=masks, held_masks=held_masks,
             embed_out=rounded(T * a * h), loss_fwd=loss_fwd, loss_bwd=loss_bwd,
-            loss_saved=loss_bwd - 2 * rounded(min(T, CHUNKED_LOSS_TOKENS if cfg.loss == "chunked" else T)
-                                              * arch.vocab_size * FP32),
-            in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward,
-            head_grads=grads.head, embed_transient=grads.embedding_transient))
+            logits_grad=rounded(min(T, CHUNKED_LOSS_TOKENS if cfg.loss == "chunked" else T) * arch.vocab_size * a),
+            in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward))
 
     # --- optimizer step: no activations; grads, states and the step's temporaries
     optimizer = steady + gpu.grads + gpu.step_temporaries

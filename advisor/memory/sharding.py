@@ -75,10 +75,12 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         if cfg.optimizer in ("adamw", "sgd") and pb.trainable:  # states and temporaries: per param, like it
             states = opt.states // pb.trainable * fsdp.trainable_shard
             temps = opt.step_temporaries // pb.trainable * fsdp.trainable_shard
-        gathered = fsdp.root.unsharded + fsdp.layer.gather + fsdp.layer.unsharded
+        # accelerate's layout (fsdp.py): the root and the [norm, lm_head] tail are never resharded after forward
+        gathered = fsdp.root.unsharded + fsdp.tail.unsharded + fsdp.layer.gather + fsdp.layer.unsharded
         buckets = fsdp.layer.reduce_in
         formula = (f"fsdp over {n} GPUs: params, grads and optimizer states per rank (dim 0 padded to a multiple of "
-                   f"{n}); root unsharded + one layer gathered (flat buffer + params); reduce-scatter buffers")
+                   f"{n}); root and lm_head tail unsharded + one layer gathered (flat buffer + params); "
+                   f"reduce-scatter buffers")
     if cfg.offload in ("optimizer", "params"):
         # states (and the fp32 grads the CPU optimizer steps on) live in host RAM; no GPU step temporaries
         host += int(HOST_BUFFER_FACTOR * (opt.states + 4 * pb.trainable_params))

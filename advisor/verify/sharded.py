@@ -14,11 +14,14 @@ and re-allocates an unsharded parameter by resizing its storage (``_fsdp_param.f
 ``alloc_storage``: ``untyped_storage().resize_(0)``), not by dropping the tensor.  The counter here
 re-reads the size of every live storage around each op.
 
-Wrapping follows accelerate's ``TRANSFORMER_BASED_WRAP`` for FSDP2 (``fsdp2_prepare_model``): every
-decoder layer is its own unit, then the whole model (the root: embeddings, final norm, lm_head).  Newer
-accelerate releases (1.16, installed here) also carve the input embedding and the ``[final norm, lm_head]``
-tail into their own units and leave the root's ``reshard_after_forward`` to torch's default; that layout is
-``layout="accelerate"``.
+Wrapping (``layout="accelerate"``, the default) is accelerate's own: the model goes through accelerate 1.16's
+``fsdp2_prepare_model`` (accelerate/utils/fsdp_utils.py) with the plugin the exported accelerate.yaml makes
+(fsdp_version 2, TRANSFORMER_BASED_WRAP, reshard_after_forward true), behind a stand-in for the Accelerator.
+That function shards every decoder layer, the untied input embedding, a ``[final norm, lm_head]`` tail that is
+never resharded after forward, and the root with torch's default (not resharded), and upcasts the trainable
+params to fp32 under mixed precision.  ``layout="layers+root"`` (every decoder layer, then the whole model,
+all resharded after forward) is kept for comparison; no exported job runs it.  ``shard_units`` lists the
+units a layout makes.
 
 Precision follows the export contract (``export.context.ExportContext.autocast`` / ``mixed_precision``):
 pure 16-bit full fine-tuning has 16-bit params and no ``MixedPrecisionPolicy``; everything else
@@ -154,26 +157,97 @@ def mixed_precision(cfg: TrainConfig):
     return dtype, MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
 
 
-def _shard(model, mesh, mp_policy, layout: str) -> None:
-    """fully_shard the decoder layers, then (layout "accelerate") the embedding and the tail, then the root."""
+def _shard(model, mesh, mp_policy, layout: str, autocast):
+    """Shard ``model`` as the layout says; return the model to train (accelerate returns its own)."""
     from torch.distributed.fsdp import fully_shard
 
+    if layout == "accelerate":
+        return _accelerate_prepare(model, mesh, mp_policy, autocast)
+    # "layers+root": fully_shard every decoder layer, then the whole model, all resharded after forward
     kwargs = {"mesh": mesh, "reshard_after_forward": True, "mp_policy": mp_policy}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for layer in base.model.layers:
         fully_shard(layer, **kwargs)
-    if layout == "layers+root":
-        fully_shard(model, **kwargs)
-        return
-    # accelerate 1.16 fsdp2_prepare_model: embed unit (untied), tail [norm, (embed,) lm_head] never
-    # resharded after forward, root with torch's default (not resharded: it is the root)
-    embed, head = base.get_input_embeddings(), base.get_output_embeddings()
-    tied = embed.weight is head.weight
-    if not tied:
-        fully_shard(embed, **kwargs)
-    tail = [base.model.norm, embed, head] if tied else [base.model.norm, head]
-    fully_shard(tail, **{**kwargs, "reshard_after_forward": False})
-    fully_shard(model, **{k: v for k, v in kwargs.items() if k != "reshard_after_forward"})
+    fully_shard(model, **kwargs)
+    return model
+
+
+def _accelerate_prepare(model, mesh, mp_policy, autocast):
+    """accelerate's own ``fsdp2_prepare_model`` (accelerate/utils/fsdp_utils.py) with the plugin the exported
+    accelerate.yaml builds (export/launch.py: fsdp_version 2, TRANSFORMER_BASED_WRAP, reshard_after_forward
+    true, mixed_precision bf16/fp16 or no), behind a stand-in for the Accelerator: the function reads only
+    ``state.fsdp_plugin``, ``torch_device_mesh`` + ``parallelism_config.fsdp_dim_names``, ``mixed_precision``,
+    ``is_main_process`` and ``device``.  What it does to the layout, in its own words: every
+    ``_no_split_modules`` layer (bottom-up), then the input embedding (untied), then ``[final norm, lm_head]``
+    (tied: ``[final norm, embed, lm_head]``; on a PEFT model ``_find_final_norm`` finds no norm, which stays
+    with the root) with reshard_after_forward=False, then the root with torch's default (False for a root);
+    trainable params upcast to fp32 when mixed_precision is not "no".
+
+    ``fsdp_cpu_ram_efficient_loading`` (exported true) is off here: it changes how rank 0's weights reach the
+    others (meta + broadcast in ``fsdp2_load_full_state_dict``, whose loaded shards FSDP re-pads in
+    ``FSDPParam.reset_sharded_param``), not the training step traced here; the loading itself is not traced."""
+    import types
+
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False,
+        mixed_precision_policy=mp_policy if autocast is not None else None)
+    accelerator = types.SimpleNamespace(
+        state=types.SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=mesh,
+        parallelism_config=types.SimpleNamespace(fsdp_dim_names=mesh.mesh_dim_names),
+        mixed_precision="no" if autocast is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast],
+        # not the main process: its only use outside cpu_ram_efficient_loading is to log the fp32 upcast,
+        # through accelerate's logger, which needs a real AcceleratorState
+        is_main_process=False, device=torch.device("cpu"))
+    return fsdp2_prepare_model(accelerator, model)
+
+
+def shard_units(arch: ModelArch, cfg: TrainConfig, rank: int = 0, layout: str = "accelerate") -> list[dict]:
+    """The FSDP units ``layout`` makes of the model, in module order (the root first): for each, the modules it
+    manages (qualified names), the bytes of ``rank``'s sharded params and whether it reshards after forward."""
+    check_shardable(cfg)
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+
+    from .build import build_on_meta, materialize
+
+    autocast, mp_policy = mixed_precision(cfg)
+    model = build_on_meta(arch, cfg, attn_implementation=_cpu_attention(arch, cfg))
+    with fake_process_group(rank, cfg.gpus):
+        mesh = init_device_mesh("cpu", (cfg.gpus,), mesh_dim_names=("dp_shard",))
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
+            if autocast is not None and layout != "accelerate":
+                for param in model.parameters():
+                    if param.requires_grad and param.dtype != torch.float32:
+                        param.data = param.data.to(torch.float32)
+            model = _shard(model, mesh, mp_policy, layout, autocast)
+        names = {module: name for name, module in model.named_modules()}
+        units, seen = [], set()
+        for module in model.modules():
+            if not isinstance(module, FSDPModule):
+                continue
+            state = module._get_fsdp_state()
+            if id(state) in seen:
+                continue
+            seen.add(id(state))
+            group = state._fsdp_param_group
+            units.append({
+                "modules": [names[m] for m in state._modules],
+                "sharded_bytes": sum(_round(fp._sharded_param_data.untyped_storage().nbytes())
+                                     for fp in group.fsdp_params) if group else 0,
+                # reshard_after_forward=None (accelerate's root) is True until the first forward's lazy init
+                # finds the root and turns it off (_fsdp_state.py FSDPState._lazy_init)
+                "reshard_after_forward": group is not None and group.post_forward_mesh_info is not None
+                and not (module is model and state._auto_reshard_after_forward),
+            })
+    return units
 
 
 def _storage_kinds(model, optimizer) -> dict[int, str]:
@@ -218,7 +292,7 @@ def _storage_kinds(model, optimizer) -> dict[int, str]:
 
 
 def run_sharded_dry(arch: ModelArch, cfg: TrainConfig, rank: int = 0, steps: int = 2,
-                    layout: str = "layers+root", explain: bool = False) -> DryRunResult:
+                    layout: str = "accelerate", explain: bool = False) -> DryRunResult:
     """Trace ``steps`` FSDP2 training steps of rank ``rank`` of ``cfg.gpus`` on fake CPU tensors; return
     the last step's phase peaks for that rank (bytes of that rank's tensors).  ``explain`` also sets
     ``result.breakdown``: for each phase, the live bytes at its peak by kind (or by the op that made them)."""
@@ -252,7 +326,7 @@ def run_sharded_dry(arch: ModelArch, cfg: TrainConfig, rank: int = 0, steps: int
 
     autocast, mp_policy = mixed_precision(cfg)
     model = build_on_meta(arch, cfg, attn_implementation=_cpu_attention(arch, cfg))
-    if autocast is not None:  # accelerate: "Upcast to fp32 master weights" of every trainable param
+    if autocast is not None and layout != "accelerate":  # accelerate's "Upcast to fp32 master weights"
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.to(torch.float32)
@@ -271,12 +345,12 @@ def run_sharded_dry(arch: ModelArch, cfg: TrainConfig, rank: int = 0, steps: int
         counter.peak = counter.live
 
     with fake_process_group(rank, cfg.gpus):
-        mesh = init_device_mesh("cpu", (cfg.gpus,))
+        mesh = init_device_mesh("cpu", (cfg.gpus,), mesh_dim_names=("dp_shard",))
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         with fake_mode, _Track(), _masks_as_on_gpu():
             materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
             total_params = sum(p.numel() for p in model.parameters())
-            _shard(model, mesh, mp_policy, layout)
+            model = _shard(model, mesh, mp_policy, layout, autocast)
             for tensor in list(model.parameters()) + list(model.buffers()):
                 counter.add(tensor)
             counter.refresh()
