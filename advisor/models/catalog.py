@@ -10,9 +10,13 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ..bounded import BINARY_SUFFIXES, shown
 from ..errors import UnknownModelError
 from .arch import ModelArch
 from .hf_config import arch_from_config, read_config_file
+
+
+MAX_SPEC_CHARS = 4096  # PATH_MAX: no model name, hub id or path is longer
 
 
 def _normalise(name: str) -> str:
@@ -92,16 +96,30 @@ def _from_hub(repo_id: str) -> ModelArch:
 
 def resolve_model(spec: str) -> ModelArch:
     """A catalog name, a config.json, a model directory, or a hub id."""
+    if not isinstance(spec, str):
+        raise UnknownModelError(f"the model must be a name or a path, not {shown(spec)}",
+                                "name a catalog model, e.g. llama-3.1-8b", field="model", value=spec)
     spec = spec.strip()
     if not spec:
         raise UnknownModelError("no model given", "name a catalog model, e.g. llama-3.1-8b", field="model", value=spec)
+    if len(spec) > MAX_SPEC_CHARS or "\0" in spec or not spec.isprintable():
+        raise UnknownModelError(f"{shown(spec)} is not a model name, hub id or path",
+                                "name a catalog model (lora-advisor models), a config.json or a hub id", field="model",
+                                value=spec)
     path = Path(spec).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError):  # a name too long for the file system: not a path
+        is_dir = exists = False
+    if is_dir:
         path = path / "config.json"
         if not path.is_file():
             raise UnknownModelError(f"{spec}: the directory has no config.json", "give a model directory or its config.json")
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
+    elif path.suffix.lower() in BINARY_SUFFIXES:
+        raise UnknownModelError(f"{spec} is a {path.suffix} file, not a config.json",
+                                "give the model's config.json or its directory", field="model", value=spec)
+    if path.suffix == ".json" or is_dir or exists:
+        if not path.exists():
             raise UnknownModelError(f"{spec}: no such file", "check the path to config.json")
         return arch_from_config(read_config_file(path), name=path.parent.name or str(path), source=str(path))
     arch = catalog_arch(spec)

@@ -7,12 +7,12 @@ out means what transformers would make of it.  ``to_hf_config`` is the inverse, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from ..bounded import load_json, read_text, shown
 from ..errors import ModelConfigError
 from .arch import ModelArch, MoE
 
@@ -22,27 +22,103 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"
 _TIED_BY_DEFAULT = {"gemma", "gemma2"}
 
 
+# The config.json fields the advisor reads, each with its type and the range any real model falls in.  A value
+# outside it is refused (exit 2, naming the field), never clamped or replaced: 10^6 layers or a 10^7 hidden size
+# describe no model and would make the planner run for minutes.
+MAX_LAYERS = 1024
+_INTS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, 65_536),
+    "num_hidden_layers": (1, MAX_LAYERS),
+    "num_attention_heads": (1, 1_024),
+    "num_key_value_heads": (1, 1_024),
+    "head_dim": (1, 4_096),
+    "intermediate_size": (1, 1 << 20),
+    "vocab_size": (1, 1 << 22),
+    "max_position_embeddings": (1, 1 << 27),
+    "num_local_experts": (2, 4_096),
+    "num_experts_per_tok": (1, 4_096),
+    "sliding_window": (1, 1 << 27),
+}
+_FLOATS: dict[str, tuple[float, float]] = {"final_logit_softcapping": (0.0, 1e6), "attn_logit_softcapping": (0.0, 1e6)}
+_BOOLS = ("attention_bias", "tie_word_embeddings", "mlp_bias", "use_sliding_window")
+_STRS = ("hidden_act", "hidden_activation")
+# Fields whose null means "the family's default" (transformers reads them that way)
+_NULLABLE = {"head_dim", "num_key_value_heads", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
+             *_BOOLS, *_STRS}
+_HINT = "check the values in config.json (is it the model's own, unedited?)"
+
+
+def _bad(source: str, key: str, expected: str, value: Any) -> ModelConfigError:
+    return ModelConfigError(f"{source}: {key}: expected {expected}, got {shown(value)}", _HINT, value=source)
+
+
+_MOE_KEYS = ("num_local_experts", "num_experts_per_tok")
+
+
+def _check_fields(cfg: dict[str, Any], source: str, model_type: str) -> None:
+    """Every field the advisor reads: its type and range (a string where a number belongs, 0 heads, 1e400)."""
+    for key, value in cfg.items():
+        if (value is None and key in _NULLABLE) or (key in _MOE_KEYS and model_type != "mixtral"):
+            continue
+        if key in _INTS:
+            low, high = _INTS[key]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise _bad(source, key, f"a whole number from {low:,} to {high:,}", value)
+            if not low <= value <= high:
+                raise _bad(source, key, f"a whole number from {low:,} to {high:,} (what real models have)", value)
+        elif key in _FLOATS:
+            low, high = _FLOATS[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value <= high:
+                raise _bad(source, key, f"a number above {low:g} and at most {high:g}", value)
+        elif key in _BOOLS:
+            if not isinstance(value, bool):
+                raise _bad(source, key, "true or false", value)
+        elif key in _STRS:
+            if not isinstance(value, str) or not 0 < len(value) <= 64:
+                raise _bad(source, key, "an activation name such as \"silu\"", value)
+
+
 def _req(cfg: dict[str, Any], key: str, source: str) -> Any:
-    if key not in cfg:
-        raise ModelConfigError(f"{source}: config.json has no {key!r}", "is this a causal LM config.json from the model's repository?")
+    if key not in cfg or cfg[key] is None:
+        raise ModelConfigError(f"{source}: config.json has no {key!r}", "is this a causal LM config.json from the model's repository?",
+                               value=source)
     return cfg[key]
 
 
 def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) -> ModelArch:
     """Read a config.json dict.  ``source`` names the file in error messages."""
     source = source or name
+    if not isinstance(cfg, dict):
+        raise ModelConfigError(f"{source}: expected a JSON object at the top level", "config.json must be a JSON object",
+                               value=source)
     if "text_config" in cfg and "hidden_size" not in cfg:
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        text_config = cfg["text_config"]
+        if not isinstance(text_config, dict):
+            raise _bad(source, "text_config", "an object with the language model's fields", text_config)
+        cfg = {**text_config, "model_type": text_config.get("model_type", cfg.get("model_type"))}
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelConfigError(
-            f"{source}: model_type {model_type!r} is not supported",
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            f"{source}: model_type {shown(model_type)} is not supported",
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}", value=source,
         )
+    _check_fields(cfg, source, model_type)
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
-    default_head_dim = 256 if model_type in ("gemma", "gemma2") else 128 if model_type == "qwen3" else hidden // heads
-    head_dim = cfg.get("head_dim") or default_head_dim
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    if kv_heads > heads or heads % kv_heads:
+        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
+                               _HINT, value=source)
+    if model_type in ("gemma", "gemma2"):
+        default_head_dim = 256
+    elif model_type == "qwen3":
+        default_head_dim = 128
+    else:
+        default_head_dim = hidden // heads
+        if cfg.get("head_dim") is None and hidden % heads:
+            raise ModelConfigError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
+                                   f"{model_type} splits the hidden size evenly over the heads; {_HINT}", value=source)
+    head_dim = cfg.get("head_dim") if cfg.get("head_dim") is not None else default_head_dim
     attention_bias = bool(cfg.get("attention_bias", False))
     qkv_bias = True if model_type == "qwen2" else attention_bias and model_type not in ("phi3",)
     o_bias = attention_bias and model_type in ("llama", "qwen3", "gemma", "gemma2")
@@ -54,9 +130,13 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
         sliding_window = None
     moe = None
     if model_type == "mixtral":
+        experts, top_k = _req(cfg, "num_local_experts", source), _req(cfg, "num_experts_per_tok", source)
+        if top_k > experts:
+            raise ModelConfigError(f"{source}: num_experts_per_tok {top_k} is more than num_local_experts {experts}",
+                                   "a token is routed to some of the experts, at most all of them", value=source)
         moe = MoE(
-            num_experts=_req(cfg, "num_local_experts", source),
-            experts_per_token=_req(cfg, "num_experts_per_tok", source),
+            num_experts=experts,
+            experts_per_token=top_k,
             expert_intermediate_size=_req(cfg, "intermediate_size", source),
         )
     try:
@@ -66,7 +146,7 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
             hidden_size=hidden,
             num_layers=_req(cfg, "num_hidden_layers", source),
             num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            num_kv_heads=kv_heads,
             head_dim=head_dim,
             intermediate_size=_req(cfg, "intermediate_size", source),
             vocab_size=_req(cfg, "vocab_size", source),
@@ -88,21 +168,21 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", "check the values in config.json") from None
+        raise ModelConfigError(f"{source}: {where}: {first['msg']}", "check the values in config.json", value=source) from None
+
+
+MAX_CONFIG_BYTES = 4 << 20  # the largest real config.json files (big label maps) are a few hundred KiB
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Load a config.json, reporting a syntax error with its line and column."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelConfigError(f"cannot read {path}: {exc.strerror}", "check the path and its permissions") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelConfigError(f"{path}: line {exc.lineno}, column {exc.colno}: {exc.msg}", "config.json must be valid JSON") from None
+    """Load a config.json (a regular UTF-8 file of at most 4 MiB, bounded nesting, finite numbers), reporting a
+    syntax error with its line and column."""
+    hint = "give the model's config.json (or its directory)"
+    text = read_text(path, MAX_CONFIG_BYTES, what="config.json", hint=hint, error=ModelConfigError)
+    cfg = load_json(text, str(path), what="config.json", hint="config.json must be valid JSON", error=ModelConfigError)
     if not isinstance(cfg, dict):
-        raise ModelConfigError(f"{path}: expected a JSON object at the top level", "config.json must be a JSON object")
+        raise ModelConfigError(f"{path}: expected a JSON object at the top level", "config.json must be a JSON object",
+                               value=str(path))
     return cfg
 
 
