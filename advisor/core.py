@@ -546,7 +546,11 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
                          "formats that apply: " + (", ".join(applicable) or "none") + " (or all)",
                          field="format", value=name)
     if not files:
-        raise UsageError(f"no format applies to {sel.label}", "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+        by_reason: dict[str, list[str]] = {}
+        for name, why in skipped.items():
+            by_reason.setdefault(why, []).append(name)
+        raise UsageError(f"no format applies to {sel.label}",
+                         "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()),
                          field="format", value=",".join(formats))
     return files, skipped, written
 

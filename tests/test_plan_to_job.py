@@ -227,3 +227,13 @@ def test_the_stack_is_an_input_and_is_inferred(tmp_path, capsys):
         assert _estimate_json(capsys, "--from", str(out / name), "--gpu", "4090")["config"]["stack"] == stack
     assert main(["estimate", *flags, "--method", "full", "--master-weights", "--stack", "torchtune"]) == 2
     assert "torchtune" in capsys.readouterr().err
+
+
+def test_fsdp_cannot_train_a_tied_embedding_and_says_so(tmp_path, capsys):
+    """accelerate's FSDP2 wrap refuses a parameter in two units (PEFT's trained copy of a tied embedding)."""
+    flags = ["--model", "llama-3.2-1b", "--gpu", "2xA100-80GB", "--method", "lora", "--fsdp", "--train-embeddings"]
+    code, out = _export(tmp_path, "--format", "accelerate", *flags)
+    assert code == 2 and not out.exists() and "ties its embedding" in capsys.readouterr().err
+    code, out = _export(tmp_path / "b", "--format", "all", *flags)
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists() and "no format applies" in err and err.count("ties its embedding") == 1

@@ -104,6 +104,14 @@ class ExportContext:
 
         return [spec.name for spec in lora_linears(self.arch, self.cfg) if "." not in spec.name]
 
+    def check_fsdp(self) -> None:
+        """What accelerate's FSDP2 wrap cannot run: PEFT's trained copy of a tied embedding / lm_head sits in two
+        FSDP units ("parameter ... shared with a parameter already managed by another FSDP group")."""
+        if self.cfg.fsdp and self.cfg.train_embeddings and self.arch.tie_word_embeddings:
+            raise ExportError(f"{self.arch.name} ties its embedding and lm_head: training them under FSDP puts one "
+                              "parameter in two FSDP units, which accelerate refuses", "train the embeddings without "
+                              "FSDP (DeepSpeed ZeRO), or leave them frozen")
+
     @property
     def quant_storage_bf16(self) -> bool:
         """QLoRA under FSDP or ZeRO-3 needs the 4-bit storage dtype to match the other params (PEFT docs)."""

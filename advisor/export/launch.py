@@ -60,6 +60,7 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
     elif cfg.fsdp:
         if cfg.optimizer in EIGHT_BIT:
             ctx.hf_optim  # raises the FSDP + 8-bit error
+        ctx.check_fsdp()
         if cfg.offload == "optimizer":
             # FSDP's CPUOffload moves parameters, gradients and optimizer states together, never states alone
             raise ExportError("FSDP cannot offload only the optimizer states: its CPU offload moves parameters, "

@@ -121,6 +121,7 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data["load_in_8bit"] = True
     if cfg.fsdp:
+        ctx.check_fsdp()
         data.update({"fsdp_version": 2, "fsdp_config": {
             "offload_params": cfg.offload == "params", "reshard_after_forward": True,
             "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",

@@ -292,9 +292,12 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
         notes.append(f"{arch.model_type} runs eager attention by default (s x s scores per head); --attn flash avoids them")
     if cfg.optimizer == "paged_adamw_8bit":
         notes.append("paged optimizer states live in unified memory: counted at device level, not in torch's pool")
-    if cfg.gpus > 1 or cfg.offload != "none":
-        notes.append("multi-GPU sharding and offload terms follow the ZeRO paper and framework defaults; "
-                     "the single-process oracle does not check them")
+    if cfg.fsdp and cfg.offload == "none" and cfg.method != "qlora":
+        notes.append("FSDP2 as accelerate wraps it (embedding, layers, [norm, lm_head]) is checked by the sharded "
+                     "oracle (advisor/verify/sharded.py)")
+    elif cfg.gpus > 1 or cfg.offload != "none":
+        notes.append("DeepSpeed / DDP buffers and offload follow the frameworks' sources and defaults; "
+                     "no oracle traces them (their model states are checked against DeepSpeed's own estimator)")
     if arch.moe is not None:
         notes.append("MoE activations assume balanced top-k routing")
     if cfg.method == "lora8bit":

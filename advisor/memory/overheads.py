@@ -109,8 +109,13 @@ def unchecked_part(cfg, moe: bool) -> str | None:
     """What of a configuration the fake-tensor oracle does not trace (None: it traces all of it)."""
     if cfg.offload != "none":
         return "CPU offload"
-    if cfg.gpus > 1 or cfg.zero or cfg.fsdp:
-        return "sharding and collectives"
+    if cfg.fsdp and cfg.method == "qlora":
+        return "FSDP1 with a 4-bit base"
+    if cfg.zero:
+        return "DeepSpeed's buffers and collectives"
+    if cfg.gpus > 1 and not cfg.fsdp:
+        return "DDP's buckets and collectives"
+    # FSDP2 (accelerate's wrap) is traced by the sharded oracle (advisor/verify/sharded.py)
     if cfg.method == "lora8bit":
         return "the LLM.int8 base"
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):
