@@ -46,14 +46,58 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+def _shown(text: str) -> str:
+    from .bounded import shown
+
+    return shown(text)
+
+
+def _positive_int(text: str, high: int | None = None) -> int:
+    digits = text.strip().lstrip("+")
+    if digits.startswith("-") and digits[1:].isascii() and digits[1:].isdigit():
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be at least 1")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole number"
+                                         + (f" from 1 to {high:,}" if high else ""))
+    value = int(digits)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"{value:,} is more than {high:,}, the most this takes")
     return value
+
+
+def _at_most(high: int):
+    """A whole number from 1 to ``high`` (the core's stated maximum for the field)."""
+    def parse(text: str) -> int:
+        return _positive_int(text, high)
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+MAX_RANKS = 32  # a rank sweep estimates each one
+
+
+def _alpha(text: str) -> float:
+    import math
+
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= core.MAX_ALPHA:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a LoRA alpha (a number above 0, at most "
+                                         f"{core.MAX_ALPHA:g})")
+    return value
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name a GPU (4090, 4xA100-80GB) or a size (24GiB), or leave the flag out")
+    if len(text) > 200 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a GPU name or a size")
+    return text
 
 
 def _option_index(text: str) -> int:
@@ -67,7 +111,10 @@ def _option_index(text: str) -> int:
 
 
 def _ranks(text: str) -> list[int]:
-    return [_positive_int(part) for part in text.split(",") if part.strip()] or [_positive_int(text)]
+    parts = [part for part in text.split(",") if part.strip()]
+    if len(parts) > MAX_RANKS:
+        raise argparse.ArgumentTypeError(f"{len(parts)} ranks: a sweep takes at most {MAX_RANKS}")
+    return [_positive_int(part, core.MAX_RANK) for part in parts] or [_positive_int(text, core.MAX_RANK)]
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -91,9 +138,9 @@ def _size(text: str) -> int:
 # ---- the flag sets: one definition each --------------------------------------------------------------------
 def add_hardware_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("GPUs")
-    g.add_argument("--gpu", default="", help="plan for a catalog GPU (4090, A100-80GB, 4xA100-80GB) or a size (24GiB)")
-    g.add_argument("--vram", default="", help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
-    g.add_argument("--gpus", type=_positive_int, default=None, help="GPUs in the job (data parallel)")
+    g.add_argument("--gpu", type=_not_blank, default=None, help="plan for a catalog GPU (4090, A100-80GB, 4xA100-80GB) or a size (24GiB)")
+    g.add_argument("--vram", type=_not_blank, default=None, help="one GPU's memory (24GiB, 80GB, 24000MiB) for a custom card")
+    g.add_argument("--gpus", type=_at_most(core.MAX_GPUS), default=None, help="GPUs in the job (data parallel)")
     g.add_argument("--no-calibration", action="store_true", help="ignore (and do not store) calibration from real runs")
 
 
@@ -105,8 +152,8 @@ def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
                        help="read the model and settings from an axolotl, LLaMA-Factory or TRL YAML")
     g = p.add_argument_group("goals")
     g.add_argument("--method", choices=core.METHOD_CHOICES, default=None, help="auto (default) lets the planner choose")
-    g.add_argument("--seq-len", "-s", type=_positive_int, default=2048)
-    g.add_argument("--effective-batch", type=_positive_int, default=16, help="sequences per optimizer step (all GPUs)")
+    g.add_argument("--seq-len", "-s", type=_at_most(core.MAX_SEQ_LEN), default=2048)
+    g.add_argument("--effective-batch", type=_at_most(core.MAX_EFFECTIVE_BATCH), default=16, help="sequences per optimizer step (all GPUs)")
     g.add_argument("--prefer", choices=core.PREFER_CHOICES, default="speed")
     g.add_argument("--rules", action="append", default=[], help="a YAML rule file that adds rules or overrides them by id")
     g.add_argument("--host-ram", type=_size, default=None,
@@ -119,7 +166,7 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     g = p.add_argument_group("configuration by hand (export / verify: any of these skips the planner)")
     g.add_argument("--rank", "-r", type=_ranks, default=d([16]), help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
-    g.add_argument("--alpha", type=float, default=d(None), help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--alpha", type=_alpha, default=d(None), help="LoRA alpha (default 2 x rank)")
     g.add_argument("--targets", type=_targets, default=d(("all-linear",)),
                    help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
     g.add_argument("--train-embeddings", action="store_true", default=d(False),
@@ -131,7 +178,7 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--precision", choices=get_args(train_fields.Precision), default=d("bf16"))
     g.add_argument("--master-weights", action="store_true", default=d(False),
                    help="full FT with fp32 master weights (mixed precision)")
-    g.add_argument("--micro-batch", "-b", type=_positive_int, default=d(1))
+    g.add_argument("--micro-batch", "-b", type=_at_most(core.MAX_MICRO_BATCH), default=d(1))
     g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=d(False), help="gradient checkpointing")
     g.add_argument("--optimizer", choices=get_args(train_fields.Optimizer), default=d("adamw"))
     g.add_argument("--attn", choices=get_args(train_fields.Attention), default=d("auto"))
@@ -490,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(verify, defaults=False)
     add_hardware_flags(verify)
     add_plan_file_flags(verify)
-    verify.add_argument("--steps", type=_positive_int, default=10)
+    verify.add_argument("--steps", type=_at_most(core.MAX_STEPS), default=10)
     verify.add_argument("--dry-run", action="store_true", help="trace one step on fake tensors (no GPU needed)")
     verify.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="auto: the GPU when there is one, else the dry run; cpu: a tiny real run for smoke tests")

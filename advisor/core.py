@@ -35,6 +35,14 @@ PREFER_CHOICES: tuple[str, ...] = ("speed", "quality")
 EXPORT_FORMATS: tuple[str, ...] = ("peft-trl", "trl-yaml", "axolotl", "llamafactory", "accelerate", "deepspeed")
 DEFAULT_RANKS: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
 MAX_GPUS = 1024  # TrainConfig's bound: a plan and an estimate refuse the same counts
+# Stated maxima of the other numbers a question takes (TrainConfig holds the same bounds): beyond any real job, and
+# low enough that no arithmetic overflows and no search runs for minutes.
+MAX_SEQ_LEN = 1 << 24  # 16,777,216 tokens: above every model's context
+MAX_MICRO_BATCH = 1 << 16
+MAX_EFFECTIVE_BATCH = 1 << 24
+MAX_RANK = 4096
+MAX_ALPHA = 1e6
+MAX_STEPS = 100_000
 
 Detector = Callable[[], object]  # returns a hardware.nvml.Detection
 
@@ -273,10 +281,11 @@ def _host_ram(req: PlanRequest, source: str, host_ram: Callable[[], int | None] 
 def _goals(req: PlanRequest, hardware: Hardware | None):
     from .planner import Goals
 
-    for name, value in (("seq_len", req.seq_len), ("effective_batch", req.effective_batch)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UsageError(f"{value!r} is not a whole number of at least 1", "give a positive whole number",
-                             field=name, value=value)
+    for name, value, high in (("seq_len", req.seq_len, MAX_SEQ_LEN),
+                              ("effective_batch", req.effective_batch, MAX_EFFECTIVE_BATCH)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+            raise UsageError(f"{str(value)[:40]!r} is not a whole number from 1 to {high:,}",
+                             "give a positive whole number within the stated maximum", field=name, value=value)
     if req.method not in METHOD_CHOICES:
         raise UsageError(f"unknown method {req.method!r}", "one of " + ", ".join(METHOD_CHOICES), field="method",
                          value=req.method)

@@ -25,18 +25,26 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
+MAX_SIZE = 1 << 50  # 1 PiB: more than any GPU's memory or any host's RAM; the stated maximum of a size
+
+
 def parse_size(text: str, default_unit: str = "gib") -> int:
-    """Parse '24GiB', '80GB', '24' (GiB by default) into bytes."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise UnitError(f"cannot read {text!r} as a size", "write it like 24GiB, 80GB or 24 (GiB)")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    unit = unit or default_unit
+    """Parse '24GiB', '80GB', '24' (GiB by default) into bytes: a positive whole number of bytes up to 1 PiB."""
+    text = str(text)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    match = _SIZE_RE.match(text) if len(text) <= 64 else None
+    if not match or len(match.group(1)) > 24:
+        raise UnitError(f"cannot read {shown!r} as a size", "write it like 24GiB, 80GB or 24 (GiB)")
+    unit = match.group(2).lower() or default_unit
     if unit not in _UNITS:
-        raise UnitError(f"unknown unit {match.group(2)!r} in {text!r}", "use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB")
-    size = int(number * _UNITS[unit])
+        raise UnitError(f"unknown unit {match.group(2)!r} in {shown!r}", "use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB")
+    from fractions import Fraction
+
+    size = int(Fraction(match.group(1)) * _UNITS[unit])  # exact: no float rounding, no overflow
     if size <= 0:
-        raise UnitError(f"size {text!r} must be positive", "give a size such as 24GiB")
+        raise UnitError(f"size {shown!r} must be positive", "give a size such as 24GiB")
+    if size > MAX_SIZE:
+        raise UnitError(f"size {shown!r} is more than 1 PiB", "give a GPU's memory or a machine's RAM, such as 80GiB")
     return size
 
 

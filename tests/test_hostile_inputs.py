@@ -39,14 +39,31 @@ def _snapshot(*dirs: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory):
+    """A rules cache that already holds the default pack (a legitimate write of any first plan)."""
+    cache = tmp_path_factory.mktemp("rules-cache")
+    saved = os.environ.get("LORA_ADVISOR_CACHE_DIR")
+    os.environ["LORA_ADVISOR_CACHE_DIR"] = str(cache)
+    try:
+        from advisor.engine.rules import default_rules
+
+        default_rules()
+    finally:
+        if saved is None:
+            del os.environ["LORA_ADVISOR_CACHE_DIR"]
+        else:
+            os.environ["LORA_ADVISOR_CACHE_DIR"] = saved
+    return cache
+
+
 @pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
+def cli(tmp_path, monkeypatch, capsys, warm_cache):
     """Run main() in a scratch directory with its own cache and store; return (code, stdout, stderr, seconds)
     and check that nothing was written anywhere we can see."""
     work = tmp_path / "work"
     work.mkdir()
-    cache, data = tmp_path / "cache", tmp_path / "data"
-    cache.mkdir()
+    cache, data = warm_cache, tmp_path / "data"
     data.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("LORA_ADVISOR_CACHE_DIR", str(cache))
@@ -192,3 +209,81 @@ def test_largest_allowed_model_plans_in_bounded_time(cli, tmp_path):
     path = _write(tmp_path / "config.json", {**LLAMA, "num_hidden_layers": MAX_LAYERS})
     code, out, err, elapsed = cli(["plan", "--json", "--model", path, "--gpu", "8xH100"], allow_writes=True)
     assert code in (0, 3) and "Traceback" not in err and elapsed < TIME_BOUND_S
+
+
+# ---- flags -----------------------------------------------------------------------------------------------
+M = ["--model", "llama-3.2-1b"]
+FLAGS = [  # (id, argv, words)
+    ("seq-len-400-digits", ["estimate", *M, "--seq-len", "9" * 400], "--seq-len"),
+    ("seq-len-5000-digits", ["estimate", *M, "--seq-len", "9" * 5000], "--seq-len"),
+    ("seq-len-above-max", ["plan", *M, "--gpu", "4090", "--seq-len", "99999999999"], "16,777,216"),
+    ("seq-len-zero", ["estimate", *M, "--seq-len", "0"], "at least 1"),
+    ("seq-len-negative", ["estimate", *M, "--seq-len", "-1"], "at least 1"),
+    ("seq-len-float", ["estimate", *M, "--seq-len", "2048.0"], "whole number"),
+    ("seq-len-unicode-digit", ["estimate", *M, "--seq-len", "\u0663"], "whole number"),
+    ("seq-len-underscore", ["estimate", *M, "--seq-len", "1_000"], "whole number"),
+    ("effective-batch-huge", ["plan", *M, "--gpu", "4090", "--effective-batch", "9" * 30], "--effective-batch"),
+    ("micro-batch-huge", ["estimate", *M, "--micro-batch", "9" * 25], "--micro-batch"),
+    ("vram-400-digits", ["estimate", *M, "--vram", "9" * 400], "--vram"),
+    ("vram-above-1pib", ["estimate", *M, "--vram", "2048TiB"], "1 PiB"),
+    ("vram-zero", ["estimate", *M, "--vram", "0"], "positive"),
+    ("vram-unit-unknown", ["estimate", *M, "--vram", "24XB"], "unit"),
+    ("vram-blank", ["estimate", *M, "--vram", ""], "empty"),
+    ("vram-1e400", ["estimate", *M, "--vram", "1e400"], "size"),
+    ("host-ram-400-digits", ["plan", *M, "--gpu", "4090", "--host-ram", "9" * 400], "--host-ram"),
+    ("host-ram-negative", ["plan", *M, "--gpu", "4090", "--host-ram", "-64GiB"], "--host-ram"),
+    ("alpha-inf", ["estimate", *M, "--alpha", "inf"], "--alpha"),
+    ("alpha-minus-inf", ["estimate", *M, "--alpha", "-inf"], "--alpha"),
+    ("alpha-nan", ["estimate", *M, "--alpha", "nan"], "--alpha"),
+    ("alpha-1e309", ["estimate", *M, "--alpha", "1e309"], "--alpha"),
+    ("alpha-zero", ["estimate", *M, "--alpha", "0"], "--alpha"),
+    ("alpha-negative", ["estimate", *M, "--alpha", "-16"], "--alpha"),
+    ("alpha-huge-text", ["estimate", *M, "--alpha", "1" * 5000], "--alpha"),
+    ("gpu-empty", ["estimate", *M, "--gpu", ""], "--gpu"),
+    ("gpu-blank", ["plan", *M, "--gpu", "   "], "--gpu"),
+    ("gpu-control-chars", ["plan", *M, "--gpu", "4090\x1b[2J"], "--gpu"),
+    ("gpu-unknown", ["plan", *M, "--gpu", "RTX 9999 Ti"], "unknown gpu"),
+    ("gpu-long-name", ["plan", *M, "--gpu", "A100" * 100], "--gpu"),
+    ("gpu-count-999999-plan", ["plan", *M, "--gpu", "999999xA100"], "1 to 1024"),
+    ("gpu-count-999999-estimate", ["estimate", *M, "--gpu", "999999xA100"], "1 to 1024"),
+    ("gpu-count-999999-limits", ["limits", *M, "--gpu", "999999xA100"], "1 to 1024"),
+    ("gpu-count-5000-digits", ["plan", *M, "--gpu", "9" * 150 + "xA100"], "1 to 1024"),
+    ("gpu-count-zero", ["plan", *M, "--gpu", "0xA100"], "at least 1"),
+    ("gpus-above-1024-plan", ["plan", *M, "--vram", "80GiB", "--gpus", "1025"], "1,024"),
+    ("gpus-above-1024-estimate", ["estimate", *M, "--gpus", "1025"], "1,024"),
+    ("gpus-and-count-contradict", ["plan", *M, "--gpu", "4xA100-80GB", "--gpus", "8"], "contradicts"),
+    ("rank-zero", ["estimate", *M, "--rank", "0"], "--rank"),
+    ("rank-above-4096", ["estimate", *M, "--rank", "5000"], "--rank"),
+    ("rank-list-too-long", ["estimate", *M, "--rank", ",".join(["8"] * 1000)], "at most 32"),
+    ("rank-list-junk", ["estimate", *M, "--rank", "8,x"], "--rank"),
+    ("format-empty", ["export", *M, "--gpu", "4090", "--format", ""], "--format"),
+    ("format-comma", ["export", *M, "--gpu", "4090", "--format", ","], "--format"),
+    ("format-unknown", ["export", *M, "--gpu", "4090", "--format", "all,foo"], "--format"),
+    ("option-negative", ["export", *M, "--gpu", "4090", "--format", "axolotl", "--option", "-1"], "--option"),
+    ("option-beyond", ["export", *M, "--gpu", "4090", "--format", "axolotl", "--option", "9" * 30], "--option"),
+    ("steps-zero", ["verify", *M, "--dry-run", "--steps", "0"], "--steps"),
+    ("steps-huge", ["verify", *M, "--dry-run", "--steps", "9" * 20], "--steps"),
+    ("model-empty", ["estimate", "--model", ""], "model"),
+    ("model-blank", ["estimate", "--model", "   "], "model"),
+    ("model-unknown", ["estimate", "--model", "llama-9-900b"], "nearest"),
+    ("model-huge-name", ["estimate", "--model", "x" * 100_000], "--model"),
+    ("method-unknown", ["estimate", *M, "--method", "dora"], "--method"),
+    ("zero-stage-4", ["estimate", *M, "--zero", "4"], "--zero"),
+    ("quant-unknown", ["estimate", *M, "--method", "qlora", "--quant", "int3"], "--quant"),
+    ("offload-without-sharding", ["estimate", *M, "--offload", "optimizer"], "offload"),
+    ("rules-missing", ["plan", *M, "--gpu", "4090", "--rules", "/nonexistent/rules.yaml"], "--rules"),
+    ("from-missing", ["plan", "--from", "/nonexistent/axolotl.yaml", "--gpu", "4090"], "--from"),
+    ("plan-file-missing", ["export", "--plan", "/nonexistent/plan.json", "--format", "axolotl"], "--plan"),
+]
+
+
+@pytest.mark.parametrize("case,argv,words", FLAGS, ids=[c[0] for c in FLAGS])
+def test_flags(cli, case, argv, words):
+    assert_refused(cli(argv), words=words)
+
+
+def test_flags_json_error_document(cli):
+    """With --json the error is also a document on stdout (and still one line on stderr)."""
+    code, out, err, _ = cli(["estimate", "--json", *M, "--seq-len", "9" * 400])
+    assert_refused((code, "", err, 0))
+    assert json.loads(out)["error"]

@@ -71,18 +71,26 @@ def nearest_gpus(name: str, count: int = 3) -> list[str]:
     return [names[k] for k in best[:count]]
 
 
+MAX_GPUS = 1024  # TrainConfig's bound (core.MAX_GPUS): a named count beyond it is refused where it is read
 _COUNT = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.+?)\s*$", re.IGNORECASE)
 
 
 def resolve_gpu(text: str) -> tuple[GpuSpec, int]:
     """'4090', 'rtx4090', 'A100-80GB', 'h100', '4xA100-80GB' -> (spec, count)."""
     count, name = 1, text.strip()
+    if len(name) > 200:
+        raise UnknownGpuError(f"{name[:37]!r}...: not a GPU name", "name a catalog GPU such as 4090 or 4xA100-80GB",
+                              field="gpu", value=text)
     match = _COUNT.match(name)
     if match:
-        count, name = int(match.group(1)), match.group(2)
+        digits, name = match.group(1), match.group(2)
+        count = int(digits) if len(digits) <= 12 else MAX_GPUS + 1
         if count < 1:
             raise UnknownGpuError(f"{text!r}: the GPU count must be at least 1", "write it like 4xA100-80GB",
                                   field="gpu", value=text)
+        if count > MAX_GPUS:
+            raise UnknownGpuError(f"{digits if len(digits) <= 12 else digits[:9] + '...'} GPUs: a job has 1 to {MAX_GPUS}",
+                                  f"give a GPU count from 1 to {MAX_GPUS}", field="gpu", value=text)
     spec = find_gpu(name)
     if spec is None:
         raise UnknownGpuError(f"unknown GPU {name!r}",
