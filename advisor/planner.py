@@ -147,7 +147,9 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
                 space.values("sharding", SHARDINGS), LOSSES):
             if micro * goals.gpus > goals.effective_batch:
                 continue
-            offloads = ("none", "optimizer") if sharding in ("zero3", "fsdp") else ("none",)
+            # FSDP offloads parameters, gradients and optimizer states together (CPUOffload(offload_params)), never
+            # the states alone: its offload is the last rung's; ZeRO-3 can offload the optimizer states only
+            offloads = ("none", "optimizer") if sharding == "zero3" else ("none",)
             if sharding == "zero3" and goals.gpus == 1:
                 offloads = ("optimizer",)  # ZeRO-3 on one GPU is only worth it for the offload
             if last_rung:
@@ -164,7 +166,8 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
 
 def _describe(cfg: TrainConfig) -> str:
     parts = [cfg.method.upper() if cfg.method != "full" else
-             ("full FT (fp32 master weights, mixed precision)" if cfg.master_weights else "full FT (pure 16-bit)")]
+             ("full FT (fp32 master weights, mixed precision)" if cfg.master_weights else
+              "full FT (16-bit module, DeepSpeed's fp32 master partition)" if cfg.zero else "full FT (pure 16-bit)")]
     if cfg.uses_adapters:
         parts.append(f"r{cfg.rank} {cfg.targets[0]}")
     parts.append("ckpt" if cfg.grad_ckpt else "no ckpt")

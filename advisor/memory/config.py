@@ -54,9 +54,14 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _stack_decides(cls, data):
-        """What the stack does whatever the config says: its loss kernel."""
-        if isinstance(data, dict) and data.get("stack") in STACK_LOSS:
-            data = {**data, "loss": STACK_LOSS[data["stack"]]}
+        """What the stack does whatever the config says: its loss kernel; and DeepSpeed's ZeRO optimizer, which
+        casts the module to 16 bits and keeps its own fp32 master partition (memory/sharding.py), so
+        `master_weights` (an fp32 module under autocast) does not exist there."""
+        if isinstance(data, dict):
+            if data.get("stack") in STACK_LOSS:
+                data = {**data, "loss": STACK_LOSS[data["stack"]]}
+            if data.get("zero") and data.get("master_weights"):
+                data = {**data, "master_weights": False}
         return data
 
     @model_validator(mode="after")
@@ -65,6 +70,10 @@ class TrainConfig(BaseModel):
             raise ValueError("--fsdp and --zero are two sharding engines; pick one")
         if self.offload == "params" and not (self.zero == 3 or self.fsdp):
             raise ValueError("--offload params needs --zero 3 or --fsdp (only sharded params can live on the CPU)")
+        if self.fsdp and self.offload == "optimizer":
+            raise ValueError("FSDP cannot offload only the optimizer states: its CPU offload moves parameters, "
+                             "gradients and optimizer states together (offload params), or use ZeRO-2/3 for "
+                             "optimizer offload")
         if self.offload != "none" and not (self.zero or self.fsdp):
             raise ValueError("--offload needs --zero 1/2/3 or --fsdp")
         if self.master_weights and self.method != "full":

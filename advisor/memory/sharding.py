@@ -81,13 +81,56 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         formula = (f"fsdp over {n} GPUs: params, grads and optimizer states per rank (dim 0 padded to a multiple of "
                    f"{n}); root and lm_head tail unsharded + one layer gathered (flat buffer + params); "
                    f"reduce-scatter buffers")
-    if cfg.offload in ("optimizer", "params"):
-        # states (and the fp32 grads the CPU optimizer steps on) live in host RAM; no GPU step temporaries
-        host += int(HOST_BUFFER_FACTOR * (opt.states + 4 * pb.trainable_params))
-        states = temps = 0
-        formula += "; optimizer states offloaded to CPU"
-    if cfg.offload == "params":
-        host += int(HOST_BUFFER_FACTOR * pb.total)
-        params = 0
-        formula += "; parameters offloaded to CPU (gathered per layer)"
+    if cfg.zero and cfg.precision != "fp32" and pb.trainable_params:
+        params, grads, states, temps, note = _deepspeed_mixed_precision(cfg, pb, opt, params, grads, states, temps)
+        formula += note
+    if cfg.offload != "none" and cfg.zero:
+        # DeepSpeed's CPU optimizer keeps fp32 master params, fp32 grads and Adam's m and v on the host: 16 B per
+        # trainable param, x1.5 for its buffers (its own estimator: stage_1_and_2.py
+        # estimate_zero2_model_states_mem_needs `max(4 * total_gpus, 16)`, stage3.py
+        # estimate_zero3_model_states_mem_needs `16` / `18` with the 16-bit params, per node)
+        per_param = max(4 * n, 16) if cfg.zero < 3 else 16
+        host += int(HOST_BUFFER_FACTOR * per_param * pb.trainable_params)
+        # each reduced gradient bucket is copied out to the host partition (stage_1_and_2.py
+        # copy_grads_in_partition / async_accumulate_grad_in_cpu_via_gpu): no gradient partition stays on the GPU
+        states = temps = grads = 0
+        formula += "; optimizer states, fp32 master and fp32 grads offloaded to CPU (DeepSpeed CPU Adam)"
+        if cfg.offload == "params":
+            host += int(HOST_BUFFER_FACTOR * 2 * pb.total_params)  # the 16-bit params (stage3.py: 18 - 16)
+            params = 0
+            formula += "; parameters offloaded to CPU (gathered per layer)"
+    elif cfg.offload == "params":
+        # FSDP's CPUOffload(offload_params=True) keeps the sharded parameters, their gradients and the
+        # optimizer states on the host, all together (torch distributed/fsdp CPUOffloadPolicy): all ranks'
+        # shards add up to one copy of each per node
+        host += pb.total + pb.trainable + opt.states
+        params = grads = states = temps = 0
+        formula += "; parameters, gradients and optimizer states offloaded to CPU (FSDP CPU offload)"
     return PerGpuStates(params, gathered, grads, buckets, states, temps, host, formula, fsdp)
+
+
+def _deepspeed_mixed_precision(cfg: TrainConfig, pb: ParamBytes, opt: OptimizerBytes, params: int, grads: int,
+                               states: int, temps: int) -> tuple[int, int, int, int, str]:
+    """DeepSpeed's ZeRO optimizer with bf16 / fp16 (what the HF Trainer enables from its bf16 / fp16 flags):
+    - the module is cast to 16 bits (runtime/engine.py _configure_distributed_model: module.bfloat16() /
+      half()), PEFT's fp32 adapters included;
+    - for the trainable params it keeps an fp32 master partition (stage_1_and_2.py
+      single_partition_of_fp32_groups; stage3.py fp32_partitioned_groups_flat), and the optimizer steps on it,
+      so a torch optimizer's states are fp32 whatever the module's dtype;
+    - the 16-bit grads are reduced into the partition and copied to an fp32 gradient partition for the step
+      (stage_1_and_2.py get_flat_partition(...).to(fp32) in step(); a step temporary).
+    The same on one GPU: `--zero 2` without other GPUs still changes what is held.  Together: 2 + 2 + 4 + 8 + 4
+    bytes per trainable param for AdamW, DeepSpeed's own `2 + 18 / N` (estimate_zero2_model_states_mem_needs)."""
+    n, tp = cfg.gpus, pb.trainable_params
+    shard = n if cfg.zero == 3 else 1
+    params16 = pb.total - pb.trainable + 2 * tp
+    params = params16 // shard if cfg.zero == 3 else params16
+    grads16 = 2 * tp
+    grads = grads16 // n if cfg.zero >= 2 else grads16
+    master = 4 * tp // n
+    fp32_states = cfg.optimizer in ("adamw", "sgd", "adafactor")  # torch optimizers keep states like the params
+    scale = 4 / pb.trainable_dtype_bytes if fp32_states else 1.0
+    states = int(opt.states * scale) // n + master
+    temps = int(opt.step_temporaries * scale) // n + 4 * tp // n
+    return params, grads, states, temps, (f"; DeepSpeed mixed precision: 16-bit module, fp32 master + fp32 optimizer "
+                                          f"states per rank, fp32 grad partition in the step")

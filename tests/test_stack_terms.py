@@ -1,0 +1,75 @@
+"""What the training stacks hold beyond the step, checked against the stacks' own accounting: DeepSpeed's
+ZeRO model-state estimators (deepspeed/runtime/zero/stage_1_and_2.py, stage3.py)."""
+
+import pytest
+
+from advisor.memory import TrainConfig
+from advisor.memory.sharding import per_gpu_states
+from advisor.memory.states import optimizer_bytes, param_bytes
+from advisor.models import resolve_model
+
+ds2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2", reason="DeepSpeed is not installed")
+ds3 = pytest.importorskip("deepspeed.runtime.zero.stage3", reason="DeepSpeed is not installed")
+
+ARCH = resolve_model("llama-2-7b")
+
+
+def _states(**fields):
+    cfg = TrainConfig(method="full", seq_len=512, **fields)
+    pb = param_bytes(ARCH, cfg)
+    return cfg, pb, per_gpu_states(ARCH, cfg, pb, optimizer_bytes(ARCH, cfg, pb))
+
+
+def _foreach_temporary(pb, gpus):
+    """torch's foreach AdamW keeps one fp32 temporary the size of the rank's partition (not in DeepSpeed's sum)."""
+    return 4 * pb.trainable_params // gpus
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+@pytest.mark.parametrize("master", [False, True])
+def test_zero2_model_states_are_deepspeeds(gpus, master):
+    cfg, pb, gpu = _states(zero=2, gpus=gpus, master_weights=master)
+    assert cfg.master_weights is False  # DeepSpeed keeps its own fp32 master: the flag means nothing there
+    ours = gpu.params + gpu.grads + gpu.states + gpu.step_temporaries - _foreach_temporary(pb, gpus)
+    _, expected = ds2.estimate_zero2_model_states_mem_needs(pb.total_params, num_gpus_per_node=gpus, cpu_offload=False)
+    assert ours == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_zero2_optimizer_offload_host_ram_is_deepspeeds(gpus):
+    _, pb, gpu = _states(zero=2, gpus=gpus, offload="optimizer")
+    cpu, gpu_mem = ds2.estimate_zero2_model_states_mem_needs(pb.total_params, num_gpus_per_node=gpus, cpu_offload=True)
+    assert gpu.host_ram == pytest.approx(cpu, rel=0.01)
+    assert gpu.params + gpu.grads + gpu.states == pytest.approx(gpu_mem, rel=0.01)
+
+
+@pytest.mark.parametrize("gpus", [2, 4, 8])
+@pytest.mark.parametrize("offload", ["none", "optimizer", "params"])
+def test_zero3_model_states_and_host_ram_are_deepspeeds(gpus, offload):
+    _, pb, gpu = _states(zero=3, gpus=gpus, offload=offload)
+    cpu, gpu_mem, _ = ds3.estimate_zero3_model_states_mem_needs(
+        pb.total_params, pb.largest_layer_params, num_gpus_per_node=gpus, cpu_offload=offload != "none",
+        cpu_offload_params=offload == "params", zero_init=True)
+    resident = gpu.params + gpu.grads + gpu.states
+    if offload == "none":
+        resident += gpu.step_temporaries - _foreach_temporary(pb, gpus)
+    # DeepSpeed counts 4 B x the largest layer for what is gathered (our `gathered`, kept apart here).  Its ZeRO-3
+    # sum is 18 B per param and rank where the partitions held are 20 B: the 16-bit parameter partition
+    # (stage3.py fp16_partitioned_groups_flat, 2 B) next to the 16-bit grads, fp32 master, Adam's m and v and the
+    # fp32 grads of the step; with the parameters offloaded that partition is on the host, and the sums agree.
+    layers = 4 * pb.largest_layer_params
+    fp16_partition = 2 * pb.total_params // gpus if offload == "none" else 0
+    assert resident + layers == pytest.approx(gpu_mem + fp16_partition, rel=0.01)
+    if offload != "none":
+        assert gpu.host_ram == pytest.approx(cpu, rel=0.01)
+
+
+def test_zero_on_one_gpu_changes_the_estimate():
+    """`--zero 2` on one GPU is DeepSpeed's optimizer: 16-bit module, fp32 master and states, fp32 grad partition."""
+    from advisor.memory import estimate
+
+    plain = estimate(ARCH, TrainConfig(method="full", seq_len=512, grad_ckpt=True))
+    zero2 = estimate(ARCH, TrainConfig(method="full", seq_len=512, grad_ckpt=True, zero=2))
+    p = plain.total_params
+    # AdamW states go from bf16 (4 B) to fp32 (8 B), plus the 4 B master and the 4 B fp32 grads in the step
+    assert zero2.phases.optimizer - plain.phases.optimizer == pytest.approx(12 * p + 2 * p, rel=0.02)
