@@ -73,9 +73,19 @@ def read_text(path: Path, limit: int, *, what: str = "file", hint: str = "check 
     return decode_text(data, where, what=what, hint=hint, error=error, field=field)
 
 
+def _looks_utf16(head: bytes) -> bool:
+    """Text in UTF-16 without a byte-order mark: every other byte zero, the rest printable ASCII."""
+    if len(head) < 4:
+        return False
+    for zeros, chars in ((head[1::2], head[0::2]), (head[0::2], head[1::2])):
+        if zeros.count(0) == len(zeros) and all(32 <= c < 127 or c in (9, 10, 13) for c in chars):
+            return True
+    return False
+
+
 def decode_text(data: bytes, where: str, *, what: str = "file", hint: str = "check the file",
                 error: type[AdvisorError] = InputError, field: str | None = None) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) >= 4 and (data[1:4:2] == b"\0\0" or data[0:3:2] == b"\0\0")):
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data[:64]):
         raise _error(f"{where} is UTF-16 or UTF-32 text", f"save the {what} as UTF-8", error, field, where)
     if b"\0" in data[:8192]:
         raise _error(f"{where} is a binary file, not a {what}", hint, error, field, where)
@@ -218,8 +228,10 @@ def load_yaml(text: str, where: str, *, what: str = "YAML file", hint: str = "ch
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise _error(f"{where}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}", hint, error, field,
-                     where) from None
+        problem = str(getattr(exc, "problem", None) or exc)
+        if "nesting depth" in problem:
+            problem = "nested too deeply"
+        raise _error(f"{where}{line}: invalid YAML: {problem}", hint, error, field, where) from None
     except (ValueError, RecursionError) as exc:  # an integer beyond Python's digit limit
         kind = "nested too deeply" if isinstance(exc, RecursionError) else (
             f"a number with more than {MAX_INT_DIGITS} digits" if "digits" in str(exc) else str(exc))

@@ -287,3 +287,157 @@ def test_flags_json_error_document(cli):
     code, out, err, _ = cli(["estimate", "--json", *M, "--seq-len", "9" * 400])
     assert_refused((code, "", err, 0))
     assert json.loads(out)["error"]
+
+
+# ---- --from YAML -----------------------------------------------------------------------------------------
+AXOLOTL = "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nlora_r: 16\nsequence_len: 1024\nmicro_batch_size: 2\n"
+LLAMAFACTORY = ("model_name_or_path: meta-llama/Llama-3.2-1B\nfinetuning_type: lora\nlora_rank: 8\ncutoff_len: 1024\n"
+                "per_device_train_batch_size: 2\n")
+TRL = "model_name_or_path: meta-llama/Llama-3.2-1B\nuse_peft: true\nlora_r: 8\nmax_length: 1024\n"
+
+
+def _laughs(levels: int = 9) -> str:
+    text = 'base_model: meta-llama/Llama-3.2-1B\nl0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels):
+        text += f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n"
+    return text
+
+
+FROM_YAML = [  # (id, file text or bytes, words)
+    ("micro-batch-string", AXOLOTL.replace("micro_batch_size: 2", "micro_batch_size: '8'") +
+     "gradient_accumulation_steps: 4\n", "micro_batch_size"),
+    ("grad-accum-string", AXOLOTL + "gradient_accumulation_steps: '4'\n", "gradient_accumulation_steps"),
+    ("grad-accum-zero", AXOLOTL + "gradient_accumulation_steps: 0\n", "gradient_accumulation_steps"),
+    ("rank-string", AXOLOTL.replace("lora_r: 16", "lora_r: '16'"), "lora_r"),
+    ("rank-float", AXOLOTL.replace("lora_r: 16", "lora_r: 16.5"), "lora_r"),
+    ("rank-bool", AXOLOTL.replace("lora_r: 16", "lora_r: true"), "lora_r"),
+    ("rank-zero", AXOLOTL.replace("lora_r: 16", "lora_r: 0"), "lora_r"),
+    ("rank-huge", AXOLOTL.replace("lora_r: 16", "lora_r: 99999"), "lora_r"),
+    ("rank-list", AXOLOTL.replace("lora_r: 16", "lora_r: [8, 16]"), "lora_r"),
+    ("rank-mapping", AXOLOTL.replace("lora_r: 16", "lora_r: {r: 16}"), "lora_r"),
+    ("alpha-inf", AXOLOTL + "lora_alpha: .inf\n", "finite"),
+    ("alpha-nan", AXOLOTL + "lora_alpha: .nan\n", "finite"),
+    ("alpha-negative", AXOLOTL + "lora_alpha: -32\n", "lora_alpha"),
+    ("alpha-text", AXOLOTL + "lora_alpha: 1e6\n", "lora_alpha"),
+    ("seq-len-400-digits", AXOLOTL.replace("sequence_len: 1024", "sequence_len: " + "9" * 400), "digits"),
+    ("seq-len-5000-digits", AXOLOTL.replace("sequence_len: 1024", "sequence_len: " + "9" * 5000), "digits"),
+    ("seq-len-huge", AXOLOTL.replace("sequence_len: 1024", "sequence_len: 99999999999"), "sequence_len"),
+    ("seq-len-negative", AXOLOTL.replace("sequence_len: 1024", "sequence_len: -1"), "sequence_len"),
+    ("base-model-number", AXOLOTL.replace("base_model: meta-llama/Llama-3.2-1B", "base_model: 123"), "base_model"),
+    ("base-model-list", AXOLOTL.replace("base_model: meta-llama/Llama-3.2-1B", "base_model: [a, b]"), "base_model"),
+    ("base-model-empty", AXOLOTL.replace("base_model: meta-llama/Llama-3.2-1B", "base_model: ''"), "base_model"),
+    ("numeric-key", AXOLOTL + "1: 2\n", "key 1"),
+    ("list-key", AXOLOTL + "? [a, b]\n: 2\n", "invalid yaml"),
+    ("optimizer-unknown", AXOLOTL + "optimizer: lion_8bit\n", "optimizer"),
+    ("optimizer-typo", AXOLOTL + "optimizer: adamw_torh\n", "optimizer"),
+    ("optimizer-list", AXOLOTL + "optimizer: [adamw_torch]\n", "optimizer"),
+    ("adapter-unknown", AXOLOTL.replace("adapter: lora", "adapter: ia3"), "adapter"),
+    ("adapter-list", AXOLOTL.replace("adapter: lora", "adapter: [lora]"), "adapter"),
+    ("load-in-4bit-string", AXOLOTL + "load_in_4bit: 'yes'\n", "load_in_4bit"),
+    ("bf16-string", AXOLOTL + "bf16: 'true'\n", "bf16"),
+    ("grad-ckpt-string", AXOLOTL + "gradient_checkpointing: sometimes\n", "gradient_checkpointing"),
+    ("bnb-kwargs-string", AXOLOTL + "bnb_config_kwargs: nf4\n", "bnb_config_kwargs"),
+    ("bnb-quant-type-unknown", AXOLOTL + "bnb_config_kwargs: {bnb_4bit_quant_type: int3}\n", "bnb_4bit_quant_type"),
+    ("targets-mapping", AXOLOTL + "lora_target_modules: {q: v}\n", "lora_target_modules"),
+    ("targets-numbers", AXOLOTL + "lora_target_modules: [1, 2]\n", "lora_target_modules"),
+    ("targets-empty-list", AXOLOTL + "lora_target_modules: []\n", "lora_target_modules"),
+    ("targets-thousands", AXOLOTL + "lora_target_modules: [" + ", ".join(["q_proj"] * 1000) + "]\n",
+     "lora_target_modules"),
+    ("fsdp-config-string", AXOLOTL + "fsdp_config: full_shard\n", "fsdp_config"),
+    ("deepspeed-number", AXOLOTL + "deepspeed: 5\n", "deepspeed"),
+    ("deepspeed-missing", AXOLOTL + "deepspeed: ds_missing.json\n", "ds_missing.json"),
+    ("llamafactory-bits-3", LLAMAFACTORY + "quantization_bit: 3\n", "quantization_bit"),
+    ("llamafactory-bits-string", LLAMAFACTORY + "quantization_bit: '4'\n", "quantization_bit"),
+    ("llamafactory-freeze", LLAMAFACTORY.replace("finetuning_type: lora", "finetuning_type: freeze"), "finetuning_type"),
+    ("llamafactory-cutoff-string", LLAMAFACTORY.replace("cutoff_len: 1024", "cutoff_len: long"), "cutoff_len"),
+    ("llamafactory-target-number", LLAMAFACTORY + "lora_target: 7\n", "lora_target"),
+    ("llamafactory-optim-unknown", LLAMAFACTORY + "optim: galore_adamw\n", "optim"),
+    ("trl-use-peft-string", TRL.replace("use_peft: true", "use_peft: 'true'"), "use_peft"),
+    ("trl-max-length-list", TRL.replace("max_length: 1024", "max_length: [1024]"), "max_length"),
+    ("trl-dtype-unknown", TRL + "dtype: float8\n", "dtype"),
+    ("no-format", "model: llama\nepochs: 3\n", "not an axolotl"),
+    ("top-level-list", "- base_model: x\n", "mapping"),
+    ("top-level-scalar", "just text\n", "mapping"),
+    ("empty-file", "", "mapping"),
+    ("two-documents", AXOLOTL + "---\n" + AXOLOTL, "invalid yaml"),
+    ("syntax-error", AXOLOTL + "lora_alpha: [16\n", "invalid yaml"),
+    ("tab-indent", AXOLOTL + "bnb_config_kwargs:\n\tx: 1\n", "invalid yaml"),
+    ("billion-laughs", _laughs(), "expands"),
+    ("alias-count", AXOLOTL + "a: &a x\nb: [" + ", ".join(["*a"] * 2000) + "]\n", "aliases"),
+    ("recursive-alias", AXOLOTL + "a: &a [*a]\n", "alias"),
+    ("deep-nesting", AXOLOTL + "x: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested"),
+    ("deep-block-nesting", AXOLOTL + "".join(" " * i + f"k{i}:\n" for i in range(200)), "nested"),
+    ("utf16", AXOLOTL.encode("utf-16"), "utf-16"),
+    ("binary", b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 512, "binary"),
+    ("huge", AXOLOTL + "# " + "x" * (2 << 20) + "\n", "mib"),
+]
+
+
+@pytest.mark.parametrize("case,content,words", FROM_YAML, ids=[c[0] for c in FROM_YAML])
+def test_from_yaml(cli, tmp_path, case, content, words):
+    path = tmp_path / "train.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    line = assert_refused(cli(["estimate", "--from", path, "--gpu", "4090"]), words=words)
+    assert "--from" in line
+
+
+FROM_COMPANIONS = [  # (id, files next to train.yaml, words)
+    ("accelerate-processes-string", {"accelerate.yaml": "num_processes: '8'\n"}, "num_processes"),
+    ("accelerate-processes-huge", {"accelerate.yaml": "num_processes: 999999\n"}, "num_processes"),
+    ("accelerate-list", {"accelerate.yaml": "- 1\n"}, "mapping"),
+    ("accelerate-laughs", {"accelerate.yaml": _laughs().replace("base_model: meta-llama/Llama-3.2-1B\n", "")},
+     "expands"),
+    ("deepspeed-stage-string", {"ds.json": '{"zero_optimization": {"stage": "3"}}'}, "stage"),
+    ("deepspeed-stage-7", {"ds.json": '{"zero_optimization": {"stage": 7}}'}, "stage"),
+    ("deepspeed-zero-list", {"ds.json": '{"zero_optimization": [3]}'}, "zero_optimization"),
+    ("deepspeed-not-json", {"ds.json": "{stage: 3"}, "line 1"),
+    ("deepspeed-binary", {"ds.json": b"\x00\x01" * 64}, "binary"),
+    ("deepspeed-deep", {"ds.json": "[" * 100_000 + "]" * 100_000}, "nested"),
+]
+
+
+@pytest.mark.parametrize("case,files,words", FROM_COMPANIONS, ids=[c[0] for c in FROM_COMPANIONS])
+def test_from_companions(cli, tmp_path, case, files, words):
+    path = tmp_path / "train.yaml"
+    path.write_text(AXOLOTL + ("deepspeed: ds.json\n" if "ds.json" in files else ""))
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert_refused(cli(["estimate", "--from", path, "--gpu", "4090"]), words=words)
+
+
+@pytest.mark.parametrize("path,words", [("/dev/zero", "regular file"), ("/", "directory")])
+def test_from_special_files(cli, path, words):
+    assert_refused(cli(["estimate", "--from", path, "--gpu", "4090"]), words=words)
+
+
+FROM_READ = [  # (id, text, what the estimate must say): strings where lists belong read as the frameworks read them
+    ("axolotl-target-string", AXOLOTL + "lora_target_modules: q_proj\n", {"targets": ["q_proj"]}),
+    ("axolotl-target-comma", AXOLOTL + "lora_target_modules: q_proj,v_proj\n", {"targets": ["q_proj", "v_proj"]}),
+    ("axolotl-target-list", AXOLOTL + "lora_target_modules: [q_proj, k_proj]\n", {"targets": ["q_proj", "k_proj"]}),
+    ("llamafactory-target-list", LLAMAFACTORY + "lora_target: [q_proj, v_proj]\n", {"targets": ["q_proj", "v_proj"]}),
+    ("llamafactory-target-comma", LLAMAFACTORY + "lora_target: q_proj, v_proj\n", {"targets": ["q_proj", "v_proj"]}),
+    ("llamafactory-target-all", LLAMAFACTORY + "lora_target: all\n", {"targets": ["all-linear"]}),
+    ("trl-target-string", TRL + "lora_target_modules: q_proj\n", {"targets": ["q_proj"]}),
+    ("axolotl-bf16-auto", AXOLOTL + "bf16: auto\n", {"precision": "bf16"}),
+    ("axolotl-unsloth-ckpt", AXOLOTL + "gradient_checkpointing: unsloth\n", {"grad_ckpt": True}),
+    ("axolotl-optimizer-fused", AXOLOTL + "optimizer: adamw_torch_fused\n", {"optimizer": "adamw"}),
+]
+
+
+@pytest.mark.parametrize("case,text,want", FROM_READ, ids=[c[0] for c in FROM_READ])
+def test_from_yaml_reads_what_the_framework_reads(cli, tmp_path, case, text, want):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    code, out, err, _ = cli(["estimate", "--json", "--from", path, "--gpu", "4090", "--model", "llama-3.2-1b"])
+    assert code == 0, err
+    config = json.loads(out)["config"]
+    assert {k: config[k] for k in want} == want
+
+
+def test_from_effective_batch_is_arithmetic_not_string_repetition(cli, tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(AXOLOTL.replace("micro_batch_size: 2", "micro_batch_size: 8") + "gradient_accumulation_steps: 4\n")
+    code, out, err, _ = cli(["plan", "--json", "--from", path, "--gpu", "4090", "--model", "llama-3.2-1b"],
+                            allow_writes=True)
+    assert code == 0, err
+    assert json.loads(out)["goals"]["effective_batch"] == 32

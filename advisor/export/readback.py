@@ -3,15 +3,21 @@ TrainConfig, listing every key that was not understood instead of dropping it si
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
-
+from ..bounded import load_json, load_yaml, read_text, shown
 from .context import HF_OPTIM, ExportError
 
+MAX_FILE_BYTES = 1 << 20  # a training YAML or a DeepSpeed JSON is a few KiB
+FIELD = "from_file"  # errors are about the file given to read the settings from
+
 _OPTIM_BACK = {v: k for k, v in HF_OPTIM.items()} | {"adamw_torch_fused": "adamw", "adamw_hf": "adamw",
-                                                     "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_32bit": "adamw"}
+                                                     "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_32bit": "adamw",
+                                                     "adamw": "adamw", "adamw_torch_4bit": None, "lion_8bit": None}
+_OPTIM_BACK = {k: v for k, v in _OPTIM_BACK.items() if v is not None}  # what the estimate models; others are refused
 
 # keys that do not change memory (data, logging, schedule): read, never reported as unknown
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
@@ -19,6 +25,89 @@ _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "n
                "deepspeed", "lora_dropout", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
                "fsdp", "lora_modules_to_save",
                "upcast_layernorm", "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
+
+
+class _File:
+    """The settings of one file with typed reads: each value must be what its key holds, or the read is refused
+    naming the file, the key, what was expected and what was found (never coerced: '8' is not 8)."""
+
+    def __init__(self, path: Path, data: dict) -> None:
+        self.path, self.data = path, data
+
+    def error(self, key: str, expected: str, value: Any) -> ExportError:
+        return ExportError(f"{self.path}: {key}: expected {expected}, got {shown(value)}",
+                           "fix the value in the file", field=FIELD, value=str(self.path))
+
+    def int(self, key: str, low: int, high: int, default: Any = None) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.error(key, f"a whole number from {low:,} to {high:,}", value)
+        return value
+
+    def number(self, key: str, low: float, high: float) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not low < value <= high):
+            raise self.error(key, f"a number above {low:g} and at most {high:g}", value)
+        return value
+
+    def bool(self, key: str, default: Any = None, also: tuple = ()) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool) and value not in also:
+            raise self.error(key, "true or false" + "".join(f" or {a!r}" for a in also), value)
+        return value
+
+    def str(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip() or len(value) > 4096:
+            raise self.error(key, "one of " + ", ".join(map(str, choices)) if choices else "a name", value)
+        if choices is not None and value not in choices:
+            raise self.error(key, "one of " + ", ".join(map(str, choices)), value)
+        return value
+
+    def mapping(self, key: str) -> dict:
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(key, "a mapping of settings", value)
+        return value
+
+    def targets(self, key: str, default: Any, everything: tuple[str, ...]) -> tuple[str, ...]:
+        """LoRA target modules: a list of module names, or one string (a name, a comma list, or a word in
+        ``everything`` meaning all linear layers)."""
+        value = self.data.get(key)
+        if value is None:
+            value = default
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or len(names) > 64:
+            raise self.error(key, "a module name, a comma list of them, or a list of names", value)
+        cleaned = []
+        for name in names:
+            if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.strip().isprintable():
+                raise self.error(key, "module names such as q_proj", name)
+            cleaned.append(name.strip())
+        if any(name in everything for name in cleaned):
+            return ("all-linear",)
+        return tuple(cleaned)
+
+
+def _optimizer(file: _File, key: str) -> str:
+    name = file.data.get(key)
+    if name is None:
+        return "adamw"
+    if not isinstance(name, str) or name not in _OPTIM_BACK:
+        raise ExportError(f"{file.path}: {key}: optimizer {shown(name)} is not one the estimate models",
+                          "one of " + ", ".join(sorted(_OPTIM_BACK)), field=FIELD, value=str(file.path))
+    return _OPTIM_BACK[name]
 
 
 @dataclass
@@ -30,84 +119,95 @@ class ReadBack:
     grad_accum: int = 1
 
 
-def _companions(path: Path, data: dict, used: set) -> dict:
+def _companions(path: Path, file: _File, used: set) -> dict:
     """What the file trains with besides its own keys: the DeepSpeed JSON it names and, next to it, the
     accelerate.yaml it is launched with (our exports write both), so a read-back sees ZeRO, FSDP, offload
     and the GPU count the estimate was made for."""
     fields: dict = {}
     used.add("deepspeed")
-    ds = data.get("deepspeed")
+    ds = file.data.get("deepspeed")
+    if ds is not None and not isinstance(ds, (str, dict)):
+        raise file.error("deepspeed", "the path of a DeepSpeed JSON", ds)
     if isinstance(ds, str) and ds:
         ds_path = (path.parent / ds) if not Path(ds).is_absolute() else Path(ds)
         fields.update(_deepspeed_fields(ds_path))
     accel = path.parent / "accelerate.yaml"
     if accel.is_file() and accel != path:
-        try:
-            launch = yaml.safe_load(accel.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            launch = {}
-        if isinstance(launch, dict):
-            if isinstance(launch.get("num_processes"), int) and launch["num_processes"] > 0:
-                fields["gpus"] = launch["num_processes"]
-            fsdp = launch.get("fsdp_config")
-            if launch.get("distributed_type") == "FSDP" and isinstance(fsdp, dict):
-                fields["fsdp"] = True
-                if fsdp.get("fsdp_offload_params"):
-                    fields["offload"] = "params"
+        where = str(accel)
+        text = read_text(accel, MAX_FILE_BYTES, what="accelerate config", hint="fix or remove the accelerate.yaml "
+                         "next to the file", error=ExportError, field=FIELD)
+        launch = load_yaml(text, where, error=ExportError, field=FIELD) or {}
+        if not isinstance(launch, dict):
+            raise ExportError(f"{where}: expected a mapping of launch settings", "fix or remove the accelerate.yaml "
+                              "next to the file", field=FIELD, value=where)
+        accelerate = _File(accel, launch)
+        processes = accelerate.int("num_processes", 1, MAX_GPUS)
+        if processes is not None:
+            fields["gpus"] = processes
+        fsdp = accelerate.mapping("fsdp_config")
+        if accelerate.str("distributed_type") == "FSDP" and fsdp:
+            fields["fsdp"] = True
+            if _File(accel, fsdp).bool("fsdp_offload_params", False):
+                fields["offload"] = "params"
     return fields
 
 
 def _deepspeed_fields(ds_path: Path) -> dict:
-    import json
-
-    try:
-        ds = json.loads(ds_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read the DeepSpeed config {ds_path}: {getattr(exc, 'strerror', None) or exc}",
-                          "keep ds_config.json next to the YAML that names it") from None
+    hint = "keep ds_config.json next to the YAML that names it"
+    text = read_text(ds_path, MAX_FILE_BYTES, what="DeepSpeed config", hint=hint, error=ExportError, field=FIELD)
+    ds = load_json(text, str(ds_path), what="DeepSpeed config", hint=hint, error=ExportError, field=FIELD)
     zero = ds.get("zero_optimization") if isinstance(ds, dict) else None
-    if not isinstance(zero, dict):
+    if zero is None:
         return {}
-    fields: dict = {"zero": int(zero.get("stage", 0) or 0)}
-    if isinstance(zero.get("offload_param"), dict) and zero["offload_param"].get("device") in ("cpu", "nvme"):
-        fields["offload"] = "params"
-    elif isinstance(zero.get("offload_optimizer"), dict) and zero["offload_optimizer"].get("device") in ("cpu", "nvme"):
-        fields["offload"] = "optimizer"
+    config = _File(ds_path, {"zero_optimization": zero})
+    zero = config.mapping("zero_optimization")
+    stage = _File(ds_path, zero).int("stage", 0, 3, 0)
+    fields: dict = {"zero": stage}
+    for key, offload in (("offload_param", "params"), ("offload_optimizer", "optimizer")):
+        device = _File(ds_path, zero).mapping(key).get("device")
+        if device in ("cpu", "nvme"):
+            fields["offload"] = offload
+            break
     return fields
 
 
 def read_config(path: Path) -> ReadBack:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ExportError(f"cannot read {path}: {exc.strerror}", "check the path given to --from") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ExportError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML", "check the file") from None
+    """An axolotl, LLaMA-Factory or TRL YAML (or one of our exports): bounded in size and shape, every value
+    the estimate uses checked for its type and range."""
+    where = str(path)
+    text = read_text(path, MAX_FILE_BYTES, what="training config", hint="give an axolotl, LLaMA-Factory or TRL YAML",
+                     error=ExportError, field=FIELD)
+    data = load_yaml(text, where, error=ExportError, field=FIELD)
     if not isinstance(data, dict):
-        raise ExportError(f"{path}: expected a mapping of training settings", "give an axolotl, LLaMA-Factory or TRL YAML")
+        raise ExportError(f"{path}: expected a mapping of training settings", "give an axolotl, LLaMA-Factory or TRL YAML",
+                          field=FIELD, value=where)
+    odd = next((k for k in data if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ExportError(f"{path}: key {shown(odd)} is not a setting name", "keys are names such as lora_r",
+                          field=FIELD, value=where)
+    file = _File(path, data)
     if "base_model" in data:
-        back = _axolotl(data)
+        back = _axolotl(file)
     elif "finetuning_type" in data:
-        back = _llamafactory(data)
+        back = _llamafactory(file)
     elif "model_name_or_path" in data:
-        back = _trl(data)
+        back = _trl(file)
     else:
-        back = None
-    if back is not None:
-        used: set = set()
-        back.fields.update(_companions(path, data, used))
-        if back.format == "axolotl" and isinstance(data.get("fsdp_config"), dict):
-            back.fields["fsdp"] = True
-            if data["fsdp_config"].get("offload_params"):
-                back.fields["offload"] = "params"
-        if back.fields.get("method") == "full" and back.fields.pop("_autocast_fp32_master", False):
-            back.fields["master_weights"] = True
-        back.fields.pop("_autocast_fp32_master", None)
-        back.fields.setdefault("stack", {"axolotl": "axolotl", "llamafactory": "llamafactory"}.get(back.format, "auto"))
-        return back
-    raise ExportError(f"{path}: not an axolotl, LLaMA-Factory or TRL config (no base_model / finetuning_type / "
-                      "model_name_or_path)", "lora-advisor reads those three formats and its own exports")
+        raise ExportError(f"{path}: not an axolotl, LLaMA-Factory or TRL config (no base_model / finetuning_type / "
+                          "model_name_or_path)", "lora-advisor reads those three formats and its own exports",
+                          field=FIELD, value=where)
+    used: set = set()
+    back.fields.update(_companions(path, file, used))
+    if back.format == "axolotl" and data.get("fsdp_config") is not None:
+        fsdp = file.mapping("fsdp_config")
+        back.fields["fsdp"] = True
+        if _File(path, fsdp).bool("offload_params", False):
+            back.fields["offload"] = "params"
+    if back.fields.get("method") == "full" and back.fields.pop("_autocast_fp32_master", False):
+        back.fields["master_weights"] = True
+    back.fields.pop("_autocast_fp32_master", None)
+    back.fields.setdefault("stack", {"axolotl": "axolotl", "llamafactory": "llamafactory"}.get(back.format, "auto"))
+    return back
 
 
 def _take(data: dict, used: set, key: str, default=None):
@@ -115,33 +215,36 @@ def _take(data: dict, used: set, key: str, default=None):
     return data.get(key, default)
 
 
-def _precision(data: dict, used: set) -> str:
+def _precision(file: _File, used: set) -> str:
     """The 16-bit dtype trained in: autocast flags (bf16 / fp16), or pure 16-bit weights (axolotl
     `bfloat16` / `float16`, LLaMA-Factory `pure_bf16`, TRL `dtype` without autocast)."""
     used.update({"bf16", "fp16", "bfloat16", "float16", "pure_bf16", "dtype"})
-    if data.get("bf16") is True or data.get("bfloat16") is True or data.get("pure_bf16") is True:
-        return "bf16"
-    if data.get("fp16") is True or data.get("float16") is True:
+    flags = {key: file.bool(key, False, also=("auto",) if key in ("bf16", "fp16") else ()) for key in
+             ("bf16", "fp16", "bfloat16", "float16", "pure_bf16")}
+    dtype = file.str("dtype", None, ("bfloat16", "float16", "float32", "auto"))
+    if flags["bf16"] is True or flags["bf16"] == "auto" or flags["bfloat16"] or flags["pure_bf16"]:
+        return "bf16"  # axolotl's `bf16: auto` is bf16 where the GPU has it, as everywhere we plan QLoRA/LoRA
+    if flags["fp16"] is True or flags["fp16"] == "auto" or flags["float16"]:
         return "fp16"
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(data.get("dtype"), "fp32")
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32")
 
 
-def _liger(data: dict, used: set) -> dict:
+def _liger(file: _File, used: set) -> dict:
     """Liger's fused linear cross-entropy, as each framework switches it on: the chunked loss."""
     used.update({"use_liger_kernel", "liger_kernel_config", "enable_liger_kernel", "plugins",
                  "liger_fused_linear_cross_entropy"})
-    on = (data.get("use_liger_kernel") is True or data.get("enable_liger_kernel") is True
-          or data.get("liger_fused_linear_cross_entropy") is True)
-    config = data.get("liger_kernel_config")
-    if on and isinstance(config, dict) and config.get("fused_linear_cross_entropy") is False:
+    on = (file.bool("use_liger_kernel", False) or file.bool("enable_liger_kernel", False)
+          or file.bool("liger_fused_linear_cross_entropy", False))
+    config = file.mapping("liger_kernel_config")
+    if on and config.get("fused_linear_cross_entropy") is False:
         on = False
     return {"loss": "chunked" if on else "standard"}
 
 
-def _finish(data: dict, used: set, model: str, fields: dict, fmt: str) -> ReadBack:
-    unknown = sorted(k for k in data if k not in used and k not in _IRRELEVANT)
+def _finish(file: _File, used: set, model: str, fields: dict, fmt: str) -> ReadBack:
+    unknown = sorted(k for k in file.data if k not in used and k not in _IRRELEVANT)
     return ReadBack(model=model, fields={k: v for k, v in fields.items() if v is not None}, format=fmt, unknown=unknown,
-                    grad_accum=int(data.get("gradient_accumulation_steps") or 1))
+                    grad_accum=file.int("gradient_accumulation_steps", 1, MAX_GRAD_ACCUM, 1))
 
 
 # Where each framework keeps the fields every format has: (rank, alpha, seq_len, micro_batch, optimizer)
@@ -150,67 +253,89 @@ _KEYS = {
     "llamafactory": ("lora_rank", "lora_alpha", "cutoff_len", "per_device_train_batch_size", "optim"),
     "trl": ("lora_r", "lora_alpha", "max_length", "per_device_train_batch_size", "optim"),
 }
+# The same bounds as the flags (core.MAX_*): a file cannot ask for what a flag cannot
+MAX_RANK, MAX_ALPHA, MAX_SEQ_LEN, MAX_MICRO_BATCH, MAX_GRAD_ACCUM, MAX_GPUS = 4096, 1e6, 1 << 24, 1 << 16, 1 << 16, 1024
 
 
-def _read(data: dict, fmt: str, model_key: str, **specific) -> ReadBack:
+def _read(file: _File, fmt: str, model_key: str, **specific) -> ReadBack:
     """The shared fields through the format's key names, plus what only this format says."""
     used = specific.pop("_used")
     rank, alpha, seq_len, micro_batch, optimizer = _KEYS[fmt]
-    fields = dict(rank=_take(data, used, rank), alpha=_take(data, used, alpha), seq_len=_take(data, used, seq_len),
-                  micro_batch=_take(data, used, micro_batch), precision=_precision(data, used),
-                  optimizer=_OPTIM_BACK.get(_take(data, used, optimizer), "adamw"), **_liger(data, used), **specific)
-    used.add("gradient_accumulation_steps")
-    return _finish(data, used, _take(data, used, model_key), fields, fmt)
+    used.update({rank, alpha, seq_len, micro_batch, optimizer, model_key, "gradient_accumulation_steps"})
+    model = file.data.get(model_key)
+    if not isinstance(model, str) or not model.strip() or len(model) > 4096:
+        raise file.error(model_key, "the model's hub id or path", model)
+    fields = dict(rank=file.int(rank, 1, MAX_RANK), alpha=file.number(alpha, 0, MAX_ALPHA),
+                  seq_len=file.int(seq_len, 1, MAX_SEQ_LEN), micro_batch=file.int(micro_batch, 1, MAX_MICRO_BATCH),
+                  precision=_precision(file, used), optimizer=_optimizer(file, optimizer), **_liger(file, used),
+                  **specific)
+    return _finish(file, used, model.strip(), fields, fmt)
 
 
-def _axolotl(data: dict) -> ReadBack:
-    used: set = {"load_in_4bit", "load_in_8bit", "bnb_config_kwargs"}
-    adapter = _take(data, used, "adapter")
-    method = "full" if not adapter else ("qlora" if adapter == "qlora" or data.get("load_in_4bit") else "lora")
-    if adapter == "lora" and data.get("load_in_8bit"):
+def _quant(file: _File, mapping: dict, key: str, default: str) -> str:
+    value = mapping.get(key, default)
+    if value not in ("nf4", "fp4"):
+        raise file.error(key, "nf4 or fp4", value)
+    return value
+
+
+def _axolotl(file: _File) -> ReadBack:
+    data = file.data
+    used: set = {"load_in_4bit", "load_in_8bit", "bnb_config_kwargs", "adapter", "lora_target_linear",
+                 "lora_target_modules", "gradient_checkpointing", "lora_modules_to_save"}
+    adapter = file.str("adapter", None, ("lora", "qlora"))
+    load_4bit, load_8bit = file.bool("load_in_4bit", False), file.bool("load_in_8bit", False)
+    method = "full" if not adapter else ("qlora" if adapter == "qlora" or load_4bit else "lora")
+    if adapter == "lora" and load_8bit:
         method = "lora8bit"
-    linear = _take(data, used, "lora_target_linear")
-    targets = ("all-linear",) if linear else tuple(_take(data, used, "lora_target_modules") or ("all-linear",))
-    bnb = data.get("bnb_config_kwargs") or {}
+    linear = file.bool("lora_target_linear", False)
+    targets = ("all-linear",) if linear else file.targets("lora_target_modules", ["all-linear"], ("all-linear",))
+    bnb = file.mapping("bnb_config_kwargs")
+    double = bnb.get("bnb_4bit_use_double_quant", True)
+    if not isinstance(double, bool):
+        raise file.error("bnb_4bit_use_double_quant", "true or false", double)
     # full FT with AMP keeps fp32 master weights only where the stack does: FSDP's upcast or DeepSpeed's optimizer
     master = bool(data.get("bf16") or data.get("fp16")) and bool(data.get("fsdp_config") or data.get("deepspeed"))
-    return _read(data, "axolotl", "base_model", _used=used, method=method, targets=targets, _autocast_fp32_master=master,
-                 grad_ckpt=bool(_take(data, used, "gradient_checkpointing")),
-                 quant_type=bnb.get("bnb_4bit_quant_type", "nf4"),
-                 double_quant=bnb.get("bnb_4bit_use_double_quant", True),
-                 train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
+    return _read(file, "axolotl", "base_model", _used=used, method=method, targets=targets, _autocast_fp32_master=master,
+                 grad_ckpt=bool(file.bool("gradient_checkpointing", False, also=("unsloth", "offload"))),
+                 quant_type=_quant(file, bnb, "bnb_4bit_quant_type", "nf4"), double_quant=double,
+                 train_embeddings=bool(data.get("lora_modules_to_save")))
 
 
-def _llamafactory(data: dict) -> ReadBack:
-    used: set = set()
-    bits = _take(data, used, "quantization_bit")
-    full = _take(data, used, "finetuning_type") == "full"
+def _llamafactory(file: _File) -> ReadBack:
+    data = file.data
+    used: set = {"quantization_bit", "finetuning_type", "lora_target", "disable_gradient_checkpointing",
+                 "quantization_type", "double_quantization", "additional_target"}
+    bits = file.int("quantization_bit", 4, 8)
+    if bits not in (None, 4, 8):
+        raise file.error("quantization_bit", "4 or 8", bits)
+    full = file.str("finetuning_type", "lora", ("lora", "full")) == "full"
     method = "full" if full else {4: "qlora", 8: "lora8bit"}.get(bits, "lora")
-    target = _take(data, used, "lora_target", "all")
-    targets = ("all-linear",) if target == "all" else tuple(t.strip() for t in str(target).split(","))
+    targets = file.targets("lora_target", "all", ("all",))
     # LLaMA-Factory upcasts full fine-tuning's trainable parameters to fp32 unless pure_bf16
     master = bool(data.get("bf16") or data.get("fp16")) and not data.get("pure_bf16")
-    return _read(data, "llamafactory", "model_name_or_path", _used=used, method=method, targets=targets,
+    return _read(file, "llamafactory", "model_name_or_path", _used=used, method=method, targets=targets,
                  _autocast_fp32_master=master,
-                 grad_ckpt=not _take(data, used, "disable_gradient_checkpointing", False),
-                 quant_type=_take(data, used, "quantization_type", "nf4"),
-                 double_quant=_take(data, used, "double_quantization", True),
-                 train_embeddings=bool(_take(data, used, "additional_target")))
+                 grad_ckpt=not file.bool("disable_gradient_checkpointing", False),
+                 quant_type=_quant(file, data, "quantization_type", "nf4"),
+                 double_quant=file.bool("double_quantization", True),
+                 train_embeddings=bool(data.get("additional_target")))
 
 
-def _trl(data: dict) -> ReadBack:
-    used: set = {"dtype", "bnb_4bit_quant_storage"}
-    peft = _take(data, used, "use_peft")
-    method = "full" if not peft else ("qlora" if _take(data, used, "load_in_4bit") else
-                                      "lora8bit" if _take(data, used, "load_in_8bit") else "lora")
-    target = _take(data, used, "lora_target_modules", "all-linear")
-    targets = ("all-linear",) if target == "all-linear" else tuple(target)
+def _trl(file: _File) -> ReadBack:
+    data = file.data
+    used: set = {"dtype", "bnb_4bit_quant_storage", "use_peft", "load_in_4bit", "load_in_8bit", "lora_target_modules",
+                 "gradient_checkpointing", "bnb_4bit_quant_type", "use_bnb_nested_quant", "lora_modules_to_save"}
+    peft = file.bool("use_peft", False)
+    method = "full" if not peft else ("qlora" if file.bool("load_in_4bit", False) else
+                                      "lora8bit" if file.bool("load_in_8bit", False) else "lora")
+    targets = file.targets("lora_target_modules", "all-linear", ("all-linear",))
     master = bool(data.get("bf16") or data.get("fp16")) and data.get("dtype") == "float32"
-    back = _read(data, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
+    back = _read(file, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
                  _autocast_fp32_master=master,
-                 grad_ckpt=bool(_take(data, used, "gradient_checkpointing", True)),
-                 quant_type=_take(data, used, "bnb_4bit_quant_type", "nf4"),
-                 double_quant=_take(data, used, "use_bnb_nested_quant", True),
-                 train_embeddings=bool(_take(data, used, "lora_modules_to_save")))
+                 grad_ckpt=file.bool("gradient_checkpointing", True),
+                 quant_type=_quant(file, data, "bnb_4bit_quant_type", "nf4"),
+                 double_quant=file.bool("use_bnb_nested_quant", True),
+                 train_embeddings=bool(data.get("lora_modules_to_save")))
     back.fields["stack"] = "trl"  # its SFTTrainer computes the loss with its fused LM head, whatever the file says
     return back
