@@ -369,8 +369,6 @@ class AdvisorApp(App):
         self.selected = int(index)
         self._label_options()
         self.preview(event.option_id)
-        self.notify(f"Export, Verify and the rank sweep now use option {self.selected}: "
-                    f"{self.result.select(self.selected).label}", title="Adopted")
 
     def preview(self, option_id: str) -> None:
         """The row's option in the panels: its summary, memory bar, phases and reasons."""
@@ -413,7 +411,7 @@ class AdvisorApp(App):
         self.previewed = None
         if plan.chosen is None:
             need = plan.smallest_need_bytes or 0
-            summary = Text(f"nothing fits on {card_text(self.result)}\n", style="bold red")
+            summary = Text(f"nothing fits on {self.hardware.name if self.hardware else 'this card'}\n", style="bold red")
             summary.append(f"the smallest candidate needs {need / GiB:.1f} GiB"
                            + (f" of {capacity / GiB:.1f} usable" if capacity else ""))
             self.main.query_one("#plan-summary", Static).update(summary)

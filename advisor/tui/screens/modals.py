@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from rich.text import Text
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
 
 class ErrorModal(ModalScreen[None]):
@@ -27,6 +27,7 @@ class ErrorModal(ModalScreen[None]):
             if self.hint:
                 yield Static(f"hint: {self.hint}", classes="hint")
             yield Button("Close", id="close", variant="error")
+        yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss()
@@ -57,6 +58,7 @@ class HelpModal(ModalScreen[None]):
         with VerticalScroll(classes="dialog wide"):
             yield Static(HELP)
             yield Button("Close", id="close")
+        yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss()
@@ -79,6 +81,7 @@ class RankSweepModal(ModalScreen[None]):
             yield Static("rank moves the adapters; sequence length, micro batch and targets move the activations" + cap,
                          classes="hint")
             yield Button("Close", id="close")
+        yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -88,7 +91,7 @@ class RankSweepModal(ModalScreen[None]):
             table.add_column(Text(name, **right), key=name)
         table.add_column("fits", key="fits")
         for row in self.rows:
-            verdict = {True: Text("✓", style="green"), False: Text("✗ exceeds the card", style="bold red"),
+            verdict = {True: Text("✓", style="green"), False: Text("✗ over", style="bold red"),
                        None: Text("-", style="dim")}[row.fits]
             table.add_row(Text(str(row.rank), **right), Text(f"{row.trainable_params:,}", **right),
                           Text(f"{row.adapter_state_bytes / 2**30:.2f} GiB", **right),
@@ -125,6 +128,7 @@ class ExportModal(ModalScreen[bool | None]):
             with Horizontal(classes="buttons"):
                 yield Button("Export", id="export", variant="primary")
                 yield Button("Cancel", id="cancel")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#format", Select).focus()

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Label, ProgressBar, Sparkline, Static
+from textual.widgets import Footer, Label, ProgressBar, Sparkline, Static
 
 from ...units import GiB
 
@@ -68,6 +68,7 @@ class VerifyScreen(ModalScreen[None]):
             yield Static("", id="status")
             yield Static("", id="verdict")
             yield Static("", id="summary")
+        yield Footer()
 
     def _limits(self) -> str:
         low, high = self.predicted.peak_device_range_bytes
