@@ -34,6 +34,11 @@ CASES = [
     ("mistral-7b-v0.1", 2, dict(method="lora", targets=("q,v",), seq_len=4096)),  # window mask: GQA k/v repeated
     ("llama-3.2-1b", 2, dict(method="full", master_weights=True, seq_len=1024, micro_batch=2)),  # autocast
     ("qwen2.5-0.5b", 4, dict(method="full", master_weights=True, seq_len=1024, micro_batch=2, grad_ckpt=True)),
+    # the chunked loss as the exported job runs it: TRL's fused LM head, one logits tile at a time
+    ("qwen2.5-0.5b", 4, dict(method="lora", seq_len=2048, loss="chunked")),
+    ("llama-3.2-1b", 3, dict(method="lora", seq_len=2048, micro_batch=2, grad_ckpt=True, loss="chunked")),
+    ("tinyllama-1.1b", 2, dict(method="full", seq_len=1024, micro_batch=2, loss="chunked")),
+    ("llama-2-7b", 2, dict(method="lora", seq_len=512, train_embeddings=True, loss="chunked")),
     # MoE with PEFT's LoRA on the fused expert tensors: a merged copy of the expert stack per layer
     ("mixtral-8x7b-v0.1", 2, dict(method="lora", targets=("all-linear",), seq_len=512, optimizer="sgd")),
     ("mixtral-8x7b-v0.1", 3, dict(method="lora", targets=("all-linear",), seq_len=256, grad_ckpt=True, optimizer="sgd")),

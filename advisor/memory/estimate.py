@@ -125,7 +125,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
             steady=steady, shared=shared, final=final, stored_acts=stored_acts, per_layer=per_layer,
             ckpt_input=ckpt_input, grad_ckpt=cfg.grad_ckpt, masks=masks, held_masks=held_masks,
             embed_out=rounded(T * a * h), loss_fwd=loss_fwd, loss_bwd=loss_bwd,
-            logits_grad=rounded(min(T, CHUNKED_LOSS_TOKENS if cfg.loss == "chunked" else T) * arch.vocab_size * a),
+            logits_grad=(rounded(min(T, TOKEN_TILE) * min(arch.vocab_size, VOCAB_CHUNK) * a) if cfg.loss == "chunked"
+                         else rounded(T * arch.vocab_size * a)),
             in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward))
 
     # --- optimizer step: no activations; grads, states and the step's temporaries
@@ -225,12 +226,35 @@ def _autocast_cache(arch: ModelArch) -> tuple[int, int]:
     return per_layer, rounded(2 * arch.vocab_size * arch.hidden_size)
 
 
+# The chunked loss is TRL's fused LM head as it runs on a GPU (trl/trainer/utils.py add_fused_lm_head ->
+# trl/kernels/chunked_logprob.py, Triton path): one [token tile x vocab chunk] logits buffer in the compute dtype,
+# fp32 per-token statistics, never the full logits.  The oracle traces the same allocations (verify/step.py).
+TOKEN_TILE, VOCAB_CHUNK, TILE_STATS = 4096, 32768, 6
+
+
+def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
+    """Forward and backward peak of the tiled loss: the scored positions' hidden states are copied
+    (hidden_states[labels != -100]) and saved; forward adds the statistics and one tile buffer; backward the
+    input gradient, the tile buffer again, one tile x hidden product, and lm_head's fp32 gradient when it trains."""
+    n, h, V = cfg.micro_batch * (cfg.seq_len - 1), arch.hidden_size, arch.vocab_size
+    rows, cols = min(n, TOKEN_TILE), min(V, VOCAB_CHUNK)
+    copy, buf = rounded(n * h * a), rounded(rows * cols * a)
+    hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * h)  # the norm's output, until the head is done
+    forward = hidden_alive + copy + TILE_STATS * rounded(n * FP32) + buf
+    held = copy + rounded(n * FP32) + copy  # the saved copy, the log-sum-exp, the input gradient
+    backward = held + buf + rounded(rows * h * a)
+    if head_trains:  # lm_head's gradient accumulates in fp32 and is handed back in its own dtype
+        weight_grad = rounded(V * h * FP32)
+        backward = max(backward + weight_grad + rounded(cols * h * a) + rounded(cols * h * FP32),
+                       held + weight_grad + rounded(V * h * a))
+    return forward, backward
+
+
 def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
     """Peak bytes of the logits/loss region in the forward and in the backward pass."""
-    T, V = cfg.tokens, arch.vocab_size
     if cfg.loss == "chunked":
-        # fused / chunked cross-entropy computes the loss and its gradient one chunk of tokens at a time
-        T = min(T, CHUNKED_LOSS_TOKENS)
+        return tiled_loss_region(arch, cfg, a, head_trains)
+    T, V = cfg.tokens, arch.vocab_size
     tv = T * V
     softcap = rounded(tv * a) if arch.final_logit_softcap else 0
     hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * arch.hidden_size)
@@ -238,9 +262,6 @@ def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) ->
     backward = 3 * rounded(tv * FP32) + softcap
     return forward, backward
 
-
-# Chunk size of the chunked cross-entropy option (Liger / torchtune style).
-CHUNKED_LOSS_TOKENS = 1024
 
 
 def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_fwd, loss_bwd, over, per_layer):
@@ -305,5 +326,7 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):
         notes.append(f"{cfg.optimizer}: states from the implementation's layout; the dry run cannot trace its step")
     if cfg.loss == "chunked":
-        notes.append(f"chunked cross-entropy modelled as {CHUNKED_LOSS_TOKENS}-token chunks; not checked by the oracle")
+        notes.append("chunked loss: TRL's fused LM head as it runs on a GPU (one logits tile, never the full "
+                     "logits), traced by the oracle; Liger's fused linear cross-entropy (axolotl, LLaMA-Factory) "
+                     "holds about as little")
     return notes

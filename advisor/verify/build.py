@@ -96,6 +96,7 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
             modules_to_save=["embed_tokens", "lm_head"] if cfg.train_embeddings else None, task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    model.tiled_loss = cfg.loss == "chunked"  # the step computes the loss as TRL's fused LM head (step.py)
     if cfg.grad_ckpt:
         # transformers' default: non-reentrant checkpointing of every decoder layer (what the HF Trainer uses).
         model.gradient_checkpointing_enable()

@@ -30,10 +30,115 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
     """The model's own loss (HF ForCausalLMLoss: fp32 logits).  Returning only the loss drops the
     output object, and with it the logits, before backward, as the HF Trainer does.  With
     ``autocast_dtype`` (mixed precision over fp32 master weights) the forward runs under autocast."""
+    if getattr(model, "tiled_loss", False):  # a chunked-loss plan (build.py): TRL's tiled LM head
+        return tiled_causal_lm_loss(model, input_ids, labels, autocast_dtype)
     if autocast_dtype is None:
         return model(input_ids=input_ids, labels=labels).loss
     with torch.autocast(input_ids.device.type, dtype=autocast_dtype):
         return model(input_ids=input_ids, labels=labels).loss
+
+
+# The chunked loss as the exported job runs it on a GPU: TRL's fused LM head (trl/trainer/utils.py
+# add_fused_lm_head -> trl/kernels/chunked_logprob.py _ChunkedLogProbFunction, Triton path).  On CUDA its
+# kernels read one [token tile x vocab chunk] buffer of logits (mm_buf, the compute dtype) and keep per-token
+# running statistics in registers; TRL's CPU fallback computes the same with torch ops that allocate several
+# fp32 tiles, which a CPU trace would wrongly count.  TiledNLL allocates what the GPU path allocates: the
+# buffer, fp32 per-token statistics, and in backward the input gradient (and lm_head's, when it trains).
+TOKEN_TILE = 4096  # chunked_logprob.py TOKEN_CHUNK_SIZE
+VOCAB_CHUNK = 32768  # trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
+TILE_STATS = 6  # fp32 per-token vectors of the forward: running max, sum exp, x-sum-exp (entropy), max before
+# the target (is_top1), target logit, and the log-prob output
+
+
+class TiledNLL(torch.autograd.Function):
+    """Mean negative log-likelihood of ``labels`` under ``hidden @ weight.T``, tile by tile."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n, vocab = hidden.shape[0], weight.shape[0]
+        stats = [torch.empty(n, dtype=torch.float32, device=hidden.device) for _ in range(TILE_STATS)]
+        lse, target = stats[0], stats[1]
+        buf = torch.empty(min(n, TOKEN_TILE), min(vocab, VOCAB_CHUNK), dtype=hidden.dtype, device=hidden.device)
+        for rows, cols, tile in _tiles(hidden, weight, buf):
+            local, inside = _local_targets(labels[rows], cols)
+            picked = tile.gather(1, local[:, None]).squeeze(1).float()
+            target[rows] = torch.where(inside, picked, target[rows] if cols.start else picked)
+            if cols.start == 0:
+                lse[rows] = tile.amax(-1).float()  # running max; the sum follows
+                stats[2][rows] = 0.0
+            new = torch.maximum(lse[rows], tile.amax(-1).float())
+            stats[2][rows] = stats[2][rows] * torch.exp(lse[rows] - new) + _sum_exp(tile, new)
+            lse[rows] = new
+        lse.add_(torch.log(stats[2]))
+        del buf
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        n = hidden.shape[0]
+        scale = (grad / n).float()
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                       if ctx.needs_input_grad[1] else None)
+        buf = torch.empty(min(n, TOKEN_TILE), min(weight.shape[0], VOCAB_CHUNK), dtype=hidden.dtype,
+                          device=hidden.device)
+        for rows, cols, tile in _tiles(hidden, weight, buf):
+            # dlogits = (softmax - onehot(target)) x scale, written over the buffer as the kernel does
+            tile.sub_(lse[rows, None].to(tile.dtype)).exp_().mul_(scale.to(tile.dtype))
+            local, inside = _local_targets(labels[rows], cols)
+            tile.scatter_add_(1, local[:, None], -(inside.to(tile.dtype) * scale.to(tile.dtype))[:, None])
+            grad_hidden[rows] += tile @ weight[cols]
+            if grad_weight is not None:
+                grad_weight[cols] += (tile.t() @ hidden[rows]).float()
+        del buf
+        return grad_hidden, (grad_weight.to(weight.dtype) if grad_weight is not None else None), None
+
+
+def _tiles(hidden: torch.Tensor, weight: torch.Tensor, buf: torch.Tensor):
+    """(token rows, vocab columns, the logits of that tile in ``buf``), the tile computed into the buffer."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    for t0 in range(0, n, TOKEN_TILE):
+        rows = slice(t0, min(t0 + TOKEN_TILE, n))
+        for v0 in range(0, vocab, VOCAB_CHUNK):
+            cols = slice(v0, min(v0 + VOCAB_CHUNK, vocab))
+            tile = buf[: rows.stop - rows.start, : cols.stop - cols.start]
+            torch.matmul(hidden[rows], weight[cols].t(), out=tile)
+            yield rows, cols, tile
+
+
+def _local_targets(labels: torch.Tensor, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    inside = (labels >= cols.start) & (labels < cols.stop)
+    return (labels - cols.start).clamp(0, cols.stop - cols.start - 1), inside
+
+
+def _sum_exp(tile: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
+    """sum(exp(tile - max)) per row, computed in place on the tile buffer (the kernel's registers)."""
+    return tile.sub_(new_max[:, None].to(tile.dtype)).exp_().sum(-1, dtype=torch.float32)
+
+
+def tiled_causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                         autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The model's causal-LM loss through TiledNLL: the backbone's hidden states, shifted, against lm_head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    context = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else _nullcontext()
+    with context:
+        hidden = base.model(input_ids=input_ids).last_hidden_state[:, :-1]
+        targets = labels[:, 1:].reshape(-1)
+        # TRL scores the valid positions only (hidden_states[labels != -100]): a copy of the hidden states.  Every
+        # position is valid here; index_select makes the same copy with a shape fake tensors can know.
+        valid = torch.arange(targets.numel(), device=targets.device)
+        head = base.get_output_embeddings()
+        weight = head.weight if autocast_dtype is None else head.weight.to(autocast_dtype)
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, valid)
+        return TiledNLL.apply(flat.to(weight.dtype), weight, targets)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 PhaseHook = Callable[[str], None]
