@@ -563,8 +563,9 @@ def run_tui(argv: list[str]) -> int:
         from .tui import make_app
     except ImportError:
         raise UsageError("the interactive app needs textual", "pip install textual, or use a command: lora-advisor plan --help") from None
-    make_app(request=request).run()
-    return 0
+    app = make_app(request=request)
+    app.run()
+    return app.return_code or 0  # an app that died of an exception exits non-zero
 
 
 def describe_error(err: AdvisorError) -> str:
