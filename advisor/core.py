@@ -665,6 +665,7 @@ def verify_report(sel: Selected, mode: str, events: list[dict], save_calibration
         from .verify.calibration import point_from_report, save_point
 
         point = point_from_report(report, sel.arch, report.environment)
-        if point is not None:
-            report.calibration_saved = str(save_point(point))
+        saved = save_point(point) if point is not None else None
+        if saved is not None:  # None: no home directory to keep the store in
+            report.calibration_saved = str(saved)
     return report

@@ -441,3 +441,217 @@ def test_from_effective_batch_is_arithmetic_not_string_repetition(cli, tmp_path)
                             allow_writes=True)
     assert code == 0, err
     assert json.loads(out)["goals"]["effective_batch"] == 32
+
+
+# ---- rule packs ------------------------------------------------------------------------------------------
+def _pack(when: str = "gpu.known", extra: str = "", action: str = "warn: true", because: str = "x") -> str:
+    return (f"rules:\n  - id: mine\n    when: {json.dumps(when)}\n    {action}\n    because: {json.dumps(because)}\n"
+            + extra)
+
+
+RULE_PACKS = [  # (id, file content, words)
+    ("regex", _pack("model.name =~ '(a+)+$'"), "regular expression"),
+    ("regex-constant-catastrophic", _pack("'" + "a" * 40 + "!' =~ '(a+)+$'"), "regular expression"),
+    ("regex-not", _pack("model.name !~ 'llama'"), "regular expression"),
+    ("regex-fuzzy", _pack("model.name =~~ 'llama'"), "regular expression"),
+    ("builtin-range", _pack("$range(100000000) == $range(1)"), "builtin"),
+    ("builtin-sum", _pack("$sum($range(10)) > 1"), "builtin"),
+    ("builtin-random", _pack("$random > 0.5"), "builtin"),
+    ("builtin-now", _pack("$now == $now"), "builtin"),
+    ("division-by-zero", _pack("gpu.vram_gib / 0 > 1"), "divides"),
+    ("division-constant", _pack("1 / 0 == 1"), "divides"),
+    ("division-by-fact", _pack("candidate.need_gib / gpu.tflops_bf16 > 1", action="forbid: true"), "divides"),
+    ("floor-division", _pack("gpu.vram_gib // 2 > 1"), "divides"),
+    ("modulo", _pack("gpu.count % 2 == 0"), "remainder"),
+    ("power", _pack("gpu.vram_gib ** 1000 > 1"), "power"),
+    ("power-constant", _pack("10 ** 10 ** 10 > 1"), "power"),
+    ("ternary", _pack("gpu.known ? true : false"), "conditional"),
+    ("comprehension", _pack("[x for x in [1, 2]] == [1, 2]"), "comprehension"),
+    ("bitwise", _pack("gpu.count & 1 == 1"), "bitwise"),
+    ("string-concat", _pack("model.name + 'x' == 'llamax'"), "strings"),
+    ("bare-symbol", _pack("gpu"), "as a value"),
+    ("attribute-of-attribute", _pack("model.name.as_lower == 'llama'"), "as_lower"),
+    ("huge-literal", _pack("gpu.vram_gib < 1e400"), "beyond"),
+    ("long-string-literal", _pack("model.name == '" + "x" * 500 + "'"), "200 characters"),
+    ("5000-and-terms", _pack(" and ".join(["gpu.bf16"] * 5000)), "when"),
+    ("deep-not", _pack("not " * 200 + "gpu.bf16"), "too large"),
+    ("deep-parentheses", _pack("(" * 100 + "gpu.bf16" + ")" * 100), "brackets"),
+    ("unknown-fact", _pack("gpu.vram > 24"), "unknown fact"),
+    ("type-mismatch", _pack("gpu.vram_gib > 'big'"), "mismatch"),
+    ("type-mismatch-equality", _pack("gpu.vram_gib == 'big'"), "compares"),
+    ("type-mismatch-in", _pack("model.family in [1, 2]"), "compares"),
+    ("syntax-error", _pack("gpu.vram_gib >"), "syntax"),
+    ("billion-laughs", "rules:\n  - &r0 {id: a, when: 'true', warn: true, because: x}\n" + "".join(
+        f"x{i}: &r{i} [" + ", ".join([f"*r{i - 1}"] * 9) + "]\n" for i in range(1, 10)), "expands"),
+    ("alias-in-rules", "base: &b {when: 'true', warn: true, because: x}\nrules:\n" + "".join(
+        f"  - {{<<: *b, id: r{i}}}\n" for i in range(1500)), "aliases"),
+    ("recursive-alias", "rules: &r [*r]\n", "alias"),
+    ("deep-yaml", "rules: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested"),
+    ("too-many-rules", "rules:\n" + "".join(f"  - {{id: r{i}, when: 'true', warn: true, because: x}}\n"
+                                            for i in range(1001)), "1,000"),
+    ("because-50mb-class", _pack(because="x" * 50_000), "because"),
+    ("description-huge", _pack(extra="    description: " + "y" * 50_000 + "\n").replace(
+        "  - id: mine\n", "  - id: mine\n    description: " + "y" * 5000 + "\n", 1), "description"),
+    ("id-huge", _pack().replace("id: mine", "id: " + "a" * 5000), "id"),
+    ("id-number", _pack().replace("id: mine", "id: 7"), "id"),
+    ("priority-40-digits", _pack(extra="").replace("id: mine", "id: mine\n    priority: " + "9" * 40), "digits"),
+    ("priority-inf", _pack().replace("id: mine", "id: mine\n    priority: .inf"), "finite"),
+    ("priority-huge", _pack().replace("id: mine", "id: mine\n    priority: 99999999999"), "priority"),
+    ("prefer-inf", _pack("candidate.fits", action="prefer: .inf"), "finite"),
+    ("prefer-nan", _pack("candidate.fits", action="prefer: .nan"), "finite"),
+    ("prefer-below-minus-one", _pack("candidate.fits", action="prefer: -5"), "prefer"),
+    ("set-rank-string", _pack("gpu.known", action="set: {rank: abc}"), "rank"),
+    ("set-rank-zero", _pack("gpu.known", action="set: {rank: 0}"), "rank"),
+    ("set-rank-list-huge", _pack("gpu.known", action="set: {rank: [" + ", ".join(map(str, range(1, 1001))) + "]}"),
+     "rank"),
+    ("set-method-unknown", _pack("gpu.known", action="set: {method: dora}"), "method"),
+    ("set-grad-ckpt-string", _pack("gpu.known", action="set: {grad_ckpt: 'yes'}"), "grad_ckpt"),
+    ("set-optimizer-number", _pack("gpu.known", action="set: {optimizer: 8}"), "optimizer"),
+    ("set-sharding-unknown", _pack("gpu.known", action="set: {sharding: zero9}"), "sharding"),
+    ("set-unknown-field", _pack("gpu.known", action="set: {learning_rate: 1}"), "learning_rate"),
+    ("set-empty-list", _pack("gpu.known", action="set: {rank: []}"), "rank"),
+    ("two-actions", _pack(action="warn: true\n    forbid: true"), "exactly one action"),
+    ("rules-not-a-list", "rules: {id: a}\n", "rules:"),
+    ("top-level-list", "- id: a\n", "rules:"),
+    ("rule-not-a-mapping", "rules:\n  - just text\n", "rule"),
+    ("two-documents", _pack() + "---\n" + _pack(), "invalid yaml"),
+    ("utf16", _pack().encode("utf-16"), "utf-16"),
+    ("binary", b"\x89PNG\r\n\x1a\n" + b"\x00" * 256, "binary"),
+    ("huge-file", _pack() + "# " + "z" * (2 << 20) + "\n", "mib"),
+]
+
+
+@pytest.mark.parametrize("case,content,words", RULE_PACKS, ids=[c[0] for c in RULE_PACKS])
+def test_rule_packs(cli, tmp_path, case, content, words):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    line = assert_refused(cli(["plan", *M, "--gpu", "4090", "--rules", path]), words=words)
+    assert "--rules" in line
+    from advisor.engine import cache
+
+    assert not cache._path(str(path)).exists(), "a refused pack was cached"
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda d: Path("/dev/zero"), "regular file"), (lambda d: d, "directory"),
+    (lambda d: (os.mkfifo(d / "fifo.yaml"), d / "fifo.yaml")[1], "regular file"),
+    (lambda d: d / "rules.safetensors", ".safetensors"),
+], ids=["dev-zero", "directory", "fifo", "safetensors"])
+def test_rule_pack_special_files(cli, tmp_path, make, words):
+    assert_refused(cli(["plan", *M, "--gpu", "4090", "--rules", make(tmp_path)]), words=words)
+
+
+def test_allowed_rule_features_still_load(cli, tmp_path):
+    """The bounds refuse what a rule must not do, not what rules do: arithmetic, `in`, substrings, negation."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(_pack("gpu.vram_gib * 0.9 - 1 > 2 and model.family in ['llama', 'qwen2'] and 'lla' in model.family "
+                          "and not (-goals.seq_len > 0)", because="ok {gpu.vram_gib}"))
+    code, out, err, _ = cli(["plan", "--json", *M, "--gpu", "4090", "--rules", path], allow_writes=True)
+    assert code == 0, err
+    assert any(t["rule"] == "mine" for t in json.loads(out)["plan"]["trace"])
+
+
+# ---- own stores ------------------------------------------------------------------------------------------
+def _valid_pack(tmp_path: Path) -> Path:
+    path = tmp_path / "ok.yaml"
+    path.write_text(_pack("gpu.vram_gib > 1", because="big card"))
+    return path
+
+
+@pytest.mark.parametrize("content", [
+    "[" * 100_000 + "]" * 100_000, '{"key": ' + "[" * 500 + "]" * 500 + "}", "\x00\x01" * 100, "not json",
+    '{"key": 1e400}', '{"rules": ' + "9" * 5000 + "}", " " * (9 << 20),
+], ids=["deep-100k", "deep-500", "binary", "not-json", "inf", "digits", "huge"])
+def test_corrupt_rules_cache_is_ignored(cli, tmp_path, content):
+    from advisor.engine import cache
+
+    pack = _valid_pack(tmp_path)
+    cache._path(str(pack)).write_text(content)
+    code, out, err, _ = cli(["plan", "--json", *M, "--gpu", "4090", "--rules", pack], allow_writes=True)
+    assert code == 0 and "Traceback" not in err and not err.strip(), err
+    assert len(cache._path(str(pack)).read_bytes()) < (1 << 20)  # rebuilt
+
+
+def test_tampered_rules_cache_cannot_reach_python_attributes(cli, tmp_path):
+    from advisor.engine import cache
+
+    pack = _valid_pack(tmp_path)
+    text = pack.read_text()
+    spec = {"id": "mine", "when": "gpu.vram_gib > 1", "warn": True, "because": "big card", "scope": "plan"}
+    for ir in (["eq", ["attr", "gpu", "__class__", "str"], ["lit", "str", "x"]], ["lit", "float", "1e999999999"],
+               ["and"] * 1, ["not"] * 2 + [["not"]] * 5000):
+        doc = {"format": cache.FORMAT, "key": cache._key(text, str(pack)), "source": str(pack),
+               "rules": [{"spec": spec, "source": f"{pack}:2", "ir": ir}]}
+        cache._path(str(pack)).write_text(json.dumps(doc))
+        code, out, err, _ = cli(["plan", "--json", *M, "--gpu", "4090", "--rules", pack], allow_writes=True)
+        assert code == 0 and not err.strip(), err
+        assert any(t["rule"] == "mine" for t in json.loads(out)["plan"]["trace"])
+
+
+def test_rules_cache_is_pruned(tmp_path):
+    from advisor.engine import cache
+
+    now = time.time()
+    for i in range(40):
+        path = tmp_path / f"rules-{i:016x}.json"
+        path.write_text("{}")
+        age = (cache.MAX_AGE_S + 60) if i < 5 else i
+        os.utime(path, (now - age, now - age))
+    (tmp_path / ".rules-stale.tmp").write_text("")
+    os.utime(tmp_path / ".rules-stale.tmp", (now - 7200, now - 7200))
+    cache.prune(tmp_path, now=now)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == cache.MAX_FILES and not any(f"rules-{i:016x}.json" in left for i in range(5))
+    assert ".rules-stale.tmp" not in left
+
+
+def test_oversized_rules_cache_entry_is_not_written(tmp_path, monkeypatch):
+    from advisor.engine import cache
+
+    monkeypatch.setenv("LORA_ADVISOR_CACHE_DIR", str(tmp_path))
+    cache.write("text", "src", [{"spec": {"because": "x" * (cache.MAX_CACHE_BYTES + 1)}}])
+    assert not list(tmp_path.glob("rules-*.json"))
+
+
+STORES = [  # calibration store contents: each is reported in one note and ignored
+    ("deep-100k", "[" * 100_000 + "]" * 100_000),
+    ("deep-500", '{"points": ' + "[" * 500 + "]" * 500 + "}"),
+    ("binary", "\x00\x01\x02" * 50),
+    ("huge", " " * (17 << 20)),
+    ("ratio-absurd", json.dumps({"points": [{"gpu_name": "RTX 4090", "model_family": "llama", "method": "lora",
+                                            "allocated_ratio": 1e300, "reserved_over_allocated": 1.1,
+                                            "measured_at": "2026-01-01T00:00:00+00:00"}]})),
+    ("inf", '{"points": [{"allocated_ratio": Infinity}]}'),
+    ("points-not-list", '{"points": 7}'),
+]
+
+
+@pytest.mark.parametrize("case,content", STORES, ids=[c[0] for c in STORES])
+def test_corrupt_calibration_store_is_reported_and_ignored(cli, case, content):
+    (cli.data / "calibration.json").write_text(content)
+    code, out, err, elapsed = cli(["plan", "--json", *M, "--gpu", "4090"])
+    assert code == 0 and "Traceback" not in err and elapsed < TIME_BOUND_S
+    notes = [line for line in err.splitlines() if line]
+    assert len(notes) == 1 and notes[0].startswith("note: calibration store") and "ignored" in notes[0], err
+
+
+def test_calibration_store_pointing_at_dev_zero(cli):
+    (cli.data / "calibration.json").symlink_to("/dev/zero")
+    code, out, err, elapsed = cli(["plan", "--json", *M, "--gpu", "4090"])
+    assert code == 0 and "regular file" in err and elapsed < TIME_BOUND_S
+
+
+def test_missing_home_creates_nothing(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "no-such-home"
+    for name in ("LORA_ADVISOR_CACHE_DIR", "LORA_ADVISOR_DATA_DIR", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    pack = _valid_pack(tmp_path)
+    assert main(["plan", "--json", *M, "--gpu", "4090", "--rules", str(pack)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert not home.exists()
+    from advisor.engine.cache import cache_dir
+    from advisor.verify.calibration import save_point, store_path
+
+    assert cache_dir() is None and store_path() is None and save_point(object()) is None

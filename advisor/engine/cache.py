@@ -22,7 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2  # 2: packs are cached only after the expression checks (no regexes, builtins, division)
+MAX_CACHE_BYTES = 8 << 20  # one pack's entry; a larger file is not ours: ignored (and replaced)
+MAX_FILES = 32  # packs cached at most; the least recently written go first
+MAX_AGE_S = 30 * 24 * 3600  # an entry not rewritten for 30 days is removed
 
 
 def cache_dir() -> Path | None:
@@ -31,9 +34,22 @@ def cache_dir() -> Path | None:
         return None
     if override:
         return Path(override)
-    from platformdirs import user_cache_dir
+    return user_dir("cache")
 
-    return Path(user_cache_dir("lora-advisor"))
+
+def user_dir(kind: str) -> Path | None:
+    """platformdirs' cache or data directory for the advisor, or None when it would hang off a home directory
+    that does not exist (HOME unset or pointing nowhere): then nothing is cached or stored, rather than
+    creating directories under a path that is not there."""
+    import platformdirs
+
+    path = Path(platformdirs.user_cache_dir("lora-advisor") if kind == "cache" else platformdirs.user_data_dir("lora-advisor"))
+    home = os.path.expanduser("~")
+    if not path.is_absolute() or home == "~" or not home:
+        return None
+    if path.is_relative_to(home) and not Path(home).is_dir():
+        return None
+    return path
 
 
 def _engine_stamp() -> str:
@@ -64,15 +80,18 @@ def _path(source: str) -> Path | None:
 
 def read(text: str, source: str) -> list[dict[str, Any]] | None:
     """The cached entries ({spec, source, ir}) of a pack, or None (not cached, or unusable)."""
+    from ..bounded import load_json, read_text
+    from ..errors import AdvisorError
+
     try:
         path = _path(source)
         if path is None or not path.exists():
             return None
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("key") != _key(text, source) or not isinstance(doc.get("rules"), list):
+        doc = load_json(read_text(path, MAX_CACHE_BYTES), str(path))  # bounded: size, depth, numbers
+        if not isinstance(doc, dict) or doc.get("key") != _key(text, source) or not isinstance(doc.get("rules"), list):
             return None
         return doc["rules"]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError, AdvisorError):
         return None
 
 
@@ -83,13 +102,40 @@ def write(text: str, source: str, entries: list[dict[str, Any]]) -> None:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"format": FORMAT, "key": _key(text, source), "source": source, "rules": entries})
+        if len(payload) > MAX_CACHE_BYTES:
+            return  # larger than any pack we would read back
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"format": FORMAT, "key": _key(text, source), "source": source, "rules": entries}, handle)
+                handle.write(payload)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    except (OSError, TypeError, ValueError):
+        prune(path.parent, keep=path)
+    except (OSError, TypeError, ValueError, RecursionError):
         pass
+
+
+def prune(directory: Path, keep: Path | None = None, now: float | None = None) -> None:
+    """Remove cache entries not written for MAX_AGE_S, then all but the MAX_FILES newest (and stale temp files)."""
+    import time
+
+    now = time.time() if now is None else now
+    entries = []
+    for path in directory.glob("rules-*.json"):
+        try:
+            entries.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    entries.sort(reverse=True)
+    for index, (mtime, path) in enumerate(entries):
+        if path != keep and (index >= MAX_FILES or now - mtime > MAX_AGE_S):
+            path.unlink(missing_ok=True)
+    for tmp in directory.glob(".rules-*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > 3600:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            continue

@@ -110,6 +110,54 @@ class _Translator:
         return ["attr", obj.name, n.name, kind]
 
 
+def valid_ir(ir: Any, max_nodes: int = 400, max_depth: int = 40) -> bool:
+    """Whether ``ir`` (read back from the disk cache) is a form ``to_ir`` could have written: known operators,
+    literals, and attributes that are facts; bounded in size and depth (walked without recursion)."""
+    import dataclasses
+
+    from .facts import FACT_CLASSES
+
+    if ir is None:
+        return True
+    facts = {prefix: {f.name for f in dataclasses.fields(cls)} for prefix, cls in FACT_CLASSES.items()}
+    stack, nodes = [(ir, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes or depth > max_depth or not isinstance(node, list) or not node:
+            return False
+        op = node[0]
+        if op == "lit":
+            if len(node) != 3 or node[1] not in ("float", "str", "bool", "null"):
+                return False
+            if node[1] == "float":
+                try:
+                    if not isinstance(node[2], str) or len(node[2]) > 40 or not decimal.Decimal(node[2]).is_finite():
+                        return False
+                except decimal.InvalidOperation:
+                    return False
+        elif op == "attr":
+            if (len(node) != 4 or node[1] not in facts or node[2] not in facts.get(node[1], ())
+                    or node[3] not in ("float", "bool", "str")):
+                return False
+        elif op == "in":
+            if len(node) != 3 or not isinstance(node[2], list) or len(node[2]) > 100:
+                return False
+            stack.append((node[1], depth + 1))
+            stack.extend((item, depth + 1) for item in node[2])
+        elif op in ("not", "neg"):
+            if len(node) != 2:
+                return False
+            stack.append((node[1], depth + 1))
+        elif op in ("and", "or", "eq", "ne", *_ORDERED):
+            if len(node) != 3:
+                return False
+            stack.extend(((node[1], depth + 1), (node[2], depth + 1)))
+        else:
+            return False
+    return True
+
+
 # --- intermediate form -> closures (needs nothing but the facts) -------------------------------------------
 
 def _to_decimal(value: Any) -> decimal.Decimal:

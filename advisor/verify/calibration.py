@@ -18,6 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 STORE_NAME = "calibration.json"
+MAX_STORE_BYTES = 16 << 20  # ~40,000 points; a larger file is not ours: reported and ignored
+MAX_POINTS = 500  # the store keeps the newest points; older ones are dropped when a point is saved
 
 
 class CalibrationPoint(BaseModel):
@@ -30,37 +32,49 @@ class CalibrationPoint(BaseModel):
     stack: dict[str, str] = Field(default_factory=dict, description="transformers / peft / bitsandbytes versions.")
     model_family: str
     method: str
-    allocated_ratio: float = Field(gt=0, description="measured / predicted peak allocated bytes.")
-    reserved_over_allocated: float = Field(ge=1.0, description="measured peak reserved / peak allocated.")
-    context_bytes: int | None = Field(None, ge=0, description="device used (NVML) - reserved: context + outside torch.")
+    allocated_ratio: float = Field(gt=0, le=10, description="measured / predicted peak allocated bytes.")
+    reserved_over_allocated: float = Field(ge=1.0, le=10, description="measured peak reserved / peak allocated.")
+    context_bytes: int | None = Field(None, ge=0, le=1 << 40,
+                                      description="device used (NVML) - reserved: context + outside torch.")
     measured_at: str
 
 
-def store_path() -> Path:
+def store_path() -> Path | None:
+    """The store's file; None when there is nowhere to keep it (no home directory)."""
     override = os.environ.get("LORA_ADVISOR_DATA_DIR")
     if override:
         return Path(override) / STORE_NAME
-    from platformdirs import user_data_dir
+    from ..engine.cache import user_dir
 
-    return Path(user_data_dir("lora-advisor")) / STORE_NAME
+    directory = user_dir("data")
+    return None if directory is None else directory / STORE_NAME
 
 
 def load_points(path: Path | None = None) -> tuple[list[CalibrationPoint], str | None]:
-    """(points, problem): a missing store is empty; a corrupt one is empty plus a one-line problem."""
+    """(points, problem): a missing store is empty; a corrupt one (unreadable, too large, too deeply nested, not
+    the store's shape) is empty plus a one-line problem."""
+    from ..bounded import load_json, read_text
+    from ..errors import AdvisorError
+
     path = path or store_path()
-    if not path.exists():
+    if path is None or not path.exists():
         return [], None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(read_text(path, MAX_STORE_BYTES, what="calibration store"), str(path))
         return [CalibrationPoint.model_validate(item) for item in data["points"]], None
-    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+    except AdvisorError as exc:
+        return [], f"calibration store {path} is unreadable ({exc.message.removeprefix(str(path)).strip(': ')}); ignored"
+    except (OSError, ValueError, KeyError, TypeError, ValidationError, RecursionError) as exc:
         return [], f"calibration store {path} is unreadable ({type(exc).__name__}); ignored"
 
 
-def save_point(point: CalibrationPoint, path: Path | None = None) -> Path:
+def save_point(point: CalibrationPoint, path: Path | None = None) -> Path | None:
+    """Add a point (keeping the newest MAX_POINTS); None when there is nowhere to store it."""
     path = path or store_path()
+    if path is None:
+        return None
     points, problem = load_points(path)
-    points.append(point)
+    points = sorted([*points, point], key=lambda p: p.measured_at)[-MAX_POINTS:]
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"schema_version": 1, "points": [p.model_dump() for p in points]}, indent=2)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
