@@ -48,11 +48,11 @@ Detector = Callable[[], object]  # returns a hardware.nvml.Detection
 
 
 def detect_gpus():
-    """This machine's GPUs through NVML (closed again afterwards)."""
-    from .hardware.nvml import Nvml
+    """This machine's GPUs through NVML, probed in a child process with a deadline (a hung or crashing driver
+    cannot hang or kill the caller; see hardware/nvml.py)."""
+    from .hardware.nvml import detect
 
-    with Nvml() as nvml:
-        return nvml.detect()
+    return detect()
 
 
 # ---- requests -------------------------------------------------------------------------------------------

@@ -655,3 +655,150 @@ def test_missing_home_creates_nothing(tmp_path, monkeypatch, capsys):
     from advisor.verify.calibration import save_point, store_path
 
     assert cache_dir() is None and store_path() is None and save_point(object()) is None
+
+
+# ---- NVML faults (faked at the pynvml boundary) ----------------------------------------------------------
+def _fake(**changes):
+    """A fake pynvml with one GPU, its functions replaced by ``changes`` (name -> callable)."""
+    from tests.fake_pynvml import FakeGpu, make_fake_pynvml
+
+    gpus = changes.pop("gpus", [FakeGpu()])
+    nv = make_fake_pynvml(gpus, **{k: changes.pop(k) for k in ("init_error", "hang_s") if k in changes})
+    for name, fn in changes.items():
+        if fn is ...:
+            delattr(nv, name)  # an older binding without the function
+        else:
+            setattr(nv, name, fn)
+    return nv
+
+
+def _sleep_forever(*args):
+    time.sleep(3600)
+
+
+def _raise(exc):
+    def fn(*args):
+        raise exc
+    return fn
+
+
+NVML_FAULTS = [  # (id, fake changes, words in the reason `gpus` reports)
+    ("init-hangs", dict(hang_s=3600), "did not"),
+    ("init-aborts", dict(nvmlInit=lambda: os.abort()), "crashed"),
+    ("init-segfaults", dict(nvmlInit=lambda: os.kill(os.getpid(), signal.SIGSEGV)), "crashed"),
+    ("init-exits", dict(nvmlInit=lambda: os._exit(3)), "without an answer"),
+    ("init-raises-non-nvml", dict(nvmlInit=_raise(OSError("libnvidia-ml.so.1: wrong ELF class"))), "wrong elf"),
+    ("count-hangs", dict(nvmlDeviceGetCount=_sleep_forever), "did not answer"),
+    ("memory-query-hangs", dict(nvmlDeviceGetMemoryInfo=_sleep_forever), "did not answer"),
+    ("count-raises-non-nvml", dict(nvmlDeviceGetCount=_raise(RuntimeError("binding mismatch"))), "no gpus"),
+    ("function-missing", dict(nvmlSystemGetDriverVersion=...), "nvml failed"),
+    ("name-raises-non-nvml", dict(nvmlDeviceGetName=_raise(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"))), ""),
+    ("gpu-reports-zero-bytes", dict(gpus=None), "no memory size"),
+]
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    """Install a fake pynvml for the CLI (the probe's child inherits it) with a short deadline."""
+    from advisor.hardware import nvml as module
+
+    monkeypatch.setenv("LORA_ADVISOR_NVML_TIMEOUT", "1.5")
+    monkeypatch.setattr(module, "_probes", {})
+
+    def install(**changes):
+        from tests.fake_pynvml import FakeGpu
+
+        if "gpus" in changes and changes["gpus"] is None:
+            changes["gpus"] = [FakeGpu(total=0, used=0)]
+        monkeypatch.setitem(sys.modules, "pynvml", _fake(**changes))
+    return install
+
+
+@pytest.mark.parametrize("case,changes,words", NVML_FAULTS, ids=[c[0] for c in NVML_FAULTS])
+def test_nvml_faults_are_states(cli, nvml, case, changes, words):
+    nvml(**changes)
+    code, out, err, elapsed = cli(["gpus", "--json"])
+    assert code == 0 and "Traceback" not in err and elapsed < 5, (code, err, elapsed)
+    doc = json.loads(out)
+    if not words:  # a field the binding cannot read is left out; the GPU is still listed
+        assert [g["name"] for g in doc["gpus"]] == ["GPU 0"], doc
+        return
+    assert words.lower() in (doc["reason"] or "").lower(), doc
+    assert doc["hint"]
+
+
+@pytest.mark.parametrize("case,changes", [(c[0], c[1]) for c in NVML_FAULTS if c[0] != "gpu-reports-zero-bytes"],
+                         ids=[c[0] for c in NVML_FAULTS if c[0] != "gpu-reports-zero-bytes"])
+def test_nvml_faults_do_not_stop_planning(cli, nvml, case, changes):
+    """plan / estimate auto-detect; a faulty NVML means planning without a detected GPU, within the deadline."""
+    nvml(**changes)
+    code, out, err, elapsed = cli(["plan", "--json", *M], allow_writes=True)
+    assert code in (0, 3) and "Traceback" not in err and elapsed < 5, (code, err, elapsed)
+    code, out, err, elapsed = cli(["estimate", "--json", *M], allow_writes=True)
+    assert code == 0 and "Traceback" not in err and elapsed < 5, (code, err, elapsed)
+
+
+def test_gpu_reporting_zero_bytes_is_refused_for_planning(cli, nvml):
+    nvml(gpus=None)
+    assert_refused(cli(["plan", *M]), words="no memory size")
+
+
+def test_hung_probe_is_asked_once_per_process(cli, nvml):
+    nvml(hang_s=3600)
+    from advisor.core import detect_gpus
+
+    start = time.monotonic()
+    first = detect_gpus()
+    second = detect_gpus()
+    assert first is second and "did not" in first.reason and time.monotonic() - start < 3
+
+
+def test_no_driver_costs_nothing(monkeypatch):
+    """Without pynvml loaded and without any NVIDIA kernel driver, detection does not even start a probe."""
+    from advisor.hardware import nvml as module
+
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setattr(module.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(module.os, "fork", lambda: pytest.fail("forked"), raising=False)
+    start = time.monotonic()
+    detection = module.detect()
+    assert detection.gpus == [] and "no NVIDIA driver" in detection.reason and time.monotonic() - start < 0.05
+
+
+_HUNG_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from tests.fake_pynvml import FakeGpu, make_fake_pynvml
+    nv = make_fake_pynvml([FakeGpu()])
+    def init():
+        with open({pidfile!r}, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
+    nv.nvmlInit = init
+    sys.modules["pynvml"] = nv
+    from advisor.cli import main
+    sys.exit(main({argv!r}))
+""")
+
+
+@pytest.mark.parametrize("argv", [["gpus"], ["plan", "--model", "llama-3.2-1b"]], ids=["gpus", "plan"])
+def test_ctrl_c_during_a_hung_probe_ends_it(tmp_path, argv):
+    pidfile = tmp_path / "probe.pid"
+    script = _HUNG_DRIVER.format(root=str(ROOT), pidfile=str(pidfile), argv=argv)
+    env = {**os.environ, "LORA_ADVISOR_NVML_TIMEOUT": "60", "LORA_ADVISOR_CACHE_DIR": "off",
+           "LORA_ADVISOR_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted", err
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the probe went with the command: no orphan left holding the driver

@@ -61,7 +61,8 @@ def hardware_for(gpu: str | None = None, vram: str | None = None, gpus: int | No
         raise UsageError(f"{gpus} GPUs: this machine has {len(visible)} visible GPU(s)",
                          "ask for fewer GPUs, or plan for another box (4xA100-80GB)", field="gpus", value=gpus)
     first = visible[0]
-    if first.total_bytes is None:
-        return None
+    if first.total_bytes is None:  # NVML gave no (or a 0-byte) memory size: planning on it would be a guess
+        raise UsageError(f"the detected GPU {first.index} ({first.name}) reports no memory size through NVML",
+                         "name the GPU or give its memory size", field="gpu", value="")
     return Hardware(name=first.name, memory_bytes=first.total_bytes, count=gpus or len(visible),
                     compute_capability=first.compute_capability, in_use_bytes=first.used_bytes or 0)

@@ -4,12 +4,20 @@ Nothing here raises to the caller for a machine-side problem.  No library, no dr
 mismatch, no permission, an init that hangs, a field the GPU does not support, a GPU that falls off the
 bus: each becomes a state (``Detection.reason`` / ``hint``) or a missing field (``None``).
 The ``module`` argument lets tests put a fake ``pynvml`` at exactly this boundary.
+
+``detect()`` is what commands call: it runs the whole probe in a forked child with a deadline, so a driver
+that hangs in ``nvmlInit`` or in a query (a GPU fallen off the bus holds the call, and the interpreter lock,
+inside the C library), a binding that raises something other than ``NVMLError``, or a library that aborts
+the process costs at most the deadline and ends in a state with a message; Ctrl-C still works (the parent
+only waits on a pipe) and kills the child.  The result is kept for the process: a failure for good (a hung
+driver stays hung), a success for a few seconds (one command asks once).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
@@ -17,6 +25,9 @@ from typing import Any, Callable
 from .info import DriverInfo, GpuInfo, MigInstance, ProcessInfo
 
 INIT_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 6.0  # the whole forked probe; LORA_ADVISOR_NVML_TIMEOUT overrides it
+PROBE_REUSE_S = 5.0  # a successful probe answers the same process again for this long
+MAX_PROBE_BYTES = 4 << 20
 NO_DRIVER_HINT = "plan for a GPU anyway with --gpu NAME (e.g. --gpu 4090, --gpu 4xA100-80GB) or --vram SIZE"
 
 
@@ -121,13 +132,16 @@ class Nvml:
 
     # -- guarded queries ---------------------------------------------------------------------------
     def query(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call one NVML function: ``None`` when unsupported or failing, ``GpuLost`` when the GPU left."""
+        """Call one NVML function: ``None`` when unsupported or failing (an ``NVMLError``, or anything else a
+        mismatched binding raises), ``GpuLost`` when the GPU left."""
         nv = self.module
         try:
             return fn(*args)
         except _error_class(nv, "GpuIsLost") as exc:
             raise GpuLost(str(exc)) from None
-        except nv.NVMLError:
+        except getattr(nv, "NVMLError", Exception):
+            return None
+        except Exception:  # a binding / driver mismatch (TypeError, AttributeError, OSError, ...): no value
             return None
 
     def device_count(self) -> int:
@@ -148,12 +162,23 @@ class Nvml:
                 info = self.query(nv.nvmlDeviceGetMemoryInfo, handle, version)
             if info is None:
                 info = self.query(nv.nvmlDeviceGetMemoryInfo, handle)
-        if info is None:
+        try:
+            total, free, used = int(info.total), int(info.free), int(info.used)
+        except (AttributeError, TypeError, ValueError):
             return None
-        return int(info.total), int(info.free), int(info.used)
+        if total <= 0 or not 0 <= used <= total or not 0 <= free <= total:
+            return None  # a GPU reporting 0 bytes (or nonsense) has no known memory
+        return total, free, used
 
     # -- the whole picture ---------------------------------------------------------------------------
     def detect(self) -> Detection:
+        try:
+            return self._detect()
+        except Exception as exc:  # anything a broken binding raises outside a guarded query
+            return Detection(reason=f"NVML failed while reading the GPUs ({type(exc).__name__}: {str(exc)[:120]})",
+                             hint="check that nvidia-ml-py matches the driver (`nvidia-smi`); meanwhile " + NO_DRIVER_HINT)
+
+    def _detect(self) -> Detection:
         if not self.open():
             reason, hint = self.failure
             return Detection(reason=reason, hint=hint)
@@ -174,6 +199,10 @@ class Nvml:
         elif lost:
             detection.reason = f"GPU(s) {lost} stopped responding and are left out"
             detection.hint = "check `nvidia-smi` and the kernel log (Xid errors)"
+        unsized = [g.index for g in gpus if g.total_bytes is None]
+        if unsized and not detection.reason:
+            detection.reason = f"GPU(s) {unsized} report no memory size (0 bytes or unreadable)"
+            detection.hint = "check `nvidia-smi`; meanwhile " + NO_DRIVER_HINT
         return detection
 
     def _gpu(self, index: int) -> GpuInfo:
@@ -239,6 +268,162 @@ class Nvml:
         if not known:
             return None  # NVLink not supported (most consumer cards)
         return any(state == getattr(nv, "NVML_FEATURE_ENABLED", 1) for state in known)
+
+
+# ---- the probe commands use: a forked child with a deadline ----------------------------------------------
+_probes: dict[int, tuple[float, Detection, bool, object]] = {}  # id(pynvml) -> (when, detection, final, pynvml)
+_probe_lock = threading.Lock()
+
+
+def _probe_timeout() -> float:
+    try:
+        value = float(os.environ.get("LORA_ADVISOR_NVML_TIMEOUT", PROBE_TIMEOUT_S))
+    except ValueError:
+        value = PROBE_TIMEOUT_S
+    return min(max(value, 0.1), 120.0) if value == value else PROBE_TIMEOUT_S
+
+
+def _no_driver_here() -> bool:
+    """Linux with no trace of an NVIDIA kernel driver (and no WSL GPU bridge): NVML cannot find a GPU, so the
+    probe is skipped (near-zero cost on machines without one).  Only when pynvml is not loaded already."""
+    import sys
+
+    if not sys.platform.startswith("linux") or "pynvml" in sys.modules:
+        return False
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"))
+
+
+def detect(timeout_s: float | None = None, reuse_s: float = PROBE_REUSE_S) -> Detection:
+    """This machine's GPUs, probed in a child process with a deadline (see the module's docstring)."""
+    import sys
+
+    if _no_driver_here():
+        return Detection(reason="no NVIDIA driver found (the kernel driver is not loaded)", hint=NO_DRIVER_HINT)
+    module = sys.modules.get("pynvml")  # kept in the entry, so its id is not reused by another module
+    key = id(module)
+    with _probe_lock:
+        cached = _probes.get(key)
+        if cached is not None and (cached[2] or time.monotonic() - cached[0] < reuse_s):
+            return cached[1]
+        timeout = _probe_timeout() if timeout_s is None else timeout_s
+        if not hasattr(os, "fork"):  # Windows: in-process, init bounded by a thread
+            detection, final = Nvml(init_timeout_s=min(INIT_TIMEOUT_S, timeout)).detect(), False
+        else:
+            detection, final = _forked_probe(timeout)
+        _probes[key] = (time.monotonic(), detection, final, module)
+        return detection
+
+
+def _forked_probe(timeout: float) -> tuple[Detection, bool]:
+    """(detection, final): the probe's answer, or why there is none (a hang or a crash: final for this process)."""
+    import pickle
+    import select
+    import signal
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: probe, write the answer, leave without running the parent's exit handlers
+        try:
+            os.close(read_fd)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            try:
+                import faulthandler
+                import resource
+
+                faulthandler.disable()
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # an aborting driver leaves no core file
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.dup2(null, 2)  # what the C library prints while it dies is not our output
+            except Exception:
+                pass
+            try:
+                with Nvml(init_timeout_s=max(timeout - 0.5, 0.1)) as nvml:
+                    payload = pickle.dumps(nvml.detect())
+            except BaseException as exc:
+                payload = pickle.dumps(Detection(reason=f"NVML failed ({type(exc).__name__}: {str(exc)[:120]})",
+                                                 hint=NO_DRIVER_HINT))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_fd, view):]
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([read_fd], [], [], min(left, 0.25))
+            if not ready:
+                continue
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_PROBE_BYTES:
+                timed_out = True
+                break
+    except BaseException:  # Ctrl-C (or anything): the child goes with us
+        _end_child(pid, kill=True)
+        raise
+    finally:
+        os.close(read_fd)
+    status = _end_child(pid, kill=timed_out)
+    if timed_out:
+        return Detection(reason=f"NVML did not answer within {timeout:.0f} s (a hung driver, or a GPU fallen off the bus?)",
+                         hint="check `nvidia-smi` and the kernel log (Xid errors); meanwhile " + NO_DRIVER_HINT), True
+    if status is not None and os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return Detection(reason=f"the NVIDIA library crashed while probing the GPUs ({name})",
+                         hint="check the driver installation (`nvidia-smi`); meanwhile " + NO_DRIVER_HINT), True
+    try:
+        detection = pickle.loads(b"".join(chunks))
+        if not isinstance(detection, Detection):
+            raise TypeError(type(detection).__name__)
+        return detection, False
+    except Exception:
+        return Detection(reason="the GPU probe ended without an answer", hint=NO_DRIVER_HINT), True
+
+
+def _end_child(pid: int, kill: bool) -> int | None:
+    """Reap the probe (killing it first when asked); never wait more than ~1 s for a child stuck in the kernel."""
+    import signal
+
+    if kill:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + (1.0 if kill else 5.0)
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() > end:
+            if not kill:  # it wrote its answer but does not exit: end it
+                kill = True
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                end = time.monotonic() + 1.0
+                continue
+            return None  # in uninterruptible sleep inside the driver: the kernel reaps it when it returns
+        time.sleep(0.01)
 
 
 def _text(value: Any) -> str | None:
