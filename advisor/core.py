@@ -361,20 +361,13 @@ def load_plan(path: Path) -> SavedPlan:
     """A document written by `plan --json`, validated against its schema."""
     from .report import PlanReport
 
+    from .bounded import load_json, read_text
+
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {where}: {exc.strerror}", "give the file `plan --json` wrote",
-                         field="plan_file", value=where) from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{where} is not a text file", "give the file `plan --json` wrote", field="plan_file",
-                         value=where) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{where}: line {exc.lineno}: not JSON ({exc.msg})", "give the file `plan --json` wrote",
-                         field="plan_file", value=where) from None
+    hint = "give the file `plan --json` wrote"
+    # bounded: a regular UTF-8 file of at most 16 MiB (a plan is ~25 KiB), depth 64, finite numbers
+    text = read_text(path, 16 << 20, what="plan document", hint=hint, error=UsageError, field="plan_file")
+    data = load_json(text, where, what="plan document", hint=hint, error=UsageError, field="plan_file")
     if not isinstance(data, dict) or "plan" not in data or "model" not in data:
         raise UsageError(f"{where} is not a plan document (no `plan` and `model`)",
                          "write one with `lora-advisor plan --json ... > plan.json`", field="plan_file", value=where)

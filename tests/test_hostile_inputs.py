@@ -802,3 +802,133 @@ def test_ctrl_c_during_a_hung_probe_ends_it(tmp_path, argv):
     assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted", err
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # the probe went with the command: no orphan left holding the driver
+
+
+PLAN_FILES = [  # (id, content or a path maker, words): a saved plan given to export / verify
+    ("dev-zero", lambda d: Path("/dev/zero"), "regular file"),
+    ("directory", lambda d: d, "directory"),
+    ("binary", b"\x00\x01" * 100, "binary"),
+    ("utf16", json.dumps({"plan": {}, "model": {}}).encode("utf-16"), "utf-16"),
+    ("deep", "[" * 100_000 + "]" * 100_000, "nested"),
+    ("inf", '{"plan": 1e400, "model": {}}', "1e400"),
+    ("digits", '{"plan": ' + "9" * 5000 + ', "model": {}}', "digits"),
+    ("huge", " " * (17 << 20), "mib"),
+    ("not-a-plan", '{"a": 1}', "not a plan document"),
+    ("wrong-shape", '{"plan": "x", "model": 7}', "plan"),
+]
+
+
+@pytest.mark.parametrize("case,content,words", PLAN_FILES, ids=[c[0] for c in PLAN_FILES])
+def test_saved_plan_files(cli, tmp_path, case, content, words):
+    path = content(tmp_path) if callable(content) else _write(tmp_path / "plan.json", content)
+    line = assert_refused(cli(["export", "--plan", path, "--format", "axolotl"]), words=words)
+    assert "--plan" in line
+
+
+# ---- property-based: random and adversarial values at each boundary ----------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**40, 10**40), st.floats(allow_nan=True),
+                         st.text(max_size=20))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                                 st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                           max_leaves=8)
+PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(changes=st.dictionaries(st.sampled_from(sorted({*LLAMA, *MIXTRAL, "head_dim", "text_config", "sliding_window",
+                                                       "tie_word_embeddings", "hidden_act", "attention_bias"})),
+                               JSON_VALUES, max_size=4),
+       base=st.sampled_from([LLAMA, MIXTRAL, GEMMA2]))
+def test_any_config_json_gives_an_arch_or_one_error(changes, base):
+    from advisor.errors import AdvisorError
+    from advisor.models.hf_config import arch_from_config
+
+    try:
+        arch = arch_from_config({**base, **changes}, name="x")
+    except AdvisorError as err:
+        assert "\n" not in err.one_line()
+        return
+    assert arch.num_layers <= 1024 and arch.hidden_size <= 65_536 and arch.num_heads % arch.num_kv_heads == 0
+    if arch.moe:
+        assert arch.moe.experts_per_token <= arch.moe.num_experts
+
+
+@PROPERTY
+@given(text=st.one_of(st.text(max_size=60), st.from_regex(r"[-+]?[0-9]{0,500}(\.[0-9]{0,50})?(e[0-9]{1,4})?[a-zA-Z]{0,3}",
+                                                          fullmatch=True)))
+def test_any_flag_value_is_a_value_or_one_error(text):
+    import argparse
+
+    from advisor import cli as cli_module
+    from advisor.errors import AdvisorError
+    from advisor.units import MAX_SIZE, parse_size
+
+    for parse, high in ((cli_module._at_most(1 << 24), 1 << 24), (cli_module._alpha, 1e6)):
+        try:
+            value = parse(text)
+        except argparse.ArgumentTypeError as err:
+            assert "\n" not in str(err) and len(str(err)) < 300
+        else:
+            assert 0 < value <= high
+    try:
+        size = parse_size(text)
+    except AdvisorError as err:
+        assert "\n" not in err.one_line() and len(err.one_line()) < 300
+    else:
+        assert 0 < size <= MAX_SIZE
+
+
+@PROPERTY
+@given(changes=st.dictionaries(st.sampled_from(["lora_r", "lora_alpha", "sequence_len", "micro_batch_size", "optimizer",
+                                                "adapter", "lora_target_modules", "gradient_accumulation_steps",
+                                                "load_in_4bit", "bf16", "bnb_config_kwargs", "gradient_checkpointing",
+                                                "base_model", "fsdp_config", "deepspeed"]),
+                               JSON_VALUES, max_size=4))
+def test_any_axolotl_yaml_reads_or_gives_one_error(tmp_path_factory, changes):
+    import yaml
+
+    from advisor.errors import AdvisorError
+    from advisor.export.readback import read_config
+
+    data = {**yaml.safe_load(AXOLOTL), **changes}
+    path = tmp_path_factory.mktemp("yaml") / "train.yaml"
+    try:
+        path.write_text(yaml.safe_dump(data))
+    except (yaml.YAMLError, ValueError):
+        return
+    try:
+        back = read_config(path)
+    except AdvisorError as err:
+        assert "\n" not in err.one_line()
+        return
+    for key in ("rank", "seq_len", "micro_batch"):
+        value = back.fields.get(key)
+        assert value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    assert isinstance(back.grad_accum, int) and isinstance(back.model, str)
+
+
+WHEN_TOKENS = ["gpu.vram_gib", "model.name", "goals.seq_len", "candidate.fits", "'llama'", "1", "1e400", "0", "and", "or",
+               "not", "==", "!=", "<", ">=", "+", "-", "*", "/", "**", "%", "=~", "(", ")", "[", "]", ",", "in", "$range",
+               "$sum", "?", ":", "true", "null", "for", "x"]
+
+
+@PROPERTY
+@given(tokens=st.lists(st.sampled_from(WHEN_TOKENS), min_size=1, max_size=12))
+def test_any_rule_condition_loads_or_gives_one_error(tokens):
+    from advisor.engine.rules import RuleError, load_rules_text
+
+    when = " ".join(tokens)
+    text = f"rules:\n  - id: r\n    scope: candidate\n    when: {json.dumps(when)}\n    forbid: true\n    because: x\n"
+    start = time.monotonic()
+    try:
+        rules = load_rules_text(text, "prop.yaml")
+    except RuleError as err:
+        assert "\n" not in err.one_line()
+    else:
+        assert len(rules) == 1
+        for forbidden in ("$", "=~", "/", "**", "%"):
+            assert forbidden not in when.replace("'llama'", "")
+    assert time.monotonic() - start < 2

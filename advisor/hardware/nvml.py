@@ -26,7 +26,7 @@ from .info import DriverInfo, GpuInfo, MigInstance, ProcessInfo
 
 INIT_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 6.0  # the whole forked probe; LORA_ADVISOR_NVML_TIMEOUT overrides it
-PROBE_REUSE_S = 5.0  # a successful probe answers the same process again for this long
+PROBE_REUSE_S = 2.0  # a successful probe answers the same process again for this long (the app polls every 5 s)
 MAX_PROBE_BYTES = 4 << 20
 NO_DRIVER_HINT = "plan for a GPU anyway with --gpu NAME (e.g. --gpu 4090, --gpu 4xA100-80GB) or --vram SIZE"
 
