@@ -25,6 +25,7 @@ from .models.arch import ModelArch
 from .models.params import count_params
 from .throughput import throughput
 from .units import GiB
+from .words import config_words
 
 METHODS = ("full", "lora", "qlora")
 RANKS = (8, 16, 32, 64)
@@ -165,21 +166,8 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
 
 
 def _describe(cfg: TrainConfig) -> str:
-    parts = [cfg.method.upper() if cfg.method != "full" else
-             ("full FT (fp32 master weights, mixed precision)" if cfg.master_weights else
-              "full FT (16-bit module, DeepSpeed's fp32 master partition)" if cfg.zero else "full FT (pure 16-bit)")]
-    if cfg.uses_adapters:
-        parts.append(f"r{cfg.rank} {cfg.targets[0]}")
-    parts.append("ckpt" if cfg.grad_ckpt else "no ckpt")
-    parts.append(f"mb {cfg.micro_batch}")
-    parts.append(cfg.optimizer)
-    if cfg.sharding not in ("single",):
-        parts.append(cfg.sharding)
-    if cfg.offload != "none":
-        parts.append(f"offload {cfg.offload}")
-    if cfg.loss == "chunked":
-        parts.append("chunked CE")
-    return " ".join(parts)
+    """A candidate in people's words (what rejections and suggestions name)."""
+    return config_words(cfg)
 
 
 def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Rule], top: int = 5,
@@ -401,8 +389,17 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
 
     def works(hardware: Hardware, goals_: Goals) -> Option | None:
         same_card = hardware.name == hw.name  # calibration was measured on this card only
-        return make_plan(arch, hardware, goals_, rules, suggest=False, host_ram_bytes=host_ram_bytes,
-                         calibrations=calibrations if same_card else None).chosen
+        plan = make_plan(arch, hardware, goals_, rules, suggest=False, host_ram_bytes=host_ram_bytes,
+                         calibrations=calibrations if same_card else None)
+        if plan.chosen is not None and plan.estimate is not None and plan.estimate.host_ram_bytes:
+            ram[id(plan.chosen)] = plan.estimate.host_ram_bytes
+        return plan.chosen
+
+    ram: dict[int, int] = {}  # an offloading suggestion says the CPU RAM it needs
+
+    def needs(option: Option, where: str) -> str:
+        host = f" and ~{ram[id(option)] / GiB:.0f} GiB of CPU RAM" if id(option) in ram else ""
+        return f"{_describe(option.config)}, {option.need_bytes / GiB:.1f} GiB{where}{host}"
 
     out = []
     sizes: dict[int, object] = {}  # one catalog card per memory size, the fastest of that size
@@ -413,21 +410,19 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
         card = Hardware(name=spec.name, memory_bytes=spec.memory_bytes, count=hw.count,
                         compute_capability=spec.compute_capability)
         if option := works(card, goals):
-            out.append(f"{hw.count} x {spec.name} ({spec.memory_bytes / GiB:.0f} GiB): {_describe(option.config)}, "
-                       f"{option.need_bytes / GiB:.1f} GiB per GPU")
+            out.append(f"{hw.count} x {spec.name} ({spec.memory_bytes / GiB:.0f} GiB): {needs(option, ' per GPU')}")
             break
     else:
         out.append(f"a GPU with more than {smallest / GiB:.1f} GiB (what the smallest candidate needs) plus headroom")
     for count in sorted({hw.count * 2, hw.count * 4, 8}):
         if count > hw.count and (option := works(hw.model_copy(update={"count": count}),
                                                  goals.model_copy(update={"gpus": count}))):
-            out.append(f"{count} x {hw.name}: {_describe(option.config)}, {option.need_bytes / GiB:.1f} GiB per GPU")
+            out.append(f"{count} x {hw.name}: {needs(option, ' per GPU')}")
             break
     seq = goals.seq_len // 2
     while seq >= max(64, goals.seq_len // 16):  # four halvings at most: each is a whole plan
         if option := works(hw, goals.model_copy(update={"seq_len": seq})):
-            out.append(f"seq len {seq:,} instead of {goals.seq_len:,}: {_describe(option.config)}, "
-                       f"{option.need_bytes / GiB:.1f} GiB")
+            out.append(f"seq len {seq:,} instead of {goals.seq_len:,}: {needs(option, '')}")
             break
         seq //= 2
     return out

@@ -32,7 +32,7 @@ def test_llama2_7b_on_a_4090_fits_with_headroom():
     assert chosen.need_bytes <= 0.9 * hw.usable_bytes
     assert plan.estimate.peak_device_bytes == chosen.need_bytes
     # full fine-tuning was rejected with its number
-    full = [r for r in plan.rejected if r.option.startswith("full FT (pure")]
+    full = [r for r in plan.rejected if r.option.startswith("full fine-tuning (16-bit)")]
     assert full and "GiB >" in full[0].reason
     assert len(chosen.reasons) >= 3
     assert chosen.config.micro_batch * chosen.grad_accum == 16
@@ -40,7 +40,7 @@ def test_llama2_7b_on_a_4090_fits_with_headroom():
 
 def test_7b_on_one_80gb_card_full_ft_rejected_with_its_number():
     plan, hw = plan_for("llama-2-7b", "a100-80gb", seq_len=2048, method="auto")
-    mixed = [r for r in plan.rejected if r.option.startswith("full FT (fp32 master")]
+    mixed = [r for r in plan.rejected if r.option.startswith("full fine-tuning (fp32 master")]
     # mixed-precision AdamW full FT (16 B/param: ~108 GiB for 7B) cannot fit 80 GB: rejected with its number
     assert mixed and "GiB" in mixed[0].reason
     # whatever is chosen instead fits and says why

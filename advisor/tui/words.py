@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import AdvisorError
 from ..units import GiB
+from ..words import METHOD_WORDS, OPTIMIZER_WORDS, config_words  # noqa: F401 (re-exported)
 
 # How this front end names a request field in an error (the CLI names its flag).
 FIELD_LABELS = {"model": "Model", "gpu": "GPU", "vram": "GPU", "gpus": "GPU count", "seq_len": "Sequence length",
@@ -18,11 +19,6 @@ FIELD_LABELS = {"model": "Model", "gpu": "GPU", "vram": "GPU", "gpus": "GPU coun
 FIELD_INPUT = {"model": "model", "gpu": "gpu", "vram": "gpu", "gpus": "gpu", "seq_len": "seq_len",
                "effective_batch": "effective_batch", "method": "method", "prefer": "prefer"}
 
-METHOD_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA", "lora8bit": "LoRA on an 8-bit base"}
-OPTIMIZER_WORDS = {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW",
-                   "sgd": "SGD", "adafactor": "Adafactor"}
-
-
 def error_text(err: AdvisorError) -> tuple[str, str]:
     """(message, hint) worded for this screen: the field's label, never a command-line flag."""
     label = FIELD_LABELS.get(err.field or "")
@@ -31,24 +27,6 @@ def error_text(err: AdvisorError) -> tuple[str, str]:
     if err.field == "allow_no_fit":
         hint = "pick an option that fits"
     return message, hint
-
-
-def config_words(cfg) -> str:
-    """"QLoRA r8, no checkpointing, 8-bit AdamW, chunked loss": a configuration as a sentence fragment."""
-    method = METHOD_WORDS.get(cfg.method, cfg.method)
-    if cfg.method == "full":
-        method += " (fp32 master weights)" if cfg.master_weights else " (16-bit)"
-    parts = [f"{method} r{cfg.rank}" if cfg.uses_adapters else method,
-             "checkpointing" if cfg.grad_ckpt else "no checkpointing",
-             f"micro batch {cfg.micro_batch}", OPTIMIZER_WORDS.get(cfg.optimizer, cfg.optimizer)]
-    if cfg.sharding not in ("single",):
-        parts.append({"zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp": "FSDP", "ddp": "DDP"}.get(cfg.sharding, cfg.sharding))
-    if cfg.offload != "none":
-        parts.append({"optimizer": "optimizer offloaded to CPU", "params": "weights and optimizer offloaded to CPU"}
-                     .get(cfg.offload, f"offload {cfg.offload}"))
-    if cfg.loss == "chunked":
-        parts.append("chunked loss")
-    return ", ".join(parts)
 
 
 def rejection_words(rejection, capacity: int | None) -> str:
