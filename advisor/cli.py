@@ -188,8 +188,8 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--fsdp", action="store_true", default=d(False), help="FSDP full shard")
     g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("none"))
     g.add_argument("--stack", choices=get_args(train_fields.Stack), default=d("auto"),
-                   help="the training stack (auto: transformers' Trainer; trl / torchtune compute a chunked loss "
-                        "whatever --loss says; --from FILE sets it from the file's framework)")
+                   help="the training stack (auto: transformers' Trainer; trl computes a chunked loss whatever --loss "
+                        "says; torchtune trains pure 16-bit; --from FILE sets it from the file's framework)")
 
 
 def add_plan_file_flags(p: argparse.ArgumentParser) -> None:

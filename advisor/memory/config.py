@@ -16,10 +16,11 @@ LossKind = Literal["standard", "chunked"]
 # The training stack that runs the job: what it allocates beyond the step differs.  transformers = the HF
 # Trainer (+ PEFT), which axolotl and LLaMA-Factory sit on; trl = TRL's SFTTrainer, whose loss is its fused
 # LM head in tiles whatever the config says (trl/trainer/utils.py add_fused_lm_head); torchtune = its own
-# recipes: pure 16-bit (no autocast master copy) and a chunked cross-entropy (CEWithChunkedOutputLoss).
+# recipes, pure 16-bit (no autocast master copy); its CEWithChunkedOutputLoss still materialises the 16-bit
+# logits (only the fp32 upcast is chunked), so it is not the tiled `chunked` loss: --loss standard bounds it.
 # DeepSpeed and FSDP are the sharding engines under any of them (zero, fsdp).
 Stack = Literal["auto", "transformers", "trl", "axolotl", "llamafactory", "torchtune"]
-STACK_LOSS = {"trl": "chunked", "torchtune": "chunked"}
+STACK_LOSS = {"trl": "chunked"}
 
 TARGET_PRESETS = ("all-linear", "attention", "q,v")
 
@@ -49,7 +50,7 @@ class TrainConfig(BaseModel):
     fsdp: bool = Field(False, description="FSDP full shard (like ZeRO-3).")
     offload: Offload = Field("none", description="CPU offload of optimizer states, or of states and params.")
     stack: Stack = Field("auto", description="The training stack that runs the job (auto = transformers' Trainer). "
-                         "trl and torchtune always compute a chunked loss; torchtune trains pure 16-bit.")
+                         "trl always computes a chunked (tiled) loss; torchtune trains pure 16-bit.")
 
     @model_validator(mode="before")
     @classmethod

@@ -64,7 +64,9 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
             states, temps = states // n, temps // n
             formula += "optimizer states/N"
     fsdp = None
-    if cfg.fsdp and cfg.offload == "none" and n > 1:
+    # QLoRA is exported as FSDP1 (flat parameters over 4-bit storage, PEFT's recipe), which neither fsdp.py nor
+    # the sharded oracle models: it keeps the generic terms above
+    if cfg.fsdp and cfg.offload == "none" and n > 1 and cfg.method != "qlora":
         # FSDP2 shards every parameter on dim 0, padded to a multiple of N, one allocation per param and rank
         # (torch _fsdp_param.py FSDPParam._init_sharded_param); grads are sharded per unit into one flat
         # reduce-scatter output (_fsdp_collectives.py foreach_reduce); optimizer states are per param, the
