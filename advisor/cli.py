@@ -429,15 +429,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"verifying {sel.label} in a child process ({event.get('mode', mode)}, pid {event.get('pid')}) ...",
                   file=sys.stderr)
 
-    run = core.start_verify(sel, mode, args.steps, runner=args.runner)
-    events: list[dict] = []
-    try:
-        for event in run.events():
-            events.append(event)
-            progress(event)
-    except KeyboardInterrupt:
-        run.cancel()
-        raise
+    from .verify.runner import drain
+
+    events = drain(core.start_verify(sel, mode, args.steps, runner=args.runner), progress)
     report = core.verify_report(sel, mode, events, save_calibration=not args.no_calibration)
     if args.json:
         _print_json(report)

@@ -149,17 +149,9 @@ class ExportedRun:
 def run_exported(directory: str | Path, gpus: int, steps: int = 10, on_event: Callable[[dict], None] | None = None,
                  random_init: bool = True, extra: tuple[str, ...] = ()) -> list[dict]:
     """Run an exported directory's train.py to the end; every event also goes to ``on_event`` as it comes."""
-    run = ExportedRun(directory, gpus, steps, random_init=random_init, extra=extra)
-    events = []
-    try:
-        for event in run.events():
-            events.append(event)
-            if on_event:
-                on_event(event)
-    except KeyboardInterrupt:
-        run.cancel()
-        raise
-    return events
+    from .runner import drain
+
+    return drain(ExportedRun(directory, gpus, steps, random_init=random_init, extra=extra), on_event)
 
 
 def _parse(line: str) -> dict | None:

@@ -67,9 +67,9 @@ class VerifyRun:
         return "".join(self._stderr[-20:])
 
 
-def run_to_end(arch: ModelArch, cfg: TrainConfig, mode: str, steps: int = 10,
-               on_event: Callable[[dict], None] | None = None) -> list[dict]:
-    run = VerifyRun(arch, cfg, mode, steps)
+def drain(run, on_event: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every event of a run (a VerifyRun or a launch.ExportedRun) to its end, each also to ``on_event`` as it
+    comes; Ctrl-C cancels the child (no orphan) and goes on up."""
     events = []
     try:
         for event in run.events():
@@ -80,3 +80,8 @@ def run_to_end(arch: ModelArch, cfg: TrainConfig, mode: str, steps: int = 10,
         run.cancel()
         raise
     return events
+
+
+def run_to_end(arch: ModelArch, cfg: TrainConfig, mode: str, steps: int = 10,
+               on_event: Callable[[dict], None] | None = None) -> list[dict]:
+    return drain(VerifyRun(arch, cfg, mode, steps), on_event)
