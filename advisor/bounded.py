@@ -139,11 +139,16 @@ def load_json(text: str, where: str, *, what: str = "JSON file", hint: str = "ch
     except _Refused as exc:
         raise _error(f"{where}: {exc}", hint, error, field, where) from None
     except (RecursionError, ValueError) as exc:  # nesting beyond the interpreter's stack; a digit limit
-        kind = "nested too deeply" if isinstance(exc, RecursionError) else (
-            f"a number with more than {MAX_INT_DIGITS} digits" if "digits" in str(exc) else str(exc))
-        raise _error(f"{where}: {kind}", hint, error, field, where) from None
+        raise _error(f"{where}: {_parse_limit(exc)}", hint, error, field, where) from None
     check_shape(data, where, hint=hint, error=error, field=field)
     return data
+
+
+def _parse_limit(exc: Exception) -> str:
+    """What a parser hit: the interpreter's nesting limit or its integer digit limit."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"a number with more than {MAX_INT_DIGITS} digits" if "digits" in str(exc) else str(exc)
 
 
 def check_shape(data: Any, where: str, *, hint: str = "check the file", error: type[AdvisorError] = InputError,
@@ -233,9 +238,7 @@ def load_yaml(text: str, where: str, *, what: str = "YAML file", hint: str = "ch
             problem = "nested too deeply"
         raise _error(f"{where}{line}: invalid YAML: {problem}", hint, error, field, where) from None
     except (ValueError, RecursionError) as exc:  # an integer beyond Python's digit limit
-        kind = "nested too deeply" if isinstance(exc, RecursionError) else (
-            f"a number with more than {MAX_INT_DIGITS} digits" if "digits" in str(exc) else str(exc))
-        raise _error(f"{where}: {kind}", hint, error, field, where) from None
+        raise _error(f"{where}: {_parse_limit(exc)}", hint, error, field, where) from None
     check_numbers(data, where, hint=hint, error=error, field=field)
     return data
 

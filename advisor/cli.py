@@ -163,31 +163,31 @@ def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
 def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """A configuration by hand.  With ``defaults=False`` (export, verify) a flag not given is absent, so
     giving any one of them is what switches from the plan to the hand-made configuration."""
-    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    d = (lambda name: _CONFIG_DEFAULTS[name]) if defaults else (lambda name: argparse.SUPPRESS)
     g = p.add_argument_group("configuration by hand (export / verify: any of these skips the planner)")
-    g.add_argument("--rank", "-r", type=_ranks, default=d([16]), help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
-    g.add_argument("--alpha", type=_alpha, default=d(None), help="LoRA alpha (default 2 x rank)")
-    g.add_argument("--targets", type=_targets, default=d(("all-linear",)),
+    g.add_argument("--rank", "-r", type=_ranks, default=d("rank"), help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
+    g.add_argument("--alpha", type=_alpha, default=d("alpha"), help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--targets", type=_targets, default=d("targets"),
                    help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
-    g.add_argument("--train-embeddings", action="store_true", default=d(False),
+    g.add_argument("--train-embeddings", action="store_true", default=d("train_embeddings"),
                    help="also train embed_tokens and lm_head (modules_to_save)")
-    g.add_argument("--quant", dest="quant_type", choices=get_args(train_fields.QuantType), default=d("nf4"),
+    g.add_argument("--quant", dest="quant_type", choices=get_args(train_fields.QuantType), default=d("quant_type"),
                    help="QLoRA 4-bit type")
-    g.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=d(True),
+    g.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=d("double_quant"),
                    help="QLoRA without double quantization")
-    g.add_argument("--precision", choices=get_args(train_fields.Precision), default=d("bf16"))
-    g.add_argument("--master-weights", action="store_true", default=d(False),
+    g.add_argument("--precision", choices=get_args(train_fields.Precision), default=d("precision"))
+    g.add_argument("--master-weights", action="store_true", default=d("master_weights"),
                    help="full FT with fp32 master weights (mixed precision)")
-    g.add_argument("--micro-batch", "-b", type=_at_most(core.MAX_MICRO_BATCH), default=d(1))
-    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=d(False), help="gradient checkpointing")
-    g.add_argument("--optimizer", choices=get_args(train_fields.Optimizer), default=d("adamw"))
-    g.add_argument("--attn", choices=get_args(train_fields.Attention), default=d("auto"))
-    g.add_argument("--loss", choices=get_args(train_fields.LossKind), default=d("standard"),
+    g.add_argument("--micro-batch", "-b", type=_at_most(core.MAX_MICRO_BATCH), default=d("micro_batch"))
+    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=d("grad_ckpt"), help="gradient checkpointing")
+    g.add_argument("--optimizer", choices=get_args(train_fields.Optimizer), default=d("optimizer"))
+    g.add_argument("--attn", choices=get_args(train_fields.Attention), default=d("attn"))
+    g.add_argument("--loss", choices=get_args(train_fields.LossKind), default=d("loss"),
                    help="chunked = Liger's fused linear cross-entropy")
-    g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d(0), help="DeepSpeed ZeRO stage")
-    g.add_argument("--fsdp", action="store_true", default=d(False), help="FSDP full shard")
-    g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("none"))
-    g.add_argument("--stack", choices=get_args(train_fields.Stack), default=d("auto"),
+    g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d("zero"), help="DeepSpeed ZeRO stage")
+    g.add_argument("--fsdp", action="store_true", default=d("fsdp"), help="FSDP full shard")
+    g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("offload"))
+    g.add_argument("--stack", choices=get_args(train_fields.Stack), default=d("stack"),
                    help="the training stack (auto: transformers' Trainer; trl computes a chunked loss whatever --loss "
                         "says; torchtune trains pure 16-bit; --from FILE sets it from the file's framework)")
 
@@ -198,10 +198,13 @@ def add_plan_file_flags(p: argparse.ArgumentParser) -> None:
                    help="which option of the plan: 0 its choice (default), N its N-th alternative")
 
 
-_CONFIG_DEFAULTS = {"rank": [16], "alpha": None, "targets": ("all-linear",), "train_embeddings": False,
-                    "quant_type": "nf4", "double_quant": True, "precision": "bf16", "master_weights": False,
-                    "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw", "attn": "auto", "loss": "standard",
-                    "zero": 0, "fsdp": False, "offload": "none", "stack": "auto"}
+def _flag_default(name: str):
+    """TrainConfig's own default for a config flag (--rank takes a list: one rank, or a sweep)."""
+    value = train_fields.TrainConfig.model_fields[name].default
+    return [value] if name == "rank" else value
+
+
+_CONFIG_DEFAULTS = {name: _flag_default(name) for name in CONFIG_FIELDS}
 
 
 # ---- from flags to the core's requests ------------------------------------------------------------------------
@@ -219,6 +222,17 @@ def _read_from(args: argparse.Namespace):
     return back
 
 
+def _file_batch(back, args: argparse.Namespace) -> int:
+    """The effective batch a --from file trains with: micro batch x accumulation x GPUs (--gpus, else the file's)."""
+    return back.fields.get("micro_batch", 1) * back.grad_accum * (args.gpus or back.fields.get("gpus", 1))
+
+
+def _need_model(model: str | None) -> str:
+    if not model:
+        raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
+    return model
+
+
 def plan_request(args: argparse.Namespace) -> core.PlanRequest:
     model, method = args.model, args.method or "auto"
     seq_len, batch = args.seq_len, args.effective_batch
@@ -226,16 +240,14 @@ def plan_request(args: argparse.Namespace) -> core.PlanRequest:
         back = _read_from(args)
         model, method = back.model, back.fields.get("method", "auto")
         seq_len = back.fields.get("seq_len", seq_len)
-        batch = back.fields.get("micro_batch", 1) * back.grad_accum * (args.gpus or back.fields.get("gpus", 1))
-    if not model:
-        raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
-    return core.PlanRequest(model=model, hardware=_gpu_request(args), seq_len=seq_len, effective_batch=batch,
-                            method=method, prefer=args.prefer, rules=tuple(args.rules or ()), host_ram=args.host_ram,
-                            calibration=not args.no_calibration)
+        batch = _file_batch(back, args)
+    return core.PlanRequest(model=_need_model(model), hardware=_gpu_request(args), seq_len=seq_len,
+                            effective_batch=batch, method=method, prefer=args.prefer, rules=tuple(args.rules or ()),
+                            host_ram=args.host_ram, calibration=not args.no_calibration)
 
 
-def config_request(args: argparse.Namespace, rank: int | None = None) -> core.ConfigRequest:
-    """A configuration by hand: the flags, over what --from read, over the defaults."""
+def config_request(args: argparse.Namespace) -> core.ConfigRequest:
+    """A configuration by hand: what --from read, over the flags, over the defaults (--gpus wins over both)."""
     fields = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
     fields["method"] = args.method if args.method not in (None, "auto") else "lora"
     fields["seq_len"] = args.seq_len
@@ -244,14 +256,12 @@ def config_request(args: argparse.Namespace, rank: int | None = None) -> core.Co
         back = _read_from(args)
         model = back.model
         fields.update({k: ([v] if k == "rank" else v) for k, v in back.fields.items()})
-        batch = back.fields.get("micro_batch", 1) * back.grad_accum * back.fields.get("gpus", 1)
-    if not model:
-        raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
-    fields["rank"] = rank if rank is not None else fields["rank"][0]
+        batch = _file_batch(back, args)
+    fields["rank"] = fields["rank"][0]
     if args.gpus is not None:
         fields["gpus"] = args.gpus
-    return core.ConfigRequest(model=model, config=fields, hardware=_gpu_request(args), effective_batch=batch,
-                              calibration=not args.no_calibration)
+    return core.ConfigRequest(model=_need_model(model), config=fields, hardware=_gpu_request(args),
+                              effective_batch=batch, calibration=not args.no_calibration)
 
 
 def _by_hand(args: argparse.Namespace) -> bool:

@@ -15,7 +15,6 @@ app the input field.  Nothing here imports textual, rich or torch.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -124,7 +123,7 @@ class Selected:
 
     @property
     def grad_accum(self) -> int:
-        return max(1, math.ceil(self.effective_batch / (self.cfg.micro_batch * self.cfg.gpus)))
+        return self.cfg.accumulation(self.effective_batch)
 
 
 @dataclass(frozen=True)
@@ -524,29 +523,31 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
                          "choose an option that fits (plan), or export anyway with allow-no-fit", field="allow_no_fit")
     ctx = export_context(sel)
-    wanted = EXPORT_FORMATS if formats == ("all",) else formats
-    files: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for name in wanted:
+    # every format once: what the wanted ones write, and for a refusal, which formats would apply
+    by_format: dict[str, dict[str, str]] = {}
+    why_not: dict[str, str] = {}
+    for name in EXPORT_FORMATS:
         try:
             trains = _as_format_trains(sel, ctx, name)
-            rendered = render_all(trains, [name])
+            by_format[name] = render_all(trains, [name])
             if trains is not ctx:  # its companions (accelerate.yaml, ds_config.json) are the plan's, as in every format
-                rendered.update(companions(ctx, name))
+                by_format[name].update(companions(ctx, name))
         except ExportError as err:
-            skipped[name] = err.message + (f" ({err.hint})" if err.hint else "")
-            continue
-        for filename, text in rendered.items():
+            why_not[name] = err.message + (f" ({err.hint})" if err.hint else "")
+    wanted = EXPORT_FORMATS if formats == ("all",) else formats
+    skipped = {name: why_not[name] for name in wanted if name in why_not}
+    if formats != ("all",) and skipped:
+        name, why = next(iter(skipped.items()))
+        raise UsageError(f"{name} does not apply to {sel.label}: {why}",
+                         "formats that apply: " + (", ".join(by_format) or "none") + " (or all)",
+                         field="format", value=name)
+    written = tuple(n for n in wanted if n not in skipped)
+    files: dict[str, str] = {}
+    for name in written:
+        for filename, text in by_format[name].items():
             if filename in files and files[filename] != text:  # two formats must never write one file two ways
                 raise AdvisorError(f"internal: {name} and another format both write {filename} differently", "report this")
             files[filename] = text
-    written = tuple(n for n in wanted if n not in skipped)
-    if formats != ("all",) and skipped:
-        applicable = [n for n in EXPORT_FORMATS if n not in skipped and _applies(ctx, n)]
-        name, why = next(iter(skipped.items()))
-        raise UsageError(f"{name} does not apply to {sel.label}: {why}",
-                         "formats that apply: " + (", ".join(applicable) or "none") + " (or all)",
-                         field="format", value=name)
     if not files:
         by_reason: dict[str, list[str]] = {}
         for name, why in skipped.items():
@@ -574,16 +575,6 @@ def _as_format_trains(sel: Selected, ctx, name: str):
     if cfg.model_dump(exclude={"stack"}) == sel.cfg.model_dump(exclude={"stack"}):
         return replace_fields(ctx, cfg=cfg)  # same memory: the plan's estimate stands
     return replace_fields(ctx, cfg=cfg, estimate=_estimate(sel.arch, cfg, sel.hardware, sel.calibration))
-
-
-def _applies(ctx, name: str) -> bool:
-    from .export import ExportError, render_all
-
-    try:
-        render_all(ctx, [name])
-    except ExportError:
-        return False
-    return True
 
 
 def export(sel: Selected, formats: tuple[str, ...], target: Path, force: bool = False,

@@ -236,7 +236,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             too_big.add(setup)
         smallest = need if smallest is None else min(smallest, need)
         tp = throughput(arch, cfg, est, goals.effective_batch, tflops, bandwidth, gpu.nvlink)
-        accum = max(1, -(-goals.effective_batch // (cfg.micro_batch * cfg.gpus)))
+        accum = cfg.accumulation(goals.effective_batch)
         cap = usable if usable is not None else need
         facts = CandidateFacts(
             method=cfg.method, rank=cfg.rank if cfg.uses_adapters else 0, targets=cfg.targets[0],

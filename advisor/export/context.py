@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..errors import AdvisorError
@@ -34,7 +33,7 @@ class ExportContext:
 
     @property
     def grad_accum(self) -> int:
-        return max(1, math.ceil(self.effective_batch / (self.cfg.micro_batch * self.cfg.gpus)))
+        return self.cfg.accumulation(self.effective_batch)
 
     @property
     def dtype(self) -> str:
@@ -87,8 +86,9 @@ class ExportContext:
         return self.cfg.method == "full" and not self.autocast and self.cfg.precision != "fp32"
 
     @property
-    def liger(self) -> bool:
-        """The plan's chunked cross-entropy is Liger's fused linear cross-entropy (pip install liger-kernel)."""
+    def chunked_loss(self) -> bool:
+        """The chunked cross-entropy: TRL's own tiled LM head (train.py, trl-yaml), Liger's fused linear
+        cross-entropy in axolotl and LLaMA-Factory (pip install liger-kernel)."""
         return self.cfg.loss == "chunked"
 
     @property
@@ -134,7 +134,7 @@ class ExportContext:
                          "usable (exported with --allow-no-fit); expect an out-of-memory error")
         lines.append(f"{cfg.method} · seq {cfg.seq_len} · micro batch {cfg.micro_batch} x accumulation "
                      f"{self.grad_accum} x {cfg.gpus} GPU(s) · {self.precision_words} · "
-                     f"{'chunked cross-entropy' if self.liger else 'standard cross-entropy (full fp32 logits)'}"
+                     f"{'chunked cross-entropy' if self.chunked_loss else 'standard cross-entropy (full fp32 logits)'}"
                      f"{' · ' + cfg.sharding if cfg.sharding not in ('single', 'ddp') else ''}"
                      f"{' · offload ' + cfg.offload if cfg.offload != 'none' else ''}")
         return lines

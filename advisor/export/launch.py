@@ -60,12 +60,7 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
     elif cfg.fsdp:
         if cfg.optimizer in EIGHT_BIT:
             ctx.hf_optim  # raises the FSDP + 8-bit error
-        ctx.check_fsdp()
-        if cfg.offload == "optimizer":
-            # FSDP's CPUOffload moves parameters, gradients and optimizer states together, never states alone
-            raise ExportError("FSDP cannot offload only the optimizer states: its CPU offload moves parameters, "
-                              "gradients and optimizer states together", "offload params with FSDP, or use "
-                              "DeepSpeed ZeRO-2/3 for optimizer offload")
+        ctx.check_fsdp()  # (FSDP + optimizer-only offload never gets here: TrainConfig refuses it)
         qlora = cfg.method == "qlora"
         fsdp = {"fsdp_version": 1 if qlora else 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                 "fsdp_offload_params": cfg.offload == "params", "fsdp_state_dict_type": "FULL_STATE_DICT",
@@ -82,7 +77,7 @@ def accelerate(ctx: ExportContext) -> dict[str, str]:
 
 # Formats that name a companion file train only with it: they always come with it (identical text, so a
 # second format writing the same file never collides).
-NEEDS_DEEPSPEED_JSON = ("peft-trl", "trl-yaml", "axolotl", "llamafactory", "accelerate")
+NEEDS_DEEPSPEED_JSON = ("peft-trl", "trl-yaml", "axolotl", "llamafactory")  # accelerate writes its own
 NEEDS_ACCELERATE_YAML = ("peft-trl", "trl-yaml")
 
 

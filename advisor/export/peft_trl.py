@@ -38,7 +38,7 @@ def _requirements(ctx: ExportContext) -> str:
         names.append("deepspeed")
     if cfg.method in ("qlora", "lora8bit"):
         names.append("bitsandbytes")
-    if ctx.liger:
+    if ctx.chunked_loss:
         names[names.index("trl")] = "trl with the fused LM head (trl.trainer.utils.add_fused_lm_head; 1.16 has it)"
     return ", ".join(names)
 
@@ -170,7 +170,7 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
         max_steps=max_steps,
         use_cpu=use_cpu,{deepspeed}
     )
-{STANDARD_LOSS if not ctx.liger else CHUNKED_LOSS}
+{STANDARD_LOSS if not ctx.chunked_loss else CHUNKED_LOSS}
 
 class StepPrinter(TrainerCallback):
     """One JSON line per optimizer step on rank 0's stdout, with the keys of `lora-advisor verify`'s step events.
@@ -267,7 +267,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-{"    require_chunked_loss()" + chr(10) if ctx.liger else ""}    if not args.cpu and not torch.cuda.is_available():
+{"    require_chunked_loss()" + chr(10) if ctx.chunked_loss else ""}    if not args.cpu and not torch.cuda.is_available():
         sys.exit(f"no CUDA GPU is visible; this plan is for {cfg.gpus} GPU(s) (--cpu runs a CPU smoke test)")
     if args.random_init and quantization_config() is not None:
         # transformers quantizes while it loads a checkpoint, never in from_config

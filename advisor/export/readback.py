@@ -119,12 +119,11 @@ class ReadBack:
     grad_accum: int = 1
 
 
-def _companions(path: Path, file: _File, used: set) -> dict:
+def _companions(path: Path, file: _File) -> dict:
     """What the file trains with besides its own keys: the DeepSpeed JSON it names and, next to it, the
     accelerate.yaml it is launched with (our exports write both), so a read-back sees ZeRO, FSDP, offload
     and the GPU count the estimate was made for."""
     fields: dict = {}
-    used.add("deepspeed")
     ds = file.data.get("deepspeed")
     if ds is not None and not isinstance(ds, (str, dict)):
         raise file.error("deepspeed", "the path of a DeepSpeed JSON", ds)
@@ -196,8 +195,7 @@ def read_config(path: Path) -> ReadBack:
         raise ExportError(f"{path}: not an axolotl, LLaMA-Factory or TRL config (no base_model / finetuning_type / "
                           "model_name_or_path)", "lora-advisor reads those three formats and its own exports",
                           field=FIELD, value=where)
-    used: set = set()
-    back.fields.update(_companions(path, file, used))
+    back.fields.update(_companions(path, file))
     if back.format == "axolotl" and data.get("fsdp_config") is not None:
         fsdp = file.mapping("fsdp_config")
         back.fields["fsdp"] = True

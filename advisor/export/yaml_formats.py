@@ -126,10 +126,10 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
             "offload_params": cfg.offload == "params", "reshard_after_forward": True,
             "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "cpu_ram_efficient_loading": cfg.method != "qlora"}})  # FSDP2 + 4-bit + efficient loading deadlocks
-    if ctx.liger:  # only the fused linear cross-entropy: the kernel the estimate assumes
+    if ctx.chunked_loss:  # only the fused linear cross-entropy: the kernel the estimate assumes
         data.update({"plugins": ["axolotl.integrations.liger.LigerPlugin"], "liger_fused_linear_cross_entropy": True})
     data.update(_deepspeed_file(ctx))
-    return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"), LIGER_NEEDED if ctx.liger else "")}
+    return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"), LIGER_NEEDED if ctx.chunked_loss else "")}
 
 
 def llamafactory(ctx: ExportContext) -> dict[str, str]:
@@ -144,7 +144,7 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
                   "warmup_ratio": 0.03, "optim": ctx.hf_optim, **_llamafactory_precision(ctx),
                   "flash_attn": "fa2" if cfg.attn == "flash" else "sdpa",
                   "disable_gradient_checkpointing": not cfg.grad_ckpt}
-    if ctx.liger:
+    if ctx.chunked_loss:
         data["enable_liger_kernel"] = True
     if cfg.method != "full":
         data.update({"lora_rank": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
@@ -157,4 +157,4 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
     elif cfg.method == "lora8bit":
         data.update({"quantization_bit": 8, "quantization_method": "bnb"})
     data.update(_deepspeed_file(ctx))
-    return {"llamafactory.yaml": _dump(ctx, data, run_command(ctx, "llamafactory"), LIGER_NEEDED if ctx.liger else "")}
+    return {"llamafactory.yaml": _dump(ctx, data, run_command(ctx, "llamafactory"), LIGER_NEEDED if ctx.chunked_loss else "")}

@@ -89,6 +89,10 @@ class TrainConfig(BaseModel):
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
 
+    def accumulation(self, effective_batch: int) -> int:
+        """Gradient accumulation steps that reach ``effective_batch`` sequences per optimizer step (at least)."""
+        return max(1, -(-effective_batch // (self.micro_batch * self.gpus)))
+
     @property
     def tokens(self) -> int:
         """Tokens in one micro batch on one GPU."""

@@ -151,7 +151,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                       f"{calibration.method}, {calibration.measured_at}): allocated x{calibration.allocated_ratio:.3f}, "
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
-    span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch.moe),
+    span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg),
                         cfg.offload == "params", calibrated_context)
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
@@ -229,7 +229,9 @@ def _autocast_cache(arch: ModelArch) -> tuple[int, int]:
 # The chunked loss is TRL's fused LM head as it runs on a GPU (trl/trainer/utils.py add_fused_lm_head ->
 # trl/kernels/chunked_logprob.py, Triton path): one [token tile x vocab chunk] logits buffer in the compute dtype,
 # fp32 per-token statistics, never the full logits.  The oracle traces the same allocations (verify/step.py).
-TOKEN_TILE, VOCAB_CHUNK, TILE_STATS = 4096, 32768, 6
+TOKEN_TILE = 4096  # chunked_logprob.py TOKEN_CHUNK_SIZE
+VOCAB_CHUNK = 32768  # trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
+TILE_STATS = 6  # fp32 per-token vectors the forward keeps (statistics and outputs; verify/step.py lists them)
 
 
 def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:

@@ -105,7 +105,7 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
     return DeviceRange(low, high, why)
 
 
-def unchecked_part(cfg, moe: bool) -> str | None:
+def unchecked_part(cfg) -> str | None:
     """What of a configuration the fake-tensor oracle does not trace (None: it traces all of it)."""
     if cfg.offload != "none":
         return "CPU offload"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..memory.config import TrainConfig
+from ..memory.estimate import TILE_STATS, TOKEN_TILE, VOCAB_CHUNK
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -44,10 +46,9 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
 # running statistics in registers; TRL's CPU fallback computes the same with torch ops that allocate several
 # fp32 tiles, which a CPU trace would wrongly count.  TiledNLL allocates what the GPU path allocates: the
 # buffer, fp32 per-token statistics, and in backward the input gradient (and lm_head's, when it trains).
-TOKEN_TILE = 4096  # chunked_logprob.py TOKEN_CHUNK_SIZE
-VOCAB_CHUNK = 32768  # trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
-TILE_STATS = 6  # fp32 per-token vectors of the forward: running max, sum exp, x-sum-exp (entropy), max before
-# the target (is_top1), target logit, and the log-prob output
+# The tile sizes and per-token vectors are TRL's (memory/estimate.py names their sources): TILE_STATS fp32
+# vectors of the forward are running max, sum exp, x-sum-exp (entropy), max before the target (is_top1), the
+# target logit and the log-prob output; three of them carry this computation, the rest are allocated as TRL does.
 
 
 class TiledNLL(torch.autograd.Function):
@@ -56,20 +57,16 @@ class TiledNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n, vocab = hidden.shape[0], weight.shape[0]
-        stats = [torch.empty(n, dtype=torch.float32, device=hidden.device) for _ in range(TILE_STATS)]
-        lse, target = stats[0], stats[1]
+        stats = [torch.zeros(n, dtype=torch.float32, device=hidden.device) for _ in range(TILE_STATS)]
+        lse, target, total = stats[0].fill_(-torch.inf), stats[1], stats[2]  # running max, target logit, sum exp
         buf = torch.empty(min(n, TOKEN_TILE), min(vocab, VOCAB_CHUNK), dtype=hidden.dtype, device=hidden.device)
         for rows, cols, tile in _tiles(hidden, weight, buf):
             local, inside = _local_targets(labels[rows], cols)
-            picked = tile.gather(1, local[:, None]).squeeze(1).float()
-            target[rows] = torch.where(inside, picked, target[rows] if cols.start else picked)
-            if cols.start == 0:
-                lse[rows] = tile.amax(-1).float()  # running max; the sum follows
-                stats[2][rows] = 0.0
+            target[rows] = torch.where(inside, tile.gather(1, local[:, None]).squeeze(1).float(), target[rows])
             new = torch.maximum(lse[rows], tile.amax(-1).float())
-            stats[2][rows] = stats[2][rows] * torch.exp(lse[rows] - new) + _sum_exp(tile, new)
+            total[rows] = total[rows] * torch.exp(lse[rows] - new) + _sum_exp(tile, new)
             lse[rows] = new
-        lse.add_(torch.log(stats[2]))
+        lse.add_(torch.log(total))
         del buf
         ctx.save_for_backward(hidden, weight, labels, lse)
         return (lse - target).mean()
@@ -122,7 +119,7 @@ def tiled_causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torc
                          autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The model's causal-LM loss through TiledNLL: the backbone's hidden states, shifted, against lm_head."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    context = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else _nullcontext()
+    context = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with context:
         hidden = base.model(input_ids=input_ids).last_hidden_state[:, :-1]
         targets = labels[:, 1:].reshape(-1)
@@ -134,11 +131,6 @@ def tiled_causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torc
         flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, valid)
         return TiledNLL.apply(flat.to(weight.dtype), weight, targets)
 
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 PhaseHook = Callable[[str], None]
