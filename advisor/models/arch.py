@@ -49,6 +49,15 @@ class ModelArch(BaseModel):
     attn_logit_softcap: float | None = Field(None, description="tanh soft-capping of attention scores.")
     sliding_window: int | None = Field(None, description="Local attention window (Mistral v0.1, Phi-3, Gemma 2's alternate layers).")
     moe: MoE | None = None
+    layer_types: tuple[str, ...] | None = Field(
+        None, description="Per-layer attention kind as transformers names it (full_attention, sliding_attention, "
+                          "linear_attention), when the family mixes them (Gemma 3, gpt-oss, Qwen3-Next).")
+    hf_config_json: str | None = Field(
+        None, description="The config.json (language model part flattened) that builds this model in transformers, "
+                          "kept verbatim for families whose config to_hf_config does not write by hand.")
+    derived_from: str | None = Field(
+        None, description="Set when the shapes were derived by building an unknown model type on the meta device: "
+                          "the estimate uses generic per-module terms, which this names.")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelArch":

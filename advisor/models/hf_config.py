@@ -85,23 +85,36 @@ def _req(cfg: dict[str, Any], key: str, source: str) -> Any:
     return cfg[key]
 
 
+def supported_model_types() -> tuple[str, ...]:
+    """Every model_type the torch-free memory model reads: the hand-written eight and the families'."""
+    from .families import READERS
+
+    return SUPPORTED_MODEL_TYPES + tuple(t for t in READERS if t not in SUPPORTED_MODEL_TYPES)
+
+
 def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) -> ModelArch:
     """Read a config.json dict.  ``source`` names the file in error messages."""
+    from .families import READERS
+
     source = source or name
     if not isinstance(cfg, dict):
         raise ModelConfigError(f"{source}: expected a JSON object at the top level", "config.json must be a JSON object",
                                value=source)
+    original = cfg
     if "text_config" in cfg and "hidden_size" not in cfg:
         text_config = cfg["text_config"]
         if not isinstance(text_config, dict):
             raise _bad(source, "text_config", "an object with the language model's fields", text_config)
         cfg = {**text_config, "model_type": text_config.get("model_type", cfg.get("model_type"))}
     model_type = cfg.get("model_type")
+    # a family module reads the newer model types (models/families/); it is given the whole file as well,
+    # since a vision-language model's tower lives outside text_config
+    outer_type = original.get("model_type")
+    for key in (outer_type, model_type):
+        if isinstance(key, str) and key in READERS:
+            return READERS[key](original, cfg, name, source)
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelConfigError(
-            f"{source}: model_type {shown(model_type)} is not supported",
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}", value=source,
-        )
+        raise unsupported_model_type(model_type, source)
     _check_fields(cfg, source, model_type)
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
@@ -171,6 +184,16 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
         raise ModelConfigError(f"{source}: {where}: {first['msg']}", "check the values in config.json", value=source) from None
 
 
+def unsupported_model_type(model_type: Any, source: str) -> ModelConfigError:
+    """The refusal for a model type the torch-free model does not know (the derived path, models/derive.py,
+    catches it when torch and transformers are installed)."""
+    return ModelConfigError(
+        f"{source}: model_type {shown(model_type)} is not in the torch-free memory model",
+        f"supported model types: {', '.join(supported_model_types())}; with the verify extra installed "
+        "(pip install 'lora-advisor[verify]': torch, transformers) any model type transformers can build is "
+        "estimated from its shapes", value=source)
+
+
 MAX_CONFIG_BYTES = 4 << 20  # the largest real config.json files (big label maps) are a few hundred KiB
 
 
@@ -188,6 +211,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def to_hf_config(arch: ModelArch) -> dict[str, Any]:
     """The config.json that builds this architecture in transformers."""
+    if arch.hf_config_json is not None:
+        return verbatim_with_layers(arch)
     cfg: dict[str, Any] = {
         "model_type": arch.model_type,
         "hidden_size": arch.hidden_size,
@@ -220,4 +245,20 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         cfg["num_local_experts"] = arch.moe.num_experts
         cfg["num_experts_per_tok"] = arch.moe.experts_per_token
         cfg["intermediate_size"] = arch.moe.expert_intermediate_size
+    return cfg
+
+
+def verbatim_with_layers(arch: ModelArch) -> dict[str, Any]:
+    """The model's own config.json with the layer count set to ``arch.num_layers`` (the tests and the oracle
+    build shortened models): in text_config when it has one, per-layer lists cut to length."""
+    import json
+
+    cfg = json.loads(arch.hf_config_json or "{}")
+    text = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) and "hidden_size" not in cfg else cfg
+    text["num_hidden_layers"] = arch.num_layers
+    for key, value in list(text.items()):
+        if key.endswith("layer_types") and isinstance(value, list):
+            text[key] = value[:arch.num_layers]
+    if arch.layer_types is not None and "layer_types" in text:
+        text["layer_types"] = list(arch.layer_types[:arch.num_layers])
     return cfg

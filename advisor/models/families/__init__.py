@@ -1,0 +1,14 @@
+"""Readers for the model types added after the first eight (hf_config.py reads those by hand).
+
+Each family module defines ``read(original, text, name, source) -> ModelArch``: ``original`` is the whole
+config.json (a vision-language model's tower lives outside ``text_config``), ``text`` the language model's
+part with its model_type.  A reader applies transformers' defaults for every key the file leaves out,
+checks ranges with hf_config's helpers and keeps the file verbatim in ``ModelArch.hf_config_json`` so the
+oracle and the verification run build exactly that model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+READERS: dict[str, Callable] = {}
