@@ -18,6 +18,37 @@ class MoE(BaseModel):
     experts_per_token: int = Field(gt=0, description="Experts each token is sent to (top-k).")
     shared_experts: int = Field(0, ge=0, description="Experts every token goes through.")
     expert_intermediate_size: int = Field(gt=0, description="Inner width of one expert MLP.")
+    norm_topk_prob: bool = Field(True, description="The top-k routing weights are renormalised to sum to 1 "
+                                                   "(Mixtral always; Qwen3-MoE per config).")
+    router_bias: bool = Field(False, description="The router has a bias (gpt-oss).")
+    expert_bias: bool = Field(False, description="Each expert's gate_up and down projections have a bias (gpt-oss).")
+    swiglu_limit: float | None = Field(None, description="Clamped SwiGLU of gpt-oss's experts: gate clamped above, "
+                                                         "up clamped both sides, then (up + 1) * gate * sigmoid(alpha * gate).")
+
+
+class VisionTower(BaseModel):
+    """A vision-language model's image encoder and the projector into the language model (Gemma 3: a SigLIP
+    ViT, average-pooled to ``tokens_per_image`` and projected by one matrix after a Gemma RMSNorm).  Frozen by
+    default: LoRA adapts the language model only, and full fine-tuning trains the language model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_type: str = Field("siglip_vision_model", description="transformers model_type of the tower.")
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    image_size: int = Field(gt=0, description="The side every image is resized to (the processor's size).")
+    num_channels: int = Field(3, gt=0)
+    use_head: bool = Field(False, description="SigLIP's attention-pooling head (Gemma 3 builds none).")
+    tokens_per_image: int = Field(gt=0, description="Language-model tokens one image becomes (mm_tokens_per_image).")
+    text_hidden_size: int = Field(gt=0, description="The projector's output width (the language model's hidden size).")
+
+    @property
+    def patches_per_image(self) -> int:
+        """Tokens the tower itself runs on for one image: (image_size / patch_size)^2."""
+        return (self.image_size // self.patch_size) ** 2
 
 
 class ModelArch(BaseModel):
@@ -49,12 +80,25 @@ class ModelArch(BaseModel):
     attn_logit_softcap: float | None = Field(None, description="tanh soft-capping of attention scores.")
     sliding_window: int | None = Field(None, description="Local attention window (Mistral v0.1, Phi-3, Gemma 2's alternate layers).")
     moe: MoE | None = None
+    vision: VisionTower | None = Field(None, description="The image encoder and projector of a vision-language model "
+                                                            "(frozen; counted in the params, run when a sample has images).")
+    attention_sinks: bool = Field(False, description="A learned per-head sink logit joins every softmax (gpt-oss): "
+                                                     "num_heads parameters per layer, one more score column.")
+    checkpoint_quant: str | None = Field(None, description="How the checkpoint stores its weights when that is not "
+                                                           "16-bit (gpt-oss: mxfp4 experts); training loads them "
+                                                           "dequantized to 16-bit.")
     layer_types: tuple[str, ...] | None = Field(
         None, description="Per-layer attention kind as transformers names it (full_attention, sliding_attention, "
                           "linear_attention), when the family mixes them (Gemma 3, gpt-oss, Qwen3-Next).")
     hf_config_json: str | None = Field(
         None, description="The config.json (language model part flattened) that builds this model in transformers, "
                           "kept verbatim for families whose config to_hf_config does not write by hand.")
+    extra_layer_params: int = Field(
+        0, ge=0, description="Parameters per decoder layer beyond the modelled ones (derived shapes: full-width q/k "
+                             "norms, biases of unknown tensors); counted with the norms (frozen under LoRA, 16-bit).")
+    extra_params: int = Field(
+        0, ge=0, description="Parameters outside the decoder layers beyond embedding, final norm and lm_head "
+                             "(derived shapes: a vision tower, an lm_head bias); counted with the norms.")
     derived_from: str | None = Field(
         None, description="Set when the shapes were derived by building an unknown model type on the meta device: "
                           "the estimate uses generic per-module terms, which this names.")

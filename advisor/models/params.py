@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .arch import ModelArch
+from .arch import ModelArch, VisionTower
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,11 @@ class ParamCounts:
     mlp: int
     norms: int
     lm_head: int  # 0 when tied to the embedding
+    vision: int = 0  # a vision-language model's image tower and projector (frozen, 16-bit)
 
     @property
     def total(self) -> int:
-        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head
+        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head + self.vision
 
     @property
     def linear_in_layers(self) -> int:
@@ -113,6 +114,23 @@ def count_params(arch: ModelArch) -> ParamCounts:
         embedding=embedding,
         attention=attention * layers,
         mlp=mlp * layers,
-        norms=norms_per_layer * layers + h,  # + the final norm
+        # + the final norm; shapes a derived model has beyond the modelled ones count as norms (see ModelArch)
+        norms=(norms_per_layer + arch.extra_layer_params) * layers + h + arch.extra_params,
         lm_head=0 if arch.tie_word_embeddings else embedding,
+        vision=sum(vision_tensor_numels(arch.vision)) if arch.vision is not None else 0,
     )
+
+
+def vision_tensor_numels(v: VisionTower) -> list[int]:
+    """Element counts of every tensor of a SigLIP vision tower and the Gemma 3 projector, as transformers builds
+    them (transformers/models/siglip/modeling_siglip.py SiglipVisionTransformer; gemma3/modeling_gemma3.py
+    Gemma3MultiModalProjector): patch conv (weight, bias), position embedding (one row per patch), per layer two
+    LayerNorms (weight, bias), q/k/v/out projections and fc1/fc2 with biases, the post LayerNorm, the optional
+    attention-pooling head; the projector's RMSNorm weight and its (vision hidden x text hidden) matrix."""
+    hv, iv = v.hidden_size, v.intermediate_size
+    tensors = [v.num_channels * v.patch_size ** 2 * hv, hv, v.patches_per_image * hv]
+    layer = [hv, hv] * 2 + [hv * hv, hv] * 4 + [hv * iv, iv, iv * hv, hv]
+    tensors += layer * v.num_layers + [hv, hv]
+    if v.use_head:  # SiglipMultiheadAttentionPoolingHead: probe, nn.MultiheadAttention, LayerNorm, MLP
+        tensors += [hv, 3 * hv * hv, 3 * hv, hv * hv, hv, hv, hv, hv * iv, iv, iv * hv, hv]
+    return tensors + [hv, hv * v.text_hidden_size]

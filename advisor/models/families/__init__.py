@@ -12,3 +12,12 @@ from __future__ import annotations
 from typing import Callable
 
 READERS: dict[str, Callable] = {}
+
+from . import qwen3_moe  # noqa: E402
+
+READERS["qwen3_moe"] = qwen3_moe.read
+
+from . import gemma3  # noqa: E402
+
+READERS["gemma3"] = gemma3.read
+READERS["gemma3_text"] = gemma3.read
