@@ -151,7 +151,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                       f"{calibration.method}, {calibration.measured_at}): allocated x{calibration.allocated_ratio:.3f}, "
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
-    span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg),
+    span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch),
                         cfg.offload == "params", calibrated_context)
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
@@ -308,7 +308,8 @@ def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_
 
 
 def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
-    notes = []
+    notes = [f"derived estimate ({arch.model_type} is not in the torch-free model): shapes from {arch.derived_from}"] \
+        if arch.derived_from else []
     if cfg.seq_len > arch.max_position_embeddings:
         notes.append(f"seq len {cfg.seq_len} exceeds the model's max positions {arch.max_position_embeddings}")
     if attn == "eager" and cfg.attn == "auto":

@@ -140,6 +140,8 @@ def _fsdp_terms(arch: ModelArch, cfg: TrainConfig) -> FsdpTerms:
     layer: list[_Tensor] = [t(h, h, full) for _ in range(arch.norms_per_layer)]
     if arch.qk_norm:
         layer += [t(arch.head_dim, arch.head_dim, full)] * 2
+    if arch.extra_layer_params:  # a derived model's other per-layer tensors (models/derive.py), as one
+        layer.append(t(arch.extra_layer_params, arch.extra_layer_params, full))
     for spec in layer_linears(arch):
         for _ in range(spec.per_layer):
             layer.append(t(spec.out_features, spec.weight_params, full))
@@ -160,6 +162,7 @@ def _fsdp_terms(arch: ModelArch, cfg: TrainConfig) -> FsdpTerms:
     embed = [t(vocab, vocab * h, full)] + ([t(vocab, vocab * h, True)] if copy else [])
     head = [] if tied else [t(vocab, vocab * h, full)] + ([t(vocab, vocab * h, True)] if copy else [])
     root = norm if peft else []  # _find_final_norm finds no norm on a PeftModel: it stays with the root
+    root = root + ([t(arch.extra_params, arch.extra_params, full)] if arch.extra_params else [])  # derived: as one
     tail = ([] if peft else norm) + (embed if tied else head)
     pbytes = wbytes if mixed else None
 

@@ -105,8 +105,10 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
     return DeviceRange(low, high, why)
 
 
-def unchecked_part(cfg) -> str | None:
+def unchecked_part(cfg, arch=None) -> str | None:
     """What of a configuration the fake-tensor oracle does not trace (None: it traces all of it)."""
+    if arch is not None and arch.derived_from:
+        return f"{arch.model_type}'s layers in generic terms"
     if cfg.offload != "none":
         return "CPU offload"
     if cfg.fsdp and cfg.method == "qlora":

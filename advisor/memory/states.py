@@ -53,6 +53,8 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     h = arch.hidden_size
     outside = [counts.embedding, h] + ([counts.lm_head] if counts.lm_head else [])
     in_layer = [h] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+    outside += [arch.extra_params] if arch.extra_params else []  # a derived model's other tensors, as one
+    in_layer += [arch.extra_layer_params] if arch.extra_layer_params else []
     linears = layer_linears(arch)
     in_layer += [spec.out_features for spec in linears if spec.bias]
     if arch.moe is not None:
@@ -162,7 +164,7 @@ def _adafactor_state_elems(arch: ModelArch, cfg: TrainConfig) -> int:
         return L * sum(2 * cfg.rank * s.lora_rank_multiplier + s.in_features + s.out_features for s in lora_linears(arch, cfg))
     elems = sum(L * (s.in_features + s.out_features) for s in layer_linears(arch))
     elems += (arch.vocab_size + arch.hidden_size) * (1 if arch.tie_word_embeddings else 2)
-    elems += L * arch.norms_per_layer * arch.hidden_size + arch.hidden_size
+    elems += L * (arch.norms_per_layer * arch.hidden_size + arch.extra_layer_params) + arch.hidden_size + arch.extra_params
     return elems
 
 

@@ -114,7 +114,9 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
         if isinstance(key, str) and key in READERS:
             return READERS[key](original, cfg, name, source)
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise unsupported_model_type(model_type, source)
+        from .derive import derived_arch
+
+        return derived_arch(original, model_type, name, source)  # built by transformers, or refused
     _check_fields(cfg, source, model_type)
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
