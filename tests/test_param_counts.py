@@ -58,3 +58,82 @@ def test_frozen_params_are_not_trainable():
     full = param_bytes(arch, TrainConfig(method="full"))
     assert lora.trainable_params < 0.01 * full.trainable_params
     assert full.trainable_params == count_params(arch).total
+
+
+# --- Gemma 3 (issue 13): a vision-language model read from its own config.json, tower and projector included
+GEMMA3 = ["gemma-3-4b-it", "gemma-3-27b-it"]
+
+
+def _gemma3_file(name):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / name / "config.json"
+
+
+def _meta_from_dict(cfg_dict):
+    cfg = transformers.AutoConfig.for_model(**cfg_dict)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.tie_weights()
+    return model
+
+
+@pytest.mark.parametrize("name", GEMMA3)
+def test_gemma3_counts_equal_transformers(name):
+    """The whole Gemma3ForConditionalGeneration (vision tower + projector + language model), and the language
+    model alone (its text_config as a gemma3_text file: Gemma3ForCausalLM), both from the file's own dict."""
+    import json
+
+    path = _gemma3_file(name)
+    original = json.loads(path.read_text())
+    arch = resolve_model(str(path))
+    model = _meta_from_dict(original)
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    assert count_params(arch).total == sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n)
+    assert count_params(arch).vision == vision
+    from advisor.models.hf_config import arch_from_config
+
+    text = {**original["text_config"], "model_type": "gemma3_text"}
+    text_arch = arch_from_config(text, name + "-text")
+    assert text_arch.vision is None and text_arch.model_type == "gemma3_text"
+    text_model = _meta_from_dict(text)
+    assert type(text_model).__name__ == "Gemma3ForCausalLM"
+    assert count_params(text_arch).total == sum(p.numel() for p in text_model.parameters())
+    assert count_params(text_arch).total == count_params(arch).total - vision
+
+
+@pytest.mark.parametrize("name", GEMMA3)
+@pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("q,v",), ("o_proj", "down_proj")])
+def test_gemma3_lora_params_equal_peft(name, targets):
+    """LoRA on the language model only (the regex build.lora_targets gives PEFT for a VLM)."""
+    peft = pytest.importorskip("peft")
+    from advisor.verify.build import lora_targets
+
+    arch = resolve_model(str(_gemma3_file(name)))
+    cfg = TrainConfig(method="lora", rank=8, targets=targets)
+    model = _meta_from_dict(__import__("json").loads(_gemma3_file(name).read_text()))
+    model.requires_grad_(False)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg, arch), task_type="CAUSAL_LM"))
+    adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert adapted and not any("vision_tower" in n or "multi_modal_projector" in n for n in adapted)
+    assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def test_peft_all_linear_reaches_the_gemma3_vision_tower():
+    """Why the VLM targets are a regex: PEFT's plain "all-linear" also adapts SigLIP's q/k/v/out_proj and fc1/fc2
+    (peft/tuners/tuners_utils.py _maybe_include_all_linear_layers collects Linear names model-wide)."""
+    peft = pytest.importorskip("peft")
+    import json
+
+    model = _meta_from_dict(json.loads(_gemma3_file("gemma-3-4b-it").read_text()))
+    model.requires_grad_(False)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert any("vision_tower" in n and p.requires_grad for n, p in peft_model.named_parameters())
+
+
+def test_gemma3_full_fine_tuning_trains_the_language_model_only():
+    arch = resolve_model(str(_gemma3_file("gemma-3-4b-it")))
+    full = param_bytes(arch, TrainConfig(method="full"))
+    assert full.trainable_params == count_params(arch).total - count_params(arch).vision
+    assert full.frozen_16bit > 2 * count_params(arch).vision * 0.99

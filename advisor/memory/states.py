@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..models.arch import ModelArch
-from ..models.params import count_params, layer_linears
+from ..models.params import count_params, layer_linears, vision_tensor_numels
 from .config import TrainConfig
 from .targets import lora_linears
 
@@ -64,6 +64,26 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     return outside, in_layer, weights
 
 
+def vision_linear_rows(arch: ModelArch) -> list[tuple[int, int]]:
+    """(weight elements, output rows) of every nn.Linear in the vision tower: q, k, v, out, fc1, fc2 per layer."""
+    v = arch.vision
+    if v is None:
+        return []
+    hv, iv = v.hidden_size, v.intermediate_size
+    return [(hv * hv, hv)] * 4 * v.num_layers + [(hv * iv, iv), (iv * hv, hv)] * v.num_layers
+
+
+def _vision_numels(arch: ModelArch) -> tuple[list[int], list[int]]:
+    """The tower's and projector's tensors: (its Linear weights, everything else), element counts."""
+    if arch.vision is None:
+        return [], []
+    linear = [n for n, _ in vision_linear_rows(arch)]
+    rest = list(vision_tensor_numels(arch.vision))
+    for n in linear:
+        rest.remove(n)
+    return linear, rest
+
+
 def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     """Parameter bytes depend only on the model and the method's fields, not on the batch or the step;
     cached on those fields so the planner's thousands of candidates share them."""
@@ -95,9 +115,15 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         return sum(rounded(n * wbytes) for n in numels)
 
     largest_layer = sum(in_layer) + sum(weights)
+    # a vision-language model's tower and projector stay frozen whatever the method (see VisionTower); under
+    # a 4-bit/8-bit load transformers quantizes the tower's Linears too (quantizers/base.py
+    # get_keys_to_not_convert skips only lm_head, the tied and the last parameters)
+    vision_linear, vision_other = _vision_numels(arch)
+    quantizing = cfg.method in ("qlora", "lora8bit")
+    vision_frozen = stored(vision_other) + (0 if quantizing else stored(vision_linear))
     if cfg.method == "full":
         total = stored(outside) + L * (stored(in_layer) + stored(weights))
-        return ParamBytes(0, 0, total, counts.total, counts.total, 0, wbytes, largest_layer)
+        return ParamBytes(vision_frozen, 0, total, counts.total - counts.vision, counts.total, 0, wbytes, largest_layer)
 
     lora = lora_linears(arch, cfg)
     def rank(spec) -> int:
@@ -113,17 +139,19 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         copies, copy_params = stored(embed_like), sum(embed_like)
     if cfg.method == "qlora":
         quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
+        quantized += sum(_quant4_bytes(n, cfg.double_quant) for n in vision_linear)
         frozen = stored(outside) + L * stored(in_layer)
     elif cfg.method == "lora8bit":
         # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
         quantized = L * sum(spec.per_layer * (rounded(spec.weight_params) + rounded(4 * spec.out_features))
                             for spec in layer_linears(arch))
+        quantized += sum(rounded(n) + rounded(4 * out) for n, out in vision_linear_rows(arch))
         frozen = stored(outside) + L * stored(in_layer)
     else:
         quantized = 0
         frozen = stored(outside) + L * (stored(in_layer) + stored(weights))
     return ParamBytes(
-        frozen_16bit=frozen,
+        frozen_16bit=frozen + vision_frozen,
         quantized=quantized,
         trainable=adapter_bytes + copies,
         trainable_params=adapter_params + copy_params,

@@ -18,6 +18,7 @@ from ..models.arch import ModelArch
 from ..models.hf_config import to_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+VISION_MODULES = ("vision_tower", "multi_modal_projector")  # frozen in a VLM (see models/arch.py VisionTower)
 ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 
 # A function that returns a new tensor of the given shape and dtype on the run's device.
@@ -35,8 +36,15 @@ def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     return DTYPES[cfg.precision] if cfg.master_weights else None
 
 
-def lora_targets(cfg: TrainConfig) -> list[str] | str:
-    """PEFT's target_modules for a preset or a custom list."""
+def lora_targets(cfg: TrainConfig, arch: ModelArch | None = None) -> list[str] | str:
+    """PEFT's target_modules for a preset or a custom list.  For a vision-language model, a regex that keeps
+    the adapters in the language model: PEFT matches module names by their last part, so "all-linear" (and a
+    plain ["q_proj", "v_proj"]) would also adapt the vision tower's Linears, which share those names."""
+    if arch is not None and arch.vision is not None:
+        from ..memory.targets import lora_linears
+
+        names = "|".join(sorted({spec.name for spec in lora_linears(arch, cfg)}))
+        return rf"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
     if cfg.targets == ("all-linear",):
         return "all-linear"
     if cfg.targets == ("attention",):
@@ -61,7 +69,11 @@ def _quantize_linears_on_meta(model: nn.Module, cfg: TrainConfig) -> None:
     import bitsandbytes as bnb
 
     compute_dtype = DTYPES[cfg.precision]
-    for layer in model.model.layers:
+    # transformers quantizes every nn.Linear but lm_head (and tied / last params), a VLM's vision tower included
+    # (quantizers/base.py get_keys_to_not_convert)
+    inner = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    blocks = list(inner.layers) + [m for n, m in model.named_modules() if n.split(".")[-1] == "vision_tower"]
+    for layer in blocks:
         for name, child in list(layer.named_modules()):
             for attr, sub in list(child.named_children()):
                 if type(sub) is nn.Linear:
@@ -87,12 +99,16 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
         _quantize_linears_on_meta(model, cfg)
     if cfg.method == "full":
         model.requires_grad_(True)
+        # a vision-language model trains its language model; the tower and projector stay frozen (VisionTower)
+        for name, module in model.named_modules():
+            if name.split(".")[-1] in VISION_MODULES:
+                module.requires_grad_(False)
     else:
         from peft import LoraConfig, get_peft_model
 
         model.requires_grad_(False)
         lora = LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(cfg),
+            r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(cfg, arch),
             modules_to_save=["embed_tokens", "lm_head"] if cfg.train_embeddings else None, task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
