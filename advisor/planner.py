@@ -23,7 +23,7 @@ from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
 from .models.params import count_params
-from .throughput import throughput
+from .throughput import gpu_perf, throughput
 from .units import GiB
 from .words import config_words
 
@@ -204,13 +204,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             trace.append(TraceEntry(rule=rule.id, kind="warn", sentence=sentence, source=rule.source))
 
     usable = hw.usable_bytes if hw else None
-    tflops = gpu.tflops_bf16 or None
-    bandwidth = None
-    if hw is not None:
-        from .hardware.catalog import find_gpu
-
-        spec = find_gpu(hw.name)
-        bandwidth = spec.bandwidth_gbs if spec else None
+    perf = gpu_perf(hw.name if hw is not None else None)
 
     forbid_rules = [r for r in cand_rules if r.spec.forbid]
     prefer_rules = [r for r in cand_rules if r.spec.prefer is not None]
@@ -235,7 +229,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if usable is not None and need > usable:
             too_big.add(setup)
         smallest = need if smallest is None else min(smallest, need)
-        tp = throughput(arch, cfg, est, goals.effective_batch, tflops, bandwidth, gpu.nvlink)
+        tp = throughput(arch, cfg, est, goals.effective_batch, perf)
         accum = cfg.accumulation(goals.effective_batch)
         cap = usable if usable is not None else need
         facts = CandidateFacts(

@@ -28,8 +28,11 @@ class GpuSpec(BaseModel):
     bf16: bool
     tflops_bf16: float | None = Field(None, description="Dense BF16 tensor TFLOP/s.")
     tflops_fp16: float | None = Field(None, description="Dense FP16 tensor TFLOP/s (FP32 accumulate).")
+    tflops_fp32: float | None = Field(None, description="Dense FP32 TFLOP/s without tensor cores (PyTorch's fp32 matmul: TF32 is off by default).")
     bandwidth_gbs: float | None = Field(None, description="Memory bandwidth, GB/s.")
     nvlink: bool = False
+    nvlink_gbs: float | None = Field(None, description="NVLink bandwidth per direction per GPU, GB/s (None without NVLink).")
+    host_link_gbs: float | None = Field(None, description="Host <-> device link per direction in practice, GB/s (PCIe generation and width).")
     source: str = ""
 
     @property
