@@ -123,6 +123,36 @@ def _store(path, text: str) -> None:
         pass
 
 
+# Module names that give away a mechanism the generic decoder layer does not have
+_MECHANISMS = (
+    (re.compile(r"linear_attn|gated_delta|\bmamba|mixer\.|ssm"), "linear-attention / state-space layers"),
+    (re.compile(r"experts|moe|shared_expert"), "mixture-of-experts layers"),
+    (re.compile(r"kv_a_proj|kv_b_proj|q_a_proj"), "multi-head latent attention"),
+    (re.compile(r"cross_attn|encoder_attn"), "cross-attention layers"),
+)
+
+
+def _unmodelled_mechanisms(layers: list[dict]) -> list[str]:
+    names = {lin["name"] for layer in layers for lin in layer["linears"]}
+    names |= {name for layer in layers for name in layer["others"]}
+    found = []
+    for pattern, what in _MECHANISMS:
+        hits = sorted(n for n in names if pattern.search(n.lower()))
+        if hits:
+            found.append(f"{what} ({', '.join(hits[:3])}{', ...' if len(hits) > 3 else ''})")
+    return found
+
+
+def _difference(first: dict, other: dict) -> str:
+    mine = {lin["name"] for lin in first["linears"]} | set(first["others"])
+    theirs = {lin["name"] for lin in other["linears"]} | set(other["others"])
+    only_first, only_other = sorted(mine - theirs), sorted(theirs - mine)
+    if not only_first and not only_other:
+        return "same modules, other shapes"
+    return ("layer 0 alone has " + (", ".join(only_first[:3]) or "nothing") + "; it alone has "
+            + (", ".join(only_other[:3]) or "nothing"))
+
+
 def _suffix(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -132,11 +162,15 @@ def _arch(shapes: dict[str, Any], original: dict[str, Any], name: str, source: s
     layers = shapes["layers"]
     if not layers:
         raise _NotDecoderLayout("no decoder layers")
+    mechanisms = _unmodelled_mechanisms(layers)
+    if mechanisms:
+        raise _NotDecoderLayout(", ".join(mechanisms))
     signature = [(lin["name"], lin["in"], lin["out"], lin["bias"]) for lin in layers[0]["linears"]]
     for index, layer in enumerate(layers[1:], start=1):
         if [(lin["name"], lin["in"], lin["out"], lin["bias"]) for lin in layer["linears"]] != signature \
                 or layer["others"] != layers[0]["others"]:
-            raise _NotDecoderLayout(f"layer {index} differs from layer 0 (dense and sparse layers, or layer kinds mixed)")
+            raise _NotDecoderLayout(f"layer {index} differs from layer 0 ("
+                                    + _difference(layers[0], layer)[:200] + ")")
     by_suffix = {_suffix(lin["name"]): lin for lin in layers[0]["linears"]}
     if len(by_suffix) != len(layers[0]["linears"]):
         raise _NotDecoderLayout("two Linears of one layer share a name ("

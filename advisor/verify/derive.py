@@ -73,7 +73,7 @@ def shapes(config: dict) -> dict:
     return {
         "model_class": type(model).__name__,
         "layers_at": where,
-        "text": {key: getattr(text, key, None) for key in (
+        "text": {key: _attribute(text, key) for key in (
             "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "hidden_act",
             "sliding_window", "layer_types")},
@@ -85,6 +85,14 @@ def shapes(config: dict) -> dict:
         "outside": outside,
         "total_params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def _attribute(config, key: str):
+    """A config attribute, None when absent or per-layer only (Gemma 4 raises on the global read)."""
+    try:
+        return getattr(config, key, None)
+    except Exception:
+        return None
 
 
 def main() -> int:
