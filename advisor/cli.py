@@ -31,6 +31,8 @@ FLAG_FOR_FIELD = {
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner",
+    "dataset_tokens": "--dataset-tokens", "samples": "--samples", "epochs": "--epochs",
+    "price_per_gpu_hour": "--price-per-gpu-hour",
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
@@ -133,6 +135,56 @@ def _size(text: str) -> int:
         return parse_size(text)
     except AdvisorError as err:
         raise argparse.ArgumentTypeError(f"{err.message} ({err.hint})") from None
+
+
+_COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def _count(text: str) -> int:
+    """A count with an optional decimal suffix: 50000000, 50M, 1.2B, 300k (K/M/B/T = 10^3/6/9/12)."""
+    import re
+    from decimal import Decimal
+
+    match = re.fullmatch(r"\s*(\d{1,16})(?:\.(\d{1,9}))?\s*([kKmMbBgGtT]?)\s*", text or "")
+    if not match:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a count (write it like 50000000, 50M or 1.2B)")
+    whole, frac, suffix = match.groups()
+    value = Decimal(f"{whole}.{frac or 0}") * _COUNT_SUFFIX[suffix.lower()]
+    if value != int(value) or not 1 <= value <= core.MAX_DATASET_TOKENS:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole count from 1 to 10^15")
+    return int(value)
+
+
+def _positive_float(high: float, zero: bool = False):
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text) if len(text) <= 32 else math.nan
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (0 <= value if zero else 0 < value) and value <= high):
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number {'from 0' if zero else 'above 0'} "
+                                             f"to {high:,g}")
+        return value
+    return parse
+
+
+def add_job_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the job (time to train, GPU-hours and cost)")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--dataset-tokens", type=_count, default=None, metavar="N",
+                      help="tokens in one epoch of the data (50M, 1.2B)")
+    size.add_argument("--samples", type=_count, default=None, metavar="N",
+                      help="sequences in one epoch (tokens = samples x --seq-len)")
+    g.add_argument("--epochs", type=_positive_float(core.MAX_EPOCHS), default=1.0, help="passes over the data (default 1)")
+    g.add_argument("--price-per-gpu-hour", type=_positive_float(core.MAX_PRICE, zero=True), default=None, metavar="P",
+                   help="price of one GPU-hour, for the cost (no built-in price list)")
+
+
+def _job_fields(args: argparse.Namespace) -> dict:
+    return {"dataset_tokens": getattr(args, "dataset_tokens", None), "samples": getattr(args, "samples", None),
+            "epochs": getattr(args, "epochs", 1.0), "price_per_gpu_hour": getattr(args, "price_per_gpu_hour", None)}
 
 
 # ---- the flag sets: one definition each --------------------------------------------------------------------
@@ -243,7 +295,7 @@ def plan_request(args: argparse.Namespace) -> core.PlanRequest:
         batch = _file_batch(back, args)
     return core.PlanRequest(model=_need_model(model), hardware=_gpu_request(args), seq_len=seq_len,
                             effective_batch=batch, method=method, prefer=args.prefer, rules=tuple(args.rules or ()),
-                            host_ram=args.host_ram, calibration=not args.no_calibration)
+                            host_ram=args.host_ram, calibration=not args.no_calibration, **_job_fields(args))
 
 
 def config_request(args: argparse.Namespace) -> core.ConfigRequest:
@@ -261,7 +313,7 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     if args.gpus is not None:
         fields["gpus"] = args.gpus
     return core.ConfigRequest(model=_need_model(model), config=fields, hardware=_gpu_request(args),
-                              effective_batch=batch, calibration=not args.no_calibration)
+                              effective_batch=batch, calibration=not args.no_calibration, **_job_fields(args))
 
 
 def _by_hand(args: argparse.Namespace) -> bool:
@@ -349,12 +401,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             print(rank_table(sel.arch, sel.cfg, report.ranks))
         return 0
     sel = _configured(args)
+    speed = core.speed_of(sel, core.job_of(config_request(args)))
     if args.json:
-        _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate))
+        _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate, speed))
     else:
-        from .render import estimate_table
+        from .render import estimate_table, speed_lines
 
         print(estimate_table(sel.arch, sel.cfg, sel.estimate))
+        print("\n".join(speed_lines(speed)))
     return 0
 
 
@@ -512,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = command("plan", "propose the fastest config that fits, with the reason for every choice", cmd_plan)
     add_goal_flags(plan)
     add_hardware_flags(plan)
+    add_job_flags(plan)
     plan.add_argument("--export", default=None, metavar="FORMATS",
                       help="also export the chosen config: all, or a comma list of " + ", ".join(core.EXPORT_FORMATS))
     plan.add_argument("--option", type=_option_index, default=0, help="with --export: which option (0 = the choice)")
@@ -524,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_goal_flags(p)
         add_config_flags(p)
         add_hardware_flags(p)
+        if name == "estimate":
+            add_job_flags(p)
 
     export = command("export", "write the plan's config (or one given by hand) for PEFT+TRL, TRL, axolotl, "
                      "LLaMA-Factory, accelerate, DeepSpeed", cmd_export)

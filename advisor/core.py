@@ -79,6 +79,10 @@ class PlanRequest:
     rules: tuple[str, ...] = ()  # rule files that add rules or override them by id
     host_ram: int | None = None  # bytes of CPU RAM offload may use; None: this machine's for its own GPUs
     calibration: bool = True  # apply what real runs measured on this GPU
+    dataset_tokens: int | None = None  # the job's size (time and cost): tokens per epoch, or
+    samples: int | None = None  # sequences per epoch (x seq_len)
+    epochs: float = 1.0
+    price_per_gpu_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ class ConfigRequest:
     hardware: GpuRequest = GpuRequest()
     effective_batch: int = 16
     calibration: bool = True
+    dataset_tokens: int | None = None
+    samples: int | None = None
+    epochs: float = 1.0
+    price_per_gpu_hour: float | None = None
 
 
 # ---- results --------------------------------------------------------------------------------------------
@@ -291,7 +299,51 @@ def _goals(req: PlanRequest, hardware: Hardware | None):
     if req.prefer not in PREFER_CHOICES:
         raise UsageError(f"unknown preference {req.prefer!r}", "speed or quality", field="prefer", value=req.prefer)
     gpus = hardware.count if hardware is not None else (req.hardware.gpus or 1)
-    return Goals(seq_len=req.seq_len, effective_batch=req.effective_batch, method=req.method, prefer=req.prefer, gpus=gpus)
+    _check_job(req.dataset_tokens, req.samples, req.epochs, req.price_per_gpu_hour)
+    return Goals(seq_len=req.seq_len, effective_batch=req.effective_batch, method=req.method, prefer=req.prefer, gpus=gpus,
+                 dataset_tokens=req.dataset_tokens, samples=req.samples, epochs=req.epochs,
+                 price_per_gpu_hour=req.price_per_gpu_hour)
+
+
+MAX_DATASET_TOKENS = 10**15
+MAX_EPOCHS = 1000
+MAX_PRICE = 10_000.0
+
+
+def _check_job(tokens, samples, epochs, price) -> None:
+    """The job's size and price, each within its stated bound (errors name the field)."""
+    if tokens is not None and samples is not None:
+        raise UsageError("give the data set's size once: tokens or samples", "drop one of the two",
+                         field="dataset_tokens", value=tokens)
+    for name, value, high in (("dataset_tokens", tokens, MAX_DATASET_TOKENS), ("samples", samples, MAX_DATASET_TOKENS)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high):
+            raise UsageError(f"{str(value)[:40]!r} is not a count from 1 to {high:.0e}", "give a positive count such as 50M",
+                             field=name, value=value)
+    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or not 0 < epochs <= MAX_EPOCHS:
+        raise UsageError(f"{str(epochs)[:40]!r} epochs: give a number above 0 and at most {MAX_EPOCHS}",
+                         "for example 2 or 0.5", field="epochs", value=epochs)
+    if price is not None and (not isinstance(price, (int, float)) or isinstance(price, bool)
+                              or not 0 <= price <= MAX_PRICE):
+        raise UsageError(f"{str(price)[:40]!r} per GPU-hour: give a number from 0 to {MAX_PRICE:,.0f}",
+                         "for example 0.7", field="price_per_gpu_hour", value=price)
+
+
+def job_of(req) -> "object":
+    """The throughput model's Job for a request that carries a job's size (PlanRequest, ConfigRequest)."""
+    from .throughput import Job
+
+    return Job(dataset_tokens=req.dataset_tokens, samples=req.samples, epochs=req.epochs,
+               price_per_gpu_hour=req.price_per_gpu_hour)
+
+
+def speed_of(sel: "Selected", job=None):
+    """Tokens/s, step time and (for a job of known size) time, GPU-hours and cost of exactly this config."""
+    from .memory.estimate import peaks
+    from .throughput import gpu_perf, speed, throughput
+
+    est = peaks(sel.arch, sel.cfg, sel.hardware, sel.calibration)
+    tp = throughput(sel.arch, sel.cfg, est, sel.effective_batch, gpu_perf(sel.hardware.name if sel.hardware else None))
+    return speed(tp, sel.cfg.gpus, sel.cfg.seq_len, job)
 
 
 # ---- the questions ---------------------------------------------------------------------------------------
@@ -325,6 +377,7 @@ def train_config(fields: Mapping[str, object]) -> TrainConfig:
 
 def configure(req: ConfigRequest, detect: Detector | None = detect_gpus) -> Selected:
     """A configuration described by hand, estimated on its GPUs (with calibration as for a plan)."""
+    _check_job(req.dataset_tokens, req.samples, req.epochs, req.price_per_gpu_hour)
     arch = resolve_model(req.model)
     hardware, _, _ = resolve_hardware(req.hardware, detect)
     fields = dict(req.config)

@@ -23,7 +23,7 @@ from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
 from .models.params import count_params
-from .throughput import gpu_perf, throughput
+from .throughput import Job, Speed, gpu_perf, speed, throughput
 from .units import GiB
 from .words import config_words
 
@@ -40,8 +40,18 @@ class Goals(BaseModel):
     seq_len: int = Field(2048, gt=0)
     effective_batch: int = Field(16, gt=0, description="Sequences per optimizer step over all GPUs.")
     method: str = Field("auto", pattern="^(auto|full|lora|qlora|lora8bit)$")
-    prefer: str = Field("speed", pattern="^(speed|quality)$")
+    prefer: str = Field("speed", pattern="^(speed|quality)$", description="speed ranks by time to train (for a "
+                        "fixed job that is tokens/s); quality favours 16-bit bases and higher ranks")
     gpus: int = Field(1, gt=0)
+    dataset_tokens: int | None = Field(None, gt=0, description="Tokens in one epoch of the data (for time and cost).")
+    samples: int | None = Field(None, gt=0, description="Sequences in one epoch (tokens = samples x seq_len).")
+    epochs: float = Field(1.0, gt=0, le=1000)
+    price_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="Price of one GPU-hour (any currency).")
+
+    @property
+    def job(self) -> Job:
+        return Job(dataset_tokens=self.dataset_tokens, samples=self.samples, epochs=self.epochs,
+                   price_per_gpu_hour=self.price_per_gpu_hour)
 
 
 class TraceEntry(BaseModel):
@@ -72,6 +82,8 @@ class Option(BaseModel):
     tokens_per_s: float
     score: float
     reasons: list[str] = Field(default_factory=list)
+    speed: Speed | None = Field(None, description="Tokens/s, step time and, for a job of known size, time, "
+                                "GPU-hours and cost, each with a range (chosen option and alternatives).")
 
 
 class Rejection(BaseModel):
@@ -216,6 +228,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     # batch does not fit, the larger ones of the same setup are decided without estimating them.
     too_big: set[tuple] = set()
     estimated = 0
+    speeds: dict[int, object] = {}  # id(option) -> its Throughput, reported for what is shown
 
     def consider(cfg: TrainConfig) -> None:
         """Estimate one candidate and let the rules decide it: a survivor, or the closest miss of its kind."""
@@ -251,8 +264,10 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             if key not in rejected_best or rank < rejected_best[key][0]:
                 rejected_best[key] = (rank, verdict, things, cfg)
             return
-        survivors.append((Option(config=cfg, grad_accum=accum, need_bytes=need, tokens_per_s=tp.tokens_per_s,
-                                 score=tp.tokens_per_s), cfg, things, []))
+        option = Option(config=cfg, grad_accum=accum, need_bytes=need, tokens_per_s=tp.tokens_per_s,
+                        score=tp.tokens_per_s)
+        speeds[id(option)] = tp
+        survivors.append((option, cfg, things, []))
 
     for cfg in candidates:
         consider(cfg)
@@ -299,6 +314,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
             distinct.append(option)
         if len(distinct) >= top:
             break
+    for option in (chosen, *distinct):
+        option.speed = speed(speeds[id(option)], option.config.gpus, option.config.seq_len, goals.job)
     chosen_estimate = estimate(arch, chosen_cfg, hw, calibration=calibration)
     if chosen_cfg.offload == "params":
         warnings.append("parameter offload is the least checked part of the memory model: a published FSDP "

@@ -98,6 +98,41 @@ def _yes(value) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
+def duration_text(seconds: float) -> str:
+    """3 h 20 min, 2.4 days, 45 min, 30 s."""
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes:02d} min"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def speed_lines(speed) -> list[str]:
+    """Throughput and, for a job of known size, its time, GPU-hours and cost, each as a low-high range."""
+    if speed is None:
+        return []
+    low, high = speed.tokens_per_s_range
+    lines = [f"speed: ~{speed.tokens_per_s:,.0f} tokens/s ({low:,.0f}-{high:,.0f}), "
+             f"{speed.step_s:.1f} s per optimizer step ({speed.step_s_range[0]:.1f}-{speed.step_s_range[1]:.1f}), "
+             f"MFU {100 * speed.mfu:.0f} %"]
+    if speed.wall_s is not None:
+        epochs = f"{speed.epochs:g} epoch{'s' if speed.epochs != 1 else ''}"
+        lines.append(f"time: ~{duration_text(speed.wall_s)} ({duration_text(speed.wall_s_range[0])} - "
+                     f"{duration_text(speed.wall_s_range[1])}) for {speed.dataset_tokens:,} tokens x {epochs}, "
+                     f"{speed.steps:,} steps")
+        lines.append(f"GPU-hours: ~{speed.gpu_hours:,.1f} ({speed.gpu_hours_range[0]:,.1f}-{speed.gpu_hours_range[1]:,.1f}) "
+                     f"on {speed.gpus} GPU{'s' if speed.gpus != 1 else ''}")
+        if speed.cost is not None:
+            lines.append(f"cost: ~{speed.cost:,.2f} ({speed.cost_range[0]:,.2f}-{speed.cost_range[1]:,.2f}) "
+                         f"at {speed.price_per_gpu_hour:g} per GPU-hour")
+    else:
+        lines.append("time: give --dataset-tokens (or --samples) and --epochs for the time to train and its cost")
+    return lines
+
+
 def plan_text(report) -> str:
     plan = report.plan
     gpu = report.gpu
@@ -115,6 +150,7 @@ def plan_text(report) -> str:
         est = plan.estimate
         lines.append(f"memory: {format_bytes(est.peak_device_bytes)} device peak, range {range_text(est)} "
                      f"(allocated {format_bytes(est.peak_allocated_bytes)}, peak in {est.peak_phase})")
+        lines += speed_lines(plan.chosen.speed)
         lines.append("")
         lines.append("why:")
         lines += [f"  ✓ {reason}" for reason in plan.chosen.reasons]
@@ -125,7 +161,8 @@ def plan_text(report) -> str:
         lines += ["", "alternatives (option N: `export --plan plan.json --option N` after `plan --json > plan.json`):"]
         for index, alt in enumerate(plan.alternatives, start=1):
             lines.append(f"  {index:>2}  {_describe(alt.config):<70} {format_bytes(alt.need_bytes):>11}  "
-                         f"~{alt.tokens_per_s:,.0f} tok/s")
+                         f"~{alt.tokens_per_s:,.0f} tok/s" + (f" · {duration_text(alt.speed.wall_s)}"
+                                                              if alt.speed and alt.speed.wall_s else ""))
     lines.append(f"\n({plan.candidates_evaluated} candidates evaluated)")
     return "\n".join(lines)
 

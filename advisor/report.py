@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .hardware.info import DriverInfo, GpuInfo
 from .memory.config import TrainConfig
 from .memory.result import SCHEMA_VERSION, Component, MemoryEstimate, PhasePeaks
+from .throughput import Speed
 
 # defer_build: a model's validator and serializer are built when it is first used, not at import; the
 # --json plan path imports this module but uses none of these (each costs 1-4 ms to build at import).
@@ -45,10 +46,13 @@ class EstimateReport(BaseModel):
     headroom_bytes: int | None = None
     notes: list[str] = Field(default_factory=list)
     calibration: dict | None = Field(None, description="The calibration point applied (from a real run), if any.")
+    speed: Speed | None = Field(None, description="Tokens/s and step time of exactly this config; with a job's size "
+                                "(--dataset-tokens or --samples, --epochs, --price-per-gpu-hour) its time, GPU-hours and cost.")
 
     @classmethod
-    def build(cls, arch, cfg: TrainConfig, est: MemoryEstimate) -> "EstimateReport":
+    def build(cls, arch, cfg: TrainConfig, est: MemoryEstimate, speed: Speed | None = None) -> "EstimateReport":
         return cls(
+            speed=speed,
             model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
                             trainable_params=est.trainable_params),
             config=cfg,

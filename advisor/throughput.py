@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from .memory.config import TrainConfig
 from .memory.targets import effective_attention, lora_linears
 from .models.arch import ModelArch
@@ -333,3 +335,72 @@ def throughput(arch: ModelArch, cfg: TrainConfig, est, effective_batch: int, per
                       tokens_per_s_high=tokens_per_s * RANGE_HIGH, step_s=step_s, tokens_per_step=tokens_per_step,
                       mfu=f.model * tokens_per_s / peak, hfu=f.hardware * tokens_per_s / peak,
                       flops_per_token=f.model, terms=terms)
+
+
+# ---------------------------------------------------------------------------------------------- time and cost
+
+
+@dataclass(frozen=True)
+class Job:
+    """How much training: the data set's tokens (or samples x the sequence length), epochs, and a price."""
+
+    dataset_tokens: int | None = None
+    samples: int | None = None  # sequences; tokens = samples x seq_len
+    epochs: float = 1.0
+    price_per_gpu_hour: float | None = None
+
+    def tokens(self, seq_len: int) -> int | None:
+        if self.dataset_tokens is not None:
+            return self.dataset_tokens
+        return None if self.samples is None else self.samples * seq_len
+
+
+class Speed(BaseModel):
+    """Throughput of one configuration and, for a job of known size, its time, GPU-hours and cost.  Every
+    figure has a low-high range: the spread of measured / estimated on the held-out published rows
+    (benchmarks/throughput_accuracy.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tokens_per_s: float = Field(description="Training tokens per second of the whole job (all GPUs), expected.")
+    tokens_per_s_range: tuple[float, float] = Field(description="Low and high tokens/s.")
+    step_s: float = Field(description="Seconds per optimizer step, expected.")
+    step_s_range: tuple[float, float] = Field(description="Low and high seconds per optimizer step.")
+    tokens_per_step: int = Field(description="Tokens per optimizer step (micro batch x seq len x GPUs x accumulation).")
+    mfu: float = Field(description="Model FLOPs utilisation: model FLOPs (causal attention, no recompute) x tokens/s / peak.")
+    gpus: int
+    terms: dict[str, float] = Field(default_factory=dict, description="Seconds per optimizer step by mechanism "
+                                    "(compute, memory, dequant, overhead, optimizer, step overhead, comm, offload).")
+    dataset_tokens: int | None = Field(None, description="Tokens in one epoch of the data set (given, or samples x seq len).")
+    epochs: float | None = None
+    steps: int | None = Field(None, description="Optimizer steps for the whole job.")
+    wall_s: float | None = Field(None, description="Wall-clock seconds of training, expected.")
+    wall_s_range: tuple[float, float] | None = None
+    gpu_hours: float | None = Field(None, description="GPUs x wall-clock hours, expected.")
+    gpu_hours_range: tuple[float, float] | None = None
+    price_per_gpu_hour: float | None = Field(None, description="As given (no built-in price list).")
+    cost: float | None = Field(None, description="GPU-hours x price, expected (the price's currency).")
+    cost_range: tuple[float, float] | None = None
+    basis: str = Field("", description="What the figures rest on.")
+
+
+def speed(tp: Throughput, gpus: int, seq_len: int, job: Job | None = None) -> Speed:
+    """The report of one Throughput, with the job's time and cost when its size is known."""
+    low, high = tp.tokens_per_s_low, tp.tokens_per_s_high
+    fields: dict = {}
+    tokens = job.tokens(seq_len) if job else None
+    if tokens is not None:
+        total = tokens * job.epochs
+        wall = total / tp.tokens_per_s
+        fields = dict(dataset_tokens=tokens, epochs=job.epochs, steps=max(1, -(-int(total) // tp.tokens_per_step)),
+                      wall_s=wall, wall_s_range=(total / high, total / low), gpu_hours=wall * gpus / 3600,
+                      gpu_hours_range=(total / high * gpus / 3600, total / low * gpus / 3600))
+        if job.price_per_gpu_hour is not None:
+            price = job.price_per_gpu_hour
+            fields.update(price_per_gpu_hour=price, cost=fields["gpu_hours"] * price,
+                          cost_range=(fields["gpu_hours_range"][0] * price, fields["gpu_hours_range"][1] * price))
+    return Speed(tokens_per_s=tp.tokens_per_s, tokens_per_s_range=(low, high), step_s=tp.step_s,
+                 step_s_range=(tp.step_s_low, tp.step_s_high), tokens_per_step=tp.tokens_per_step, mfu=tp.mfu,
+                 gpus=gpus, terms={k: round(v, 6) for k, v in tp.terms.items()},
+                 basis=f"throughput model (advisor/throughput.py); range x{RANGE_LOW:.2f}-x{RANGE_HIGH:.2f} of the "
+                       f"expected tokens/s: the held-out published runs' 10th-90th percentile", **fields)
