@@ -5,6 +5,8 @@ Shapes are real model widths and vocabularies with fewer layers, so the matrix r
 The full matrix (48+ configs, 7B shapes, seq 256-8192) is benchmarks/accuracy.py.
 """
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -57,6 +59,29 @@ def test_every_phase_peak_within_two_percent(name, layers, settings):
         measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
         assert abs(predicted - measured) / measured <= TOLERANCE, (
             f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
+
+
+# Newer MoE families, from their verbatim config.json (../shared/data/model-configs-2026): real widths, 128 experts
+# (Qwen3-MoE) with PEFT's LoRA on the fused expert tensors, fewer layers.  The chunked loss keeps the logits small
+# so that the layer terms carry the peak.
+CONFIGS_2026 = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
+MOE_2026_CASES = [
+    ("Qwen3-30B-A3B", 2, dict(method="qlora", targets=("all-linear",), seq_len=1024, optimizer="sgd")),
+    ("Qwen3-30B-A3B", 4, dict(method="qlora", targets=("all-linear",), seq_len=1024, grad_ckpt=True, loss="chunked",
+                              optimizer="sgd")),
+    ("Qwen3-30B-A3B", 4, dict(method="lora", targets=("all-linear",), seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("Qwen3-30B-A3B", 4, dict(method="lora", targets=("attention",), seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("Qwen3-30B-A3B", 3, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("Qwen3-30B-A3B", 3, dict(method="full", seq_len=512, grad_ckpt=True, optimizer="sgd")),
+    ("Qwen3-235B-A22B", 2, dict(method="lora", targets=("all-linear",), seq_len=512, loss="chunked", optimizer="sgd")),
+]
+
+
+@pytest.mark.skipif(not CONFIGS_2026.is_dir(), reason="the 2026 configs live in ../shared/data")
+@pytest.mark.parametrize("config,layers,settings", MOE_2026_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(MOE_2026_CASES)])
+def test_2026_moe_phase_peaks_within_two_percent(config, layers, settings):
+    test_every_phase_peak_within_two_percent(str(CONFIGS_2026 / config / "config.json"), layers, settings)
 
 
 def test_oracle_sees_what_the_formula_ignores():

@@ -16,6 +16,9 @@ from ..models.arch import ModelArch
 from .config import TrainConfig
 
 FP32 = 4
+# model types whose RMSNorm multiplies by (1 + w) in fp32 before casting back (Gemma, Gemma 2, Gemma 3)
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text")
+GEMMA3 = ("gemma3", "gemma3_text")  # per-layer sliding / global attention (ModelArch.layer_types)
 
 
 @dataclass
@@ -98,7 +101,7 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     saved = SavedTensors()
     a = plan.act_bytes
     h, q_dim, kv_dim, nq = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.num_heads
-    gemma = arch.model_type in ("gemma", "gemma2")
+    gemma = arch.model_type in GEMMA_NORMS
 
     # --- attention block
     norm_act = FP32 if plan.autocast else a  # under autocast the norms run on the fp32 residual stream
@@ -113,8 +116,9 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         k_rg = _linear(saved, plan, "k_proj", h, normed_rg, True)
         v_rg = _linear(saved, plan, "v_proj", h, normed_rg, True)
     if arch.qk_norm:
-        q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, False, rows=arch.num_heads)
-        k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, False, rows=arch.num_kv_heads)
+        # Qwen3 casts back before the weight; Gemma 3 (q_norm/k_norm are Gemma3RMSNorm) multiplies in fp32
+        q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, gemma, rows=arch.num_heads)
+        k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, gemma, rows=arch.num_kv_heads)
     attn_rg = q_rg or k_rg or v_rg
     if attn_rg and plan.eager:
         # scores = q @ k^T keeps k (GQA-repeated) for q's grad and q for k's grad; softmax keeps its fp32
@@ -192,11 +196,12 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     # merged weight W + B·A of the whole expert stack, and the per-expert matmuls keep views of it for
     # backward, so one full copy of each adapted tensor stays alive per layer (checked by the oracle).
     merged = merged_expert_bytes(arch, plan)
-    saved.layer_bytes += merged
+    saved.layer_bytes += merged + expert_factor_cast_bytes(arch, plan)
     expert_weights_train = plan.full or merged > 0
     expert_rg = in_rg or expert_weights_train
     if expert_rg:
-        saved.add("expert inputs (gathered)", a * k * arch.hidden_size)
+        if expert_weights_train:  # a grouped matmul keeps its input only for its weight's gradient
+            saved.add("expert inputs (gathered)", a * k * arch.hidden_size)
         saved.add("expert MLP (act in/out, up)", a * 3 * k * ie)
         if expert_weights_train:
             saved.add("expert down input", a * k * ie)
@@ -217,6 +222,19 @@ def _last_merged_expert_bytes(arch: ModelArch, plan: LayerPlan) -> int:
     return 0
 
 
+def expert_factor_cast_bytes(arch: ModelArch, plan: LayerPlan) -> int:
+    """PEFT folds W + scaling * lhs @ rhs with one baddbmm after casting both LoRA factors of an adapted expert
+    tensor to the weight's dtype (peft/tuners/lora/layer.py ParamWrapper.get_delta_factors, _LoraFactorsProxy);
+    the baddbmm keeps both casts for backward.  No copy when the adapters already have the weights' dtype.
+    With 128 experts (Qwen3-MoE) that is ~39 MiB per layer at r=16; with Mixtral's 8, ~14 MiB."""
+    if arch.moe is None or plan.act_bytes == plan.adapter_bytes:
+        return 0
+    h, ie, e, r = arch.hidden_size, arch.moe.expert_intermediate_size, arch.moe.num_experts, plan.rank
+    params = (2 * e * r * (h + 2 * ie) if "experts.gate_up_proj" in plan.lora else 0) + \
+        (e * r * (ie + h) if "experts.down_proj" in plan.lora else 0)
+    return params * plan.act_bytes
+
+
 def merged_expert_bytes(arch: ModelArch, plan: LayerPlan) -> int:
     """One layer's PEFT-merged copies (W + B·A, in the weights' 16-bit dtype) of the adapted expert tensors."""
     if arch.moe is None:
@@ -232,9 +250,18 @@ def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensor
     return cfg.micro_batch * heads * cfg.seq_len * cfg.seq_len * saved.scores_bytes
 
 
-def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], attn: str) -> LayerPlan:
+def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], attn: str,
+               layer_type: str | None = None) -> LayerPlan:
+    """What one layer trains and how it attends.  ``layer_type`` (a family with per-layer attention kinds,
+    ModelArch.layer_types) decides whether SDPA gets a mask on this layer: a sliding layer where the window is
+    shorter than the sequence, any layer when image tokens attend both ways (their block mask)."""
     act = FP32 if cfg.precision == "fp32" else 2
-    masked = attn == "sdpa" and attention_masks(arch, cfg, attn)[0] > 0
+    if layer_type is None:
+        masked = attn == "sdpa" and attention_masks(arch, cfg, attn)[0] > 0
+    else:
+        windowed = arch.sliding_window is not None and cfg.seq_len >= arch.sliding_window
+        masked = attn == "sdpa" and (_image_block_mask(arch, cfg)
+                                     or (windowed and layer_type == "sliding_attention"))
     # FSDP2 with MixedPrecisionPolicy(param_dtype=16-bit) (what accelerate sets for LoRA, see memory/fsdp.py)
     # all-gathers the fp32 adapters as 16-bit tensors: PEFT's cast of the input to the adapter dtype is then
     # a no-op and the LoRA branch computes in 16 bit (torch _fsdp_param.py FSDPParam.init_unsharded_param)
@@ -252,13 +279,24 @@ def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, 
     FlashAttention-2 handles causality and windows in the kernel."""
     s, b = cfg.seq_len, cfg.micro_batch
     windowed = arch.sliding_window is not None and s >= arch.sliding_window
+    # Gemma 3 makes one mask per attention kind its layers use (a full and a sliding one), or both, with image
+    # tokens (modeling_gemma3.py create_masks_for_vision_model: their block mask joins the causal one)
+    kinds = len(set(arch.layer_types[:arch.num_layers])) if arch.layer_types and arch.model_type in GEMMA3 else 1
     if attn == "eager":
-        count, elem = (2 if arch.model_type == "gemma2" else 1), (FP32 if cfg.precision == "fp32" else 2)
+        count = 2 if arch.model_type == "gemma2" else 2 if _image_block_mask(arch, cfg) else kinds
+        elem = FP32 if cfg.precision == "fp32" else 2
+    elif attn == "sdpa" and _image_block_mask(arch, cfg):
+        count, elem = 2, 1
     elif attn == "sdpa" and windowed:
         count, elem = 1, 1
     else:
         return 0, 0
     return count, count * b * s * s * elem
+
+
+def _image_block_mask(arch: ModelArch, cfg: TrainConfig) -> bool:
+    """Image tokens in the batch of a model that lets them attend both ways (Gemma 3's token_type_ids)."""
+    return arch.vision is not None and cfg.has_images
 
 
 @dataclass(frozen=True)
@@ -302,8 +340,13 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     up_lora = T * (ad * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
     down_work = T * (a * i + (ad * i + lora_out * h if "down_proj" in lora else a * h))
-    # the layer's merged expert weights exist while it runs, saved or not (they are its weights)
-    forward_unsaved = base + max(up_lora, at_mul, down_work) + merged_expert_bytes(arch, plan)
+    # MoE (transformers' grouped_mm experts, integrations/moe.py grouped_mm_experts_forward): at the un-permute
+    # the gathered inputs, the down output, the weighted output and its re-ordered copy (T*k rows each) are alive
+    moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0
+    # the layer's merged expert weights (and the factor casts they were folded from) exist while it runs, saved or
+    # not (they are its weights)
+    forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end) + merged_expert_bytes(arch, plan)
+                       + expert_factor_cast_bytes(arch, plan))
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..hardware import Hardware
 from ..models.arch import ModelArch
-from .activations import FP32, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
+from .activations import FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
 from .config import TrainConfig
 from .fsdp import StepWalk, fsdp_phases
 from .overheads import device_range, overheads, unchecked_part
@@ -22,6 +22,7 @@ from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
+from .vision import vision_terms
 
 
 def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True,
@@ -37,6 +38,11 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
     plan = layer_plan(arch, cfg, lora_names, attn)
     a = plan.act_bytes
+    vis = vision_terms(arch, cfg, a)  # images: refused for a text-only model; NO_IMAGES without them
+    # Gemma 3 interleaves sliding and global layers: SDPA gets a mask on some layers only (activations.layer_plan)
+    kinds = arch.layer_types[:arch.num_layers] if arch.layer_types and arch.model_type in GEMMA3 else None
+    plans = {kind: layer_plan(arch, cfg, lora_names, attn, kind) for kind in set(kinds)} if kinds else {}
+    uniform = len(set(plans.values())) <= 1
     T, h, L = cfg.tokens, arch.hidden_size, arch.num_layers
     full = cfg.method == "full"
     head_trains = full or cfg.train_embeddings
@@ -46,12 +52,12 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     in_rg = head_trains
     per_layer: list[int] = []
     first_layer: dict[str, int] = {}
-    for _ in range(L):
-        saved, out_rg = layer_saved(arch, plan, in_rg)
+    for l in range(L):
+        saved, out_rg = layer_saved(arch, plans[kinds[l]] if kinds else plan, in_rg)
         per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved)
                          + saved.layer_bytes)
         first_layer = first_layer or saved.items
-        if out_rg == in_rg and len(per_layer) > 1:  # same input state, same layer: the rest repeat
+        if out_rg == in_rg and len(per_layer) > 1 and uniform:  # same input state, same layer: the rest repeat
             per_layer += [per_layer[-1]] * (L - len(per_layer))
             break
         in_rg = out_rg
@@ -66,7 +72,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     if in_rg:
         final += rounded(T * FP32 * h) + rounded(T * FP32)
     if full:
-        final += rounded(T * (FP32 if arch.model_type in ("gemma", "gemma2") else stream) * h)
+        final += rounded(T * (FP32 if arch.model_type in GEMMA_NORMS else stream) * h)
     if head_trains:
         final += rounded(T * a * h)
 
@@ -129,8 +135,14 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                          else rounded(T * arch.vocab_size * a)),
             in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward))
 
+    # --- images: the pixel values live the whole step; the frozen tower runs before the language model (its
+    # working set over the input embeddings), and the model holds its output through the decoder (vision.py)
+    if vis.images:
+        forward = max(forward + vis.held_forward, steady + gpu.gathered + vis.tower_peak) + vis.pixels
+        backward += vis.pixels
+
     # --- optimizer step: no activations; grads, states and the step's temporaries
-    optimizer = steady + gpu.grads + gpu.step_temporaries
+    optimizer = steady + gpu.grads + gpu.step_temporaries + vis.pixels
 
     by_phase = {"forward": forward, "backward": backward, "optimizer": optimizer}
     peak_phase = max(by_phase, key=by_phase.__getitem__)
@@ -324,6 +336,18 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
                      "no oracle traces them (their model states are checked against DeepSpeed's own estimator)")
     if arch.moe is not None:
         notes.append("MoE activations assume balanced top-k routing")
+        if cfg.method in ("qlora", "lora8bit"):
+            from ..models.params import count_params, expert_params_per_layer
+
+            share = arch.num_layers * expert_params_per_layer(arch) / count_params(arch).total
+            notes.append(f"bitsandbytes quantizes nn.Linear layers only (transformers replace_with_bnb_linear): the fused "
+                         f"expert tensors ({share:.0%} of the params) and the routers stay 16-bit; counted so")
+        if cfg.uses_adapters and any(spec.name.startswith("experts.") for spec in lora_linears(arch, cfg)):
+            notes.append("PEFT adapts the fused expert tensors (target_parameters) with rank r x experts and merges "
+                         "W + B·A of each adapted expert stack every forward: one 16-bit copy per layer is kept")
+    if arch.checkpoint_quant == "mxfp4":
+        notes.append("the checkpoint's MXFP4 experts are dequantized to bf16 for training (transformers' Mxfp4HfQuantizer "
+                     "is not trainable; load with Mxfp4Config(dequantize=True)): counted as 16-bit")
     if cfg.method == "lora8bit":
         notes.append("8-bit base (LLM.int8): weights exact, activations modelled like QLoRA; not checked by the oracle")
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):

@@ -60,8 +60,17 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     if arch.moe is not None:
         ie, e = arch.moe.expert_intermediate_size, arch.moe.num_experts + arch.moe.shared_experts
         in_layer += [e * 2 * ie * h, e * h * ie]  # fused gate_up and down expert tensors
+        if arch.moe.expert_bias:  # gpt-oss: gate_up_proj_bias (E, 2 ie), down_proj_bias (E, h)
+            in_layer += [e * 2 * ie, e * h]
+        # the router is a bare weight Parameter (MixtralTopKRouter, Qwen3MoeTopKRouter, GptOssTopKRouter), not an
+        # nn.Linear: bitsandbytes (transformers integrations/bitsandbytes.py replace_with_bnb_linear) keeps it 16-bit
+        in_layer += [spec.weight_params for spec in linears if spec.name in ROUTER_NAMES]
+        linears = tuple(spec for spec in linears if spec.name not in ROUTER_NAMES)
     weights = [spec.weight_params for spec in linears for _ in range(spec.per_layer)]
     return outside, in_layer, weights
+
+
+ROUTER_NAMES = frozenset({"gate", "router"})  # an MoE layer's router, as transformers names it
 
 
 def vision_linear_rows(arch: ModelArch) -> list[tuple[int, int]]:
@@ -144,7 +153,7 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     elif cfg.method == "lora8bit":
         # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
         quantized = L * sum(spec.per_layer * (rounded(spec.weight_params) + rounded(4 * spec.out_features))
-                            for spec in layer_linears(arch))
+                            for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
         quantized += sum(rounded(n) + rounded(4 * out) for n, out in vision_linear_rows(arch))
         frozen = stored(outside) + L * stored(in_layer)
     else:
