@@ -617,6 +617,7 @@ def run_tui(argv: list[str]) -> int:
     parser.add_argument("--model", "-m", default="llama-3.1-8b")
     add_goal_flags(parser, with_model=False)
     add_hardware_flags(parser)
+    add_job_flags(parser)
     args = parser.parse_args(argv)
     args.from_file = None
     request = plan_request(args)

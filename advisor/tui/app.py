@@ -571,6 +571,12 @@ def describe(shown: core.Selected, option=None, adopted: bool = False, compact: 
             text.append(f" · {verdict}", style={"fits": "bold green", "tight": "bold yellow"}.get(est.fit, "bold red"))
     text.append(f" · range {low / GiB:.1f}-{high / GiB:.1f}", style="dim")
     speed = f" · ~{option.tokens_per_s:,.0f} tok/s" if option is not None else ""
+    if option is not None and option.speed is not None and option.speed.wall_s is not None:  # a job's size was given
+        from ..render import duration_text
+
+        sp = option.speed
+        speed += f" · {duration_text(sp.wall_s)} ({duration_text(sp.wall_s_range[0])}-{duration_text(sp.wall_s_range[1])})"
+        speed += f" · {sp.gpu_hours:,.1f} GPU-h" + (f" · cost {sp.cost:,.2f}" if sp.cost is not None else "")
     if compact:  # a small terminal: the headline, the peak and the phases; the rest is in Why
         ph = est.phases
         text.append(f"\nfwd {ph.forward / GiB:.1f} · bwd {ph.backward / GiB:.1f} · opt {ph.optimizer / GiB:.1f} GiB{speed}",
