@@ -121,7 +121,7 @@ def _int(text: str, default: int | None = None) -> int | None:
 
 def _unsupported(row: dict) -> str:
     opts = " ".join([row["framework_and_opts"], row["precision"], row["attention_impl"]]).lower()
-    if "compile" in opts and "compile=false" not in opts:
+    if ("compile" in opts and "compile=false" not in opts) or "(..." in opts:  # torchtune's "(... + x)" rows add to compile
         return "torch.compile (not modelled: the estimate is for eager PyTorch)"
     if "unsloth" in opts:
         return "Unsloth's kernels (not modelled)"
