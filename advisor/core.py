@@ -342,8 +342,10 @@ def speed_of(sel: "Selected", job=None):
     from .throughput import gpu_perf, speed, throughput
 
     est = peaks(sel.arch, sel.cfg, sel.hardware, sel.calibration)
-    tp = throughput(sel.arch, sel.cfg, est, sel.effective_batch, gpu_perf(sel.hardware.name if sel.hardware else None))
-    return speed(tp, sel.cfg.gpus, sel.cfg.seq_len, job)
+    ratio = getattr(sel.calibration, "tokens_per_s_ratio", None)
+    tp = throughput(sel.arch, sel.cfg, est, sel.effective_batch, gpu_perf(sel.hardware.name if sel.hardware else None),
+                    ratio)
+    return speed(tp, sel.cfg.gpus, sel.cfg.seq_len, job, sel.calibration if ratio else None)
 
 
 # ---- the questions ---------------------------------------------------------------------------------------

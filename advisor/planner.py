@@ -202,6 +202,10 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     if calibrations:
         warnings.append(f"memory calibrated from real runs on this GPU for {', '.join(sorted(calibrations))} "
                         "(allocator and context terms as measured; --no-calibration turns it off)")
+        timed = sorted(m for m, p in calibrations.items() if _speed_ratio(p))
+        if timed:
+            warnings.append(f"tokens/s calibrated from real runs on this GPU for {', '.join(timed)} "
+                            "(measured / estimated speed of the verify run applied to the estimate)")
     for rule in plan_rules:
         if not rule.matches(base):
             continue
@@ -242,7 +246,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if usable is not None and need > usable:
             too_big.add(setup)
         smallest = need if smallest is None else min(smallest, need)
-        tp = throughput(arch, cfg, est, goals.effective_batch, perf)
+        tp = throughput(arch, cfg, est, goals.effective_batch, perf, _speed_ratio(calibrations.get(cfg.method)))
         accum = cfg.accumulation(goals.effective_batch)
         cap = usable if usable is not None else need
         facts = CandidateFacts(
@@ -315,7 +319,9 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if len(distinct) >= top:
             break
     for option in (chosen, *distinct):
-        option.speed = speed(speeds[id(option)], option.config.gpus, option.config.seq_len, goals.job)
+        point = calibrations.get(option.config.method)
+        option.speed = speed(speeds[id(option)], option.config.gpus, option.config.seq_len, goals.job,
+                             point if _speed_ratio(point) else None)
     chosen_estimate = estimate(arch, chosen_cfg, hw, calibration=calibration)
     if chosen_cfg.offload == "params":
         warnings.append("parameter offload is the least checked part of the memory model: a published FSDP "
@@ -329,6 +335,11 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
                 candidates_estimated=estimated,
                 chosen_limits=None if limits is None else ChosenLimits(longest_seq_len=limits[0].value,
                                                                         largest_micro_batch=limits[1].value))
+
+
+def _speed_ratio(point) -> float | None:
+    """Measured / estimated tokens/s of a calibration point (verify/calibration.py), when it measured speed."""
+    return getattr(point, "tokens_per_s_ratio", None)
 
 
 def _score(survivors: list[tuple], prefer_rules: list[Rule], keep: int) -> list[tuple]:

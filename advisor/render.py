@@ -117,7 +117,7 @@ def speed_lines(speed) -> list[str]:
     low, high = speed.tokens_per_s_range
     lines = [f"speed: ~{speed.tokens_per_s:,.0f} tokens/s ({low:,.0f}-{high:,.0f}), "
              f"{speed.step_s:.1f} s per optimizer step ({speed.step_s_range[0]:.1f}-{speed.step_s_range[1]:.1f}), "
-             f"MFU {100 * speed.mfu:.0f} %"]
+             f"MFU {100 * speed.mfu:.0f} %" + (" · calibrated from a real verify run" if speed.calibrated else "")]
     if speed.wall_s is not None:
         epochs = f"{speed.epochs:g} epoch{'s' if speed.epochs != 1 else ''}"
         lines.append(f"time: ~{duration_text(speed.wall_s)} ({duration_text(speed.wall_s_range[0])} - "

@@ -236,13 +236,13 @@ def _gemms(arch: ModelArch, tokens: int) -> list[tuple[int, int, float, float]]:
     return gemms
 
 
-def micro_step_terms(arch: ModelArch, cfg: TrainConfig, perf: GpuPerf) -> dict[str, float]:
-    """Seconds of one micro step on one GPU, by mechanism."""
+def micro_step_terms(arch: ModelArch, cfg: TrainConfig, perf: GpuPerf, f: Flops | None = None) -> dict[str, float]:
+    """Seconds of one micro step on one GPU, by mechanism (``f``: this config's FLOPs, when already counted)."""
     T, L, h, V = cfg.tokens, arch.num_layers, arch.hidden_size, arch.vocab_size
     width = 4 if cfg.precision == "fp32" else 2
     peak = GEMM_EFFICIENCY * perf.peak(cfg.precision)
     bw = BANDWIDTH_EFFICIENCY * perf.bandwidth_gbs * GB
-    f = flops(arch, cfg)
+    f = f or flops(arch, cfg)
     passes = 1 + (2 if cfg.method == "full" else 1) + (1 if cfg.grad_ckpt else 0)  # GEMM passes over the weights
     gemm_bytes = sum(width * (copies * d_in * d_out + copies * rows * (d_in + d_out))
                      for d_in, d_out, rows, copies in _gemms(arch, T))
@@ -267,15 +267,18 @@ def _sharded(cfg: TrainConfig) -> bool:
     return bool(cfg.zero) or cfg.fsdp
 
 
-def throughput(arch: ModelArch, cfg: TrainConfig, est, effective_batch: int, perf: GpuPerf | None = None
-               ) -> Throughput:
+def throughput(arch: ModelArch, cfg: TrainConfig, est, effective_batch: int, perf: GpuPerf | None = None,
+               measured_ratio: float | None = None) -> Throughput:
     """Tokens/s and step time of ``cfg`` reaching ``effective_batch`` sequences per optimizer step.
-    ``est`` is the memory estimate (Peaks or MemoryEstimate: trainable/total params, host RAM)."""
+    ``est`` is the memory estimate (Peaks or MemoryEstimate: trainable/total params, host RAM).
+    ``measured_ratio``: measured / estimated tokens/s of a real run of this setup (calibration), applied to
+    the whole step."""
     perf = perf or GpuPerf()
     g = cfg.gpus
     micro_steps = cfg.accumulation(effective_batch)
     tokens_per_step = cfg.tokens * g * micro_steps
-    micro = micro_step_terms(arch, cfg, perf)
+    f = flops(arch, cfg)
+    micro = micro_step_terms(arch, cfg, perf, f)
     terms = {k: v * micro_steps for k, v in micro.items()}
     busy = sum(micro.values())  # one micro step's GPU time, what a collective can hide behind
     bw = BANDWIDTH_EFFICIENCY * perf.bandwidth_gbs * GB
@@ -327,9 +330,10 @@ def throughput(arch: ModelArch, cfg: TrainConfig, est, effective_batch: int, per
         offload_s += micro_steps * passes * total * width / g / host
     terms["offload_s"] = offload_s
 
+    if measured_ratio:
+        terms = {k: v / measured_ratio for k, v in terms.items()}
     step_s = sum(terms.values())
     tokens_per_s = tokens_per_step / step_s
-    f = flops(arch, cfg)
     peak = perf.peak(cfg.precision) * g
     return Throughput(tokens_per_s=tokens_per_s, tokens_per_s_low=tokens_per_s * RANGE_LOW,
                       tokens_per_s_high=tokens_per_s * RANGE_HIGH, step_s=step_s, tokens_per_step=tokens_per_step,
@@ -382,10 +386,12 @@ class Speed(BaseModel):
     cost: float | None = Field(None, description="GPU-hours x price, expected (the price's currency).")
     cost_range: tuple[float, float] | None = None
     basis: str = Field("", description="What the figures rest on.")
+    calibrated: bool = Field(False, description="Tokens/s scaled by what a real verify run of this setup measured.")
 
 
-def speed(tp: Throughput, gpus: int, seq_len: int, job: Job | None = None) -> Speed:
-    """The report of one Throughput, with the job's time and cost when its size is known."""
+def speed(tp: Throughput, gpus: int, seq_len: int, job: Job | None = None, calibration=None) -> Speed:
+    """The report of one Throughput, with the job's time and cost when its size is known.  ``calibration``: the
+    CalibrationPoint whose measured tokens/s the throughput was scaled by (named in the basis)."""
     low, high = tp.tokens_per_s_low, tp.tokens_per_s_high
     fields: dict = {}
     tokens = job.tokens(seq_len) if job else None
@@ -402,5 +408,8 @@ def speed(tp: Throughput, gpus: int, seq_len: int, job: Job | None = None) -> Sp
     return Speed(tokens_per_s=tp.tokens_per_s, tokens_per_s_range=(low, high), step_s=tp.step_s,
                  step_s_range=(tp.step_s_low, tp.step_s_high), tokens_per_step=tp.tokens_per_step, mfu=tp.mfu,
                  gpus=gpus, terms={k: round(v, 6) for k, v in tp.terms.items()},
-                 basis=f"throughput model (advisor/throughput.py); range x{RANGE_LOW:.2f}-x{RANGE_HIGH:.2f} of the "
-                       f"expected tokens/s: the held-out published runs' 10th-90th percentile", **fields)
+                 basis=(f"calibrated: x{calibration.tokens_per_s_ratio:.2f} the model, as a real verify run on "
+                        f"{calibration.gpu_name} measured ({calibration.measured_at}); " if calibration else "")
+                 + f"throughput model (advisor/throughput.py); range x{RANGE_LOW:.2f}-x{RANGE_HIGH:.2f} of the "
+                   f"expected tokens/s: the held-out published runs' 10th-90th percentile",
+                 calibrated=calibration is not None, **fields)

@@ -36,6 +36,8 @@ class CalibrationPoint(BaseModel):
     reserved_over_allocated: float = Field(ge=1.0, le=10, description="measured peak reserved / peak allocated.")
     context_bytes: int | None = Field(None, ge=0, le=1 << 40,
                                       description="device used (NVML) - reserved: context + outside torch.")
+    tokens_per_s_ratio: float | None = Field(None, ge=0.01, le=100, description="measured / estimated tokens/s "
+                                             "(median of the steps after the first; one micro batch per step).")
     measured_at: str
 
 
@@ -112,6 +114,25 @@ def points_by_method(gpu_name: str, model_family: str, path: Path | None = None)
     return newest, problem
 
 
+def tokens_per_s_ratio(report, arch, gpu_name: str | None) -> float | None:
+    """Measured / estimated tokens/s of a real run: the median step after the first (which builds the optimizer
+    states and warms the kernels) against the throughput model's one micro batch + optimizer step on this GPU.
+    None when the run measured no speed, or a ratio outside 0.01-100 (not a measurement of this setup)."""
+    import statistics
+    from types import SimpleNamespace
+
+    from ..throughput import gpu_perf, throughput
+
+    rates = [float(s["tokens_per_s"]) for s in report.steps[1:] if isinstance(s.get("tokens_per_s"), (int, float))]
+    if not rates or not gpu_name:
+        return None
+    cfg = report.config
+    params = SimpleNamespace(trainable_params=report.model.trainable_params, total_params=report.model.params)
+    estimated = throughput(arch, cfg, params, cfg.micro_batch * cfg.gpus, gpu_perf(gpu_name)).tokens_per_s / cfg.gpus
+    ratio = statistics.median(rates) / estimated
+    return ratio if 0.01 <= ratio <= 100 else None
+
+
 def point_from_report(report, arch, environment: dict) -> CalibrationPoint | None:
     """A point from a real CUDA verify report (None when it measured nothing usable)."""
     checks = {c.phase: c for c in report.checks}
@@ -122,7 +143,9 @@ def point_from_report(report, arch, environment: dict) -> CalibrationPoint | Non
     context = None
     if report.peak_device_sample_bytes:
         context = max(report.peak_device_sample_bytes - reserved.measured_bytes, 0)
+    speed = tokens_per_s_ratio(report, arch, environment.get("gpu_name"))
     return CalibrationPoint(
+        tokens_per_s_ratio=speed,
         gpu_name=canonical_gpu_name(environment.get("gpu_name") or "unknown"), driver_version=environment.get("driver_version"),
         cuda_version=environment.get("cuda_version"), torch_version=environment.get("torch_version"),
         stack=environment.get("stack", {}), model_family=arch.model_type, method=report.config.method,
