@@ -38,14 +38,18 @@ from .models.arch import ModelArch
 from .models.params import count_params, layer_linears
 
 # --- fitted on the training rows of benchmarks/throughput_accuracy.py --fit (four, each with its reason) ---
-GEMM_EFFICIENCY = 0.54  # cuBLAS reaches ~60-75 % of the datasheet's dense peak on large GEMMs; the fit also carries
-#                        clock throttling under sustained load and what the model leaves out
-ELEMENTWISE_PASSES = 69  # hidden-state vectors (2 B each) read or written per token and layer by norms, SiLU/GELU,
-#                          residual adds, rotary, dropout, casts: forward + backward of eager PyTorch
-STEP_OVERHEAD_S = 0.012  # per optimizer step: data loading and collation, logging, LR scheduler, zero_grad
-ATTENTION_EFFICIENCY = 0.31  # FlashAttention reaches less of peak than a GEMM (FA2 paper: 50-73 % forward,
-#                              35-63 % backward on A100), lowest in the backward that dominates
+GEMM_EFFICIENCY = 0.556  # cuBLAS reaches ~60-75 % of the datasheet's dense peak on large GEMMs; the fit also carries
+#                          clock throttling under sustained load and what the model leaves out
+STEP_OVERHEAD_S = 0.107  # per optimizer step: data loading and collation, logging, LR scheduler, zero_grad,
+#                          a host sync for the loss and the grad norm
+HOPPER_PEAK_SHARE = 0.815  # Hopper / Blackwell reach a smaller share of their datasheet peak than Ampere / Ada with
+#                          the same kernels (power and clock limits at 700 W; published H100 MFU 33-42 % vs A100 ~50 %)
+ATTENTION_EFFICIENCY = 0.353  # FlashAttention reaches less of peak than a GEMM (FA2 paper: 50-73 % forward,
+#                               35-63 % backward on A100), lowest in the backward that dominates
 # --- reasoned, not fitted ---
+ELEMENTWISE_PASSES = 24  # hidden-state vectors (2 B each) read or written per token and layer by the norms, residual
+#                          adds and activation: ~8 forward, twice that backward.  Not fitted: the published rows cannot
+#                          tell it from GEMM_EFFICIENCY (a fit drove it to 0)
 LAYER_OVERHEAD_S = 100e-6  # kernel launches per decoder layer, forward + backward: ~60 eager kernels x ~5 us that the
 #                            GPU waits for only when its own work per kernel is shorter (tiny micro batches)
 DEQUANT_EFFICIENCY = 0.26  # bitsandbytes' 4-bit dequantise reaches ~1/4 of peak bandwidth: LitGPT's Llama-2-7B table
@@ -58,8 +62,8 @@ CPU_ADAM_PARAMS_PER_S = 1.5e9  # DeepSpeed's CPU Adam on a server CPU (the ZeRO-
 ATTENTION_BACKWARD = 2.5  # FlashAttention-2's backward: five matmuls to the forward's two
 COLLECTIVE_OVERLAP = {"ddp": 0.7, "zero2": 0.5, "zero3": 0.7, "fsdp": 0.7}  # share a collective hides behind compute
 # spread of measured / estimated tokens/s on the held-out rows (10th and 90th percentile of estimate / measured
-# were 0.71 and 1.20): the range reported
-RANGE_LOW, RANGE_HIGH = 0.83, 1.41
+# were 0.74 and 1.13): the range reported
+RANGE_LOW, RANGE_HIGH = 0.88, 1.35
 
 NOMINAL_TFLOPS = 100.0  # when no GPU is known: rankings stay meaningful, absolute tokens/s do not
 NOMINAL_BANDWIDTH_GBS = 1000.0
@@ -78,9 +82,14 @@ class GpuPerf:
     nvlink_gbs: float | None = None  # per direction per GPU; None: GPU to GPU goes over PCIe through the host
     host_link_gbs: float = NOMINAL_HOST_GBS
     known: bool = False
+    compute_capability: tuple[int, int] = (8, 0)
 
     def peak(self, precision: str) -> float:
-        """Dense FLOP/s the job's compute dtype runs at."""
+        """Dense FLOP/s the job's compute dtype can reach (the datasheet's, less on Hopper and later)."""
+        share = HOPPER_PEAK_SHARE if self.compute_capability >= (9, 0) else 1.0
+        return self.tflops[precision] * 1e12 * share
+
+    def datasheet_peak(self, precision: str) -> float:
         return self.tflops[precision] * 1e12
 
     @property
@@ -103,7 +112,8 @@ def gpu_perf(name: str | None) -> GpuPerf:
     tflops = {"bf16": half, "fp16": spec.tflops_fp16 or half, "fp32": spec.tflops_fp32 or half / 8}
     return GpuPerf(name=spec.name, tflops=tflops, bandwidth_gbs=spec.bandwidth_gbs or NOMINAL_BANDWIDTH_GBS,
                    nvlink_gbs=spec.nvlink_gbs if spec.nvlink else None,
-                   host_link_gbs=spec.host_link_gbs or NOMINAL_HOST_GBS, known=True)
+                   host_link_gbs=spec.host_link_gbs or NOMINAL_HOST_GBS, known=True,
+                   compute_capability=tuple(spec.compute_capability))
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ def gemm_efficiency(tokens: int, d_in: int, d_out: int, perf: GpuPerf, precision
     work = 2 * tokens * d_in * d_out
     seconds = (work / (GEMM_EFFICIENCY * perf.peak(precision))
                + width * (tokens * d_in + d_in * d_out + tokens * d_out) / (BANDWIDTH_EFFICIENCY * perf.bandwidth_gbs * GB))
-    return work / seconds / perf.peak(precision)
+    return work / seconds / perf.datasheet_peak(precision)
 
 
 # ---------------------------------------------------------------------------------------------- time
@@ -334,7 +344,7 @@ def throughput(arch: ModelArch, cfg: TrainConfig, est, effective_batch: int, per
         terms = {k: v / measured_ratio for k, v in terms.items()}
     step_s = sum(terms.values())
     tokens_per_s = tokens_per_step / step_s
-    peak = perf.peak(cfg.precision) * g
+    peak = perf.datasheet_peak(cfg.precision) * g
     return Throughput(tokens_per_s=tokens_per_s, tokens_per_s_low=tokens_per_s * RANGE_LOW,
                       tokens_per_s_high=tokens_per_s * RANGE_HIGH, step_s=step_s, tokens_per_step=tokens_per_step,
                       mfu=f.model * tokens_per_s / peak, hfu=f.hardware * tokens_per_s / peak,

@@ -1,7 +1,7 @@
 """The throughput model against published throughput (../shared/data/public-throughput.csv).
 
     python benchmarks/throughput_accuracy.py            # evaluate advisor/throughput.py's constants, write results
-    python benchmarks/throughput_accuracy.py --fit      # refit the five constants on the training rows, print them
+    python benchmarks/throughput_accuracy.py --fit      # refit the four fitted constants on the training rows, print them
 
 Every row that maps onto (architecture, TrainConfig, GPU) is compared; every other row is listed with the reason.
 
@@ -18,8 +18,12 @@ Two kinds of rows:
 **Held out.**  Rows with ``row_id % 3 == 0`` are never fitted on (a deterministic split across sources,
 methods and sizes: every source with three or more mapped rows has some held out), and all relative rows
 are held out too (nothing is fitted on them).  The done-when metrics (MAPE <= 20 %, pairs ordered as measured
->= 90 %) are read on the held-out rows.  The fit minimises the squared log error of the training rows, each
-source weighted equally (MosaicML's 209 rows would otherwise decide everything).
+>= 90 %) are read on the held-out rows.  The fit (a coordinate search in log space) minimises the squared log
+error of the training rows, each source weighted equally (MosaicML's 209 rows would otherwise decide
+everything); it fits GEMM_EFFICIENCY, ATTENTION_EFFICIENCY, STEP_OVERHEAD_S and HOPPER_PEAK_SHARE, every other
+constant of advisor/throughput.py is set by its stated reason.  Caveat: 70 of the 75 held-out absolute rows
+are MosaicML's pretraining runs (full training under FSDP); the fine-tuning sources have few absolute rows,
+so their per-source lines below say more about fine-tuning than the pooled MAPE does.
 
 Not modelled, so not mapped: torch.compile, Unsloth's kernels, Transformer Engine FP8, tensor / pipeline
 parallelism, activation offloading, padding of unpacked variable-length batches larger than one sequence.
@@ -46,7 +50,7 @@ from advisor.memory.estimate import peaks  # noqa: E402
 from advisor.models import ModelArch, resolve_model  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "public-throughput.csv"
-FITTED = ("GEMM_EFFICIENCY", "ATTENTION_EFFICIENCY", "ELEMENTWISE_PASSES", "STEP_OVERHEAD_S")
+FITTED = ("GEMM_EFFICIENCY", "ATTENTION_EFFICIENCY", "STEP_OVERHEAD_S", "HOPPER_PEAK_SHARE")
 
 GPUS = {"A100": "A100 80GB", "A100-80GB": "A100 80GB", "A100-SXM4-80GB": "A100 80GB", "A100-40GB": "A100 40GB",
         "A100-SXM4-40GB": "A100 40GB", "H100-SXM5-80GB": "H100 SXM", "H100-80GB": "H100 SXM",
@@ -185,7 +189,9 @@ def map_row(row: dict) -> tuple[Case | None, str]:
     if row["precision"].startswith("amp") or "mixed" in row["precision"]:
         fields["master_weights"] = method == "full"
     attn = row["attention_impl"].lower()
-    if "sdpa" in attn or "flash" in attn or "te " in attn:
+    if "eager" in attn:
+        fields["attn"] = "eager"
+    elif "sdpa" in attn or "flash" in attn or "te " in attn:
         fields["attn"] = "flash" if "flash" in attn else "sdpa"
         if arch.model_type == "gemma2" and fields["attn"] == "sdpa":
             fields["attn"] = "eager"  # transformers has no SDPA path for Gemma 2
@@ -291,24 +297,29 @@ def pair_ordering(cases: list[Case]) -> tuple[int, int]:
 
 
 def fit(train: list[Case]) -> dict[str, float]:
-    import numpy as np
-    from scipy.optimize import minimize
-
+    """Coordinate search in log space (no SciPy needed): each constant in turn is multiplied by the factor of a
+    shrinking set that lowers the loss most; the loss is the squared log error, each source weighted equally."""
     weights: dict[str, float] = {}
     for c in train:
         weights[c.row["source_key"]] = weights.get(c.row["source_key"], 0) + 1
-    start = np.array([math.log(getattr(tp, name)) for name in FITTED])
 
-    def loss(x) -> float:
-        for name, value in zip(FITTED, x):
-            setattr(tp, name, math.exp(value))
-        total = 0.0
-        for c in train:
-            total += math.log(estimate(c) / c.measured) ** 2 / weights[c.row["source_key"]]
-        return total
+    def loss() -> float:
+        return sum(math.log(estimate(c) / c.measured) ** 2 / weights[c.row["source_key"]] for c in train)
 
-    result = minimize(loss, start, method="Nelder-Mead", options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-6})
-    return {name: math.exp(v) for name, v in zip(FITTED, result.x)}
+    best = loss()
+    for step in (1.0, 0.5, 0.25, 0.12, 0.06, 0.03, 0.015):
+        improved = True
+        while improved:
+            improved = False
+            for name in FITTED:
+                here = getattr(tp, name)
+                for factor in (math.exp(step), math.exp(-step)):
+                    setattr(tp, name, here * factor)
+                    value = loss()
+                    if value < best - 1e-9:
+                        best, here, improved = value, here * factor, True
+                    setattr(tp, name, here)
+    return {name: getattr(tp, name) for name in FITTED}
 
 
 def table(cases: list[Case], key) -> list[str]:
@@ -349,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
               f"- training rows: {_summary(tr_err)}; pairs {tgood} of {ttotal} ({100 * tgood / max(ttotal, 1):.1f} %)",
               f"- all mapped rows: {_summary(tr_err + ho_err)}; pairs {agood} of {atotal} ({100 * agood / max(atotal, 1):.1f} %)",
               f"- mapped: {len(absolute)} absolute, {len(cases) - len(absolute)} relative, of {len(rows)} rows", ""]
+    lines += ["### Pairs ordered as measured, by source (held-out absolute rows and all relative rows)", "",
+              "| source | pairs ordered as measured |", "|---|---|"]
+    for source in sorted({c.row["source_key"] for c in cases}):
+        subset = [c for c in held + [c for c in cases if c.kind == "relative"] if c.row["source_key"] == source]
+        sgood, stotal = pair_ordering(subset)
+        if stotal:
+            lines.append(f"| {source} | {sgood} of {stotal} ({100 * sgood / stotal:.0f} %) |")
+    lines.append("")
     for title, key in (("source", lambda c: c.row["source_key"]), ("method", lambda c: c.cfg.method),
                        ("tokens per micro batch", lambda c: c.tokens_bucket)):
         for name, subset in (("held out", held), ("all absolute", absolute)):
