@@ -42,6 +42,13 @@ class TrainConfig(BaseModel):
     seq_len: int = Field(2048, gt=0, le=1 << 24, description="Tokens per sequence.")
     micro_batch: int = Field(1, gt=0, le=1 << 16, description="Sequences per forward pass on each GPU.")
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
+    images_per_sample: int = Field(0, ge=0, le=1024, description="Images in each sequence (vision-language models); "
+                                   "their tokens are counted inside seq_len.")
+    image_size: int | None = Field(None, gt=0, le=1 << 15, description="Side of the images in pixels; the processor "
+                                   "resizes to the tower's own size (Gemma 3: 896), so it only says that there are "
+                                   "images (1 per sample unless images_per_sample says more).")
+    image_tokens: int | None = Field(None, gt=0, le=1 << 24, description="Image tokens per sequence, given directly "
+                                     "(instead of images x the model's tokens per image); inside seq_len.")
     optimizer: Optimizer = "adamw"
     attn: Attention = Field("auto", description="Attention kernel: sdpa/flash keep no s x s matrix, eager does; auto = what transformers picks (sdpa, or eager where sdpa is unsupported).")
     loss: LossKind = Field("standard", description="standard = HF causal-LM loss on fp32 logits; chunked = fused/chunked cross-entropy.")
@@ -81,6 +88,9 @@ class TrainConfig(BaseModel):
             raise ValueError("--master-weights applies to full fine-tuning only")
         if self.stack == "torchtune" and self.master_weights:
             raise ValueError("torchtune's recipes train pure 16-bit: they keep no fp32 master weights")
+        if self.image_tokens is not None and self.image_tokens > self.seq_len:
+            raise ValueError(f"{self.image_tokens} image tokens do not fit in a sequence of {self.seq_len} tokens: "
+                             "image tokens are part of the sequence (raise --seq-len)")
         if self.method == "qlora" and self.precision == "fp32":
             raise ValueError("--precision fp32 with qlora: 4-bit layers compute in bf16 or fp16")
         return self
@@ -97,6 +107,10 @@ class TrainConfig(BaseModel):
     def tokens(self) -> int:
         """Tokens in one micro batch on one GPU."""
         return self.seq_len * self.micro_batch
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.images_per_sample or self.image_size or self.image_tokens)
 
     @property
     def uses_adapters(self) -> bool:

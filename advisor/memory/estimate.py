@@ -138,7 +138,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # --- images: the pixel values live the whole step; the frozen tower runs before the language model (its
     # working set over the input embeddings), and the model holds its output through the decoder (vision.py)
     if vis.images:
-        forward = max(forward + vis.held_forward, steady + gpu.gathered + vis.tower_peak) + vis.pixels
+        forward = max(forward + vis.held_forward + vis.graph, steady + gpu.gathered + vis.tower_peak) + vis.pixels
+        backward = max(backward + vis.graph, steady + gpu.gathered + gpu.grad_buckets + gpu.grads + vis.tower_backward)
         backward += vis.pixels
 
     # --- optimizer step: no activations; grads, states and the step's temporaries

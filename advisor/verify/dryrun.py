@@ -101,6 +101,24 @@ def _masks_as_on_gpu():
         masking_utils._ignore_causal_mask_sdpa, masking_utils.find_packed_sequence_indices = saved
 
 
+@contextlib.contextmanager
+def _value_checks_off():
+    """transformers checks values where fake tensors have none (Gemma 3: that the image tokens number the image
+    features, ``torch_compilable_check`` on a sum); its own switch turns those checks off.  The batch is built so
+    that they hold (image_batch)."""
+    import os
+
+    saved = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
+        else:
+            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = saved
+
+
 def _cpu_attention(arch: ModelArch, cfg: TrainConfig) -> str:
     """FlashAttention-2 does not run on a CPU; SDPA's CPU flash kernel keeps the same tensors (q, k, v,
     output, log-sum-exp), so it stands in for it.  transformers refuses SDPA for Gemma 2 (it cannot
@@ -112,6 +130,30 @@ def _cpu_attention(arch: ModelArch, cfg: TrainConfig) -> str:
 
 
 TRACEABLE_OPTIMIZERS = ("adamw", "sgd")
+
+
+def image_batch(arch: ModelArch, cfg: TrainConfig, input_ids):
+    """A vision-language batch as the model's processor makes it (Gemma3Processor): the image tokens at the
+    start of each sequence (``image_token_index``), token_type_ids 1 there, and fp32 pixel values, one
+    (channels, size, size) image per image.  Text-only configs get the plain batch unchanged."""
+    from ..memory.vision import image_inputs
+
+    inputs = image_inputs(arch, cfg)
+    if not inputs.images:
+        return input_ids, {}
+    import json
+
+    import torch
+
+    v = arch.vision
+    image_token = json.loads(arch.hf_config_json or "{}").get("image_token_index", 262_144)
+    input_ids = input_ids.clone()
+    input_ids[:, :inputs.tokens] = image_token
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, :inputs.tokens] = 1
+    pixel_values = torch.empty((cfg.micro_batch * inputs.images, v.num_channels, v.image_size, v.image_size),
+                               dtype=torch.float32)
+    return input_ids, {"pixel_values": pixel_values, "token_type_ids": token_type_ids}
 
 
 def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
@@ -171,7 +213,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         current[0] = name
         counter.peak = counter.live
 
-    with fake_mode, _Track(), _masks_as_on_gpu():
+    with fake_mode, _Track(), _masks_as_on_gpu(), _value_checks_off():
         materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
         for tensor in list(model.parameters()) + list(model.buffers()):
             counter.add(tensor)
@@ -179,10 +221,11 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         params = trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
         input_ids = torch.zeros((cfg.micro_batch, cfg.seq_len), dtype=torch.long)
+        input_ids, extra = image_batch(arch, cfg, input_ids)
         for _ in range(steps):
             phase_peaks.clear()
             steady = counter.live
-            train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg))
+            train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg), extra)
     return DryRunResult(
         phase_peaks=dict(phase_peaks),
         weights_bytes=weights,

@@ -28,16 +28,18 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 
 def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                   autocast_dtype: torch.dtype | None = None, extra: dict | None = None) -> torch.Tensor:
     """The model's own loss (HF ForCausalLMLoss: fp32 logits).  Returning only the loss drops the
     output object, and with it the logits, before backward, as the HF Trainer does.  With
-    ``autocast_dtype`` (mixed precision over fp32 master weights) the forward runs under autocast."""
+    ``autocast_dtype`` (mixed precision over fp32 master weights) the forward runs under autocast.  ``extra``:
+    the batch's other model inputs (a vision-language model's pixel_values and token_type_ids)."""
+    extra = extra or {}
     if getattr(model, "tiled_loss", False):  # a chunked-loss plan (build.py): TRL's tiled LM head
-        return tiled_causal_lm_loss(model, input_ids, labels, autocast_dtype)
+        return tiled_causal_lm_loss(model, input_ids, labels, autocast_dtype, extra)
     if autocast_dtype is None:
-        return model(input_ids=input_ids, labels=labels).loss
+        return model(input_ids=input_ids, labels=labels, **extra).loss
     with torch.autocast(input_ids.device.type, dtype=autocast_dtype):
-        return model(input_ids=input_ids, labels=labels).loss
+        return model(input_ids=input_ids, labels=labels, **extra).loss
 
 
 # The chunked loss as the exported job runs it on a GPU: TRL's fused LM head (trl/trainer/utils.py
@@ -116,12 +118,12 @@ def _sum_exp(tile: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
 
 
 def tiled_causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                         autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                         autocast_dtype: torch.dtype | None = None, extra: dict | None = None) -> torch.Tensor:
     """The model's causal-LM loss through TiledNLL: the backbone's hidden states, shifted, against lm_head."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     context = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with context:
-        hidden = base.model(input_ids=input_ids).last_hidden_state[:, :-1]
+        hidden = base.model(input_ids=input_ids, **(extra or {})).last_hidden_state[:, :-1]
         targets = labels[:, 1:].reshape(-1)
         # TRL scores the valid positions only (hidden_states[labels != -100]): a copy of the hidden states.  Every
         # position is valid here; index_select makes the same copy with a shape fake tensors can know.
@@ -137,11 +139,12 @@ PhaseHook = Callable[[str], None]
 
 
 def forward_backward(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                     phase: PhaseHook = lambda name: None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                     phase: PhaseHook = lambda name: None, autocast_dtype: torch.dtype | None = None,
+                     extra: dict | None = None) -> torch.Tensor:
     """The HF Trainer's training_step: loss, backward, and only the detached loss leaves, so the
     autograd graph (and anything it still holds) is gone before the optimizer step."""
     phase("forward")
-    loss = causal_lm_loss(model, input_ids, labels, autocast_dtype)
+    loss = causal_lm_loss(model, input_ids, labels, autocast_dtype, extra)
     phase("backward")
     loss.backward()
     return loss.detach()
@@ -149,9 +152,9 @@ def forward_backward(model: nn.Module, input_ids: torch.Tensor, labels: torch.Te
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
                labels: torch.Tensor, phase: PhaseHook = lambda name: None,
-               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+               autocast_dtype: torch.dtype | None = None, extra: dict | None = None) -> torch.Tensor:
     """Forward + loss, backward, optimizer step, zero_grad(set_to_none).  ``phase`` is told each start."""
-    loss = forward_backward(model, input_ids, labels, phase, autocast_dtype)
+    loss = forward_backward(model, input_ids, labels, phase, autocast_dtype, extra)
     phase("optimizer")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
