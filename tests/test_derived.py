@@ -1,6 +1,7 @@
-"""The derived path: a model type outside the torch-free memory model, estimated from the shapes transformers
-builds for it (advisor/models/derive.py), checked against the fake-tensor oracle and transformers' own
-parameter count; and the refusals when it cannot be derived."""
+"""Model types beyond the hand-written eight: the derived path (a type no reader knows, estimated from the
+shapes transformers builds for it, advisor/models/derive.py) and the Llama-layout family readers
+(advisor/models/families/llama_layout.py), each checked against the fake-tensor oracle and transformers' own
+parameter count; and the refusals when a model cannot be derived."""
 
 import json
 import subprocess
@@ -12,27 +13,48 @@ from advisor.errors import ModelConfigError
 from advisor.models import derive, resolve_model
 from advisor.models.hf_config import arch_from_config
 
+# read by llama_layout.py without torch
 OLMO3 = {"model_type": "olmo3", "num_hidden_layers": 4, "sliding_window": 256,
          "layer_types": ["sliding_attention"] * 3 + ["full_attention"]}
 ERNIE = {"model_type": "ernie4_5", "num_hidden_layers": 3}
+# no reader: the derived path (transformers' defaults for each type: real widths and vocabularies)
+HELIUM = {"model_type": "helium", "num_hidden_layers": 3}
+GLM4 = {"model_type": "glm4", "num_hidden_layers": 2}  # four norms per layer, fused gate_up_proj
+ARCEE = {"model_type": "arcee", "num_hidden_layers": 3}  # plain (ungated) MLP
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORA_ADVISOR_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(autouse=True, scope="module")
+def _own_cache(tmp_path_factory):
+    """One derivation per config for the whole module (each costs a child process importing transformers)."""
+    import os
+
+    before = os.environ.get("LORA_ADVISOR_CACHE_DIR")
+    os.environ["LORA_ADVISOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("derived-cache"))
+    yield
+    if before is None:
+        del os.environ["LORA_ADVISOR_CACHE_DIR"]
+    else:
+        os.environ["LORA_ADVISOR_CACHE_DIR"] = before
 
 
 def test_without_torch_the_refusal_names_the_type_and_the_extra(monkeypatch):
     monkeypatch.setattr(derive, "can_derive", lambda: False)
     with pytest.raises(ModelConfigError) as err:
-        arch_from_config(OLMO3, name="olmo3")
-    assert "'olmo3'" in err.value.message and "verify" in err.value.hint and "llama" in err.value.hint
+        arch_from_config(HELIUM, name="helium")
+    assert "'helium'" in err.value.message and "verify" in err.value.hint and "llama" in err.value.hint
+
+
+@pytest.mark.parametrize("config", [OLMO3, ERNIE], ids=["olmo3", "ernie4_5"])
+def test_llama_layout_families_need_no_torch(monkeypatch, config):
+    monkeypatch.setattr(derive, "_shapes", lambda *a: pytest.fail("a family reader must not start transformers"))
+    arch = arch_from_config(config, name=config["model_type"])
+    assert arch.model_type == config["model_type"] and not arch.derived_from
 
 
 def test_a_model_type_that_is_no_identifier_is_refused_without_building_anything(monkeypatch):
     monkeypatch.setattr(derive, "_shapes", lambda *a: pytest.fail("must not start transformers"))
     with pytest.raises(ModelConfigError, match="not in the torch-free"):
-        arch_from_config({**ERNIE, "model_type": "llama" * 1000}, name="x")
+        arch_from_config({**HELIUM, "model_type": "llama" * 1000}, name="x")
 
 
 pytest.importorskip("torch")
@@ -53,20 +75,43 @@ def _meta_params(config: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("config", [OLMO3, ERNIE], ids=["olmo3", "ernie4_5"])
+@pytest.mark.parametrize("config", [OLMO3, ERNIE, HELIUM, GLM4, ARCEE], ids=lambda c: c["model_type"])
 def test_parameter_count_is_what_transformers_builds(config):
     arch = arch_from_config(config, name=config["model_type"])
     from advisor.models.params import count_params
 
     assert count_params(arch).total == _meta_params(config)
-    assert arch.derived_from and arch.model_type == config["model_type"]
+    assert arch.model_type == config["model_type"]
+
+
+LAYOUT_VARIANTS = [
+    {"model_type": "olmo2", "num_hidden_layers": 3, "num_key_value_heads": 8},
+    {"model_type": "olmo3", "num_hidden_layers": 5, "attention_bias": True},
+    {"model_type": "smollm3", "num_hidden_layers": 3},
+    {"model_type": "granite", "num_hidden_layers": 2, "attention_bias": True, "mlp_bias": True},
+    {"model_type": "ernie4_5", "num_hidden_layers": 3, "use_bias": True},
+]
+
+
+@pytest.mark.parametrize("config", LAYOUT_VARIANTS, ids=lambda c: c["model_type"])
+def test_family_reader_matches_the_shapes_transformers_builds(config):
+    """The torch-free reader and the derived path (real modules) agree on every shape the estimate reads."""
+    read = arch_from_config(config, name="x")
+    built = derive._arch(derive._shapes(config, "x"), config, "x", "x")
+    fields = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "vocab_size",
+              "tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias", "qk_norm", "sliding_window", "layer_types",
+              "extra_layer_params", "extra_params", "norms_per_layer", "mlp_kind")
+    assert {f: getattr(read, f) for f in fields} == {f: getattr(built, f) for f in fields}
 
 
 CASES = [
     (OLMO3, dict(method="lora", seq_len=1024)),  # sliding layers past their window: SDPA builds a mask
     (OLMO3, dict(method="full", seq_len=512, grad_ckpt=True, optimizer="sgd")),
     (ERNIE, dict(method="lora", seq_len=1024, micro_batch=2)),  # tied embeddings, GQA
-    (ERNIE, dict(method="full", seq_len=512)),
+    (HELIUM, dict(method="lora", seq_len=1024)),
+    (GLM4, dict(method="lora", seq_len=1024)),
+    (GLM4, dict(method="full", seq_len=512, grad_ckpt=True, optimizer="sgd")),
+    (ARCEE, dict(method="lora", seq_len=1024)),
 ]
 
 
@@ -79,7 +124,7 @@ def test_derived_estimate_within_five_percent_of_the_oracle(config, settings):
     for phase in PHASES:
         measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
         assert abs(predicted - measured) / measured <= 0.05, (phase, predicted, measured)
-    assert any(note.startswith("derived estimate") for note in est.notes)
+    assert any(note.startswith("derived estimate") for note in est.notes) == bool(arch.derived_from)
 
 
 def test_a_layout_the_model_cannot_place_is_refused_with_what_was_found():
@@ -90,13 +135,11 @@ def test_a_layout_the_model_cannot_place_is_refused_with_what_was_found():
 
 def test_cli_estimate_of_a_derived_config_keeps_torch_out_of_the_parent(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(ERNIE))
+    path.write_text(json.dumps(HELIUM))
     code = ("import json, sys; from advisor.cli import main; rc = main(['estimate', '--model', sys.argv[1], '--json']);"
             "sys.stderr.write('TORCH' if 'torch' in sys.modules else 'CLEAN')")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "LORA_ADVISOR_CACHE_DIR": str(tmp_path / "c")})
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
     doc = json.loads(proc.stdout)
     assert proc.stderr.endswith("CLEAN"), proc.stderr[-500:]
-    assert any("derived estimate" in note for note in doc["estimate"]["notes"]) if "estimate" in doc else \
-        any("derived estimate" in note for note in doc["notes"])
+    assert any("derived estimate" in note for note in doc["notes"])
     assert resolve_model(str(path)).derived_from

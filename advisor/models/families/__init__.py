@@ -17,7 +17,13 @@ from . import qwen3_moe  # noqa: E402
 
 READERS["qwen3_moe"] = qwen3_moe.read
 
+from . import gpt_oss  # noqa: E402
+
+READERS["gpt_oss"] = gpt_oss.read
+
 from . import gemma3  # noqa: E402
 
 READERS["gemma3"] = gemma3.read
 READERS["gemma3_text"] = gemma3.read
+
+from . import llama_layout  # noqa: E402,F401  (registers olmo2, olmo3, smollm3, granite, ernie4_5)
