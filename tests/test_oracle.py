@@ -92,3 +92,38 @@ def test_oracle_sees_what_the_formula_ignores():
     ckpt = run_dry(arch, TrainConfig(method="lora", seq_len=512, grad_ckpt=True)).phase_peaks
     longer = run_dry(arch, TrainConfig(method="lora", seq_len=1024)).phase_peaks
     assert ckpt["forward"] < base["forward"] < longer["forward"]
+
+
+# Gemma 3 (issue 13), read from its own config.json (transformers' defaults applied): Gemma3ForConditionalGeneration
+# with its SigLIP tower.  Six layers: five sliding (window 1024) and one global, as the model interleaves them.
+GEMMA3_CASES = [
+    ("gemma-3-4b-it", 6, dict(method="lora", targets=("all-linear",), seq_len=512)),
+    ("gemma-3-4b-it", 6, dict(method="full", seq_len=1024, grad_ckpt=True)),
+    # seq > window: SDPA gets a mask on the sliding layers only (the global one runs causal, native GQA)
+    ("gemma-3-4b-it", 6, dict(method="lora", attn="sdpa", seq_len=2048, loss="chunked")),
+    ("gemma-3-4b-it", 6, dict(method="lora", attn="eager", seq_len=1024)),
+    # images: one 896 x 896 image (256 tokens inside the sequence); the frozen tower runs without saving, or
+    # (gradient checkpointing hooks its patch embeddings) with its checkpoints and backward
+    ("gemma-3-4b-it", 6, dict(method="lora", seq_len=1024, image_size=896)),
+    ("gemma-3-4b-it", 6, dict(method="lora", seq_len=1024, image_size=896, images_per_sample=2, grad_ckpt=True,
+                              loss="chunked")),
+    ("gemma-3-4b-it", 2, dict(method="full", seq_len=1024, image_tokens=512, micro_batch=2, grad_ckpt=True)),
+    ("gemma-3-27b-it", 6, dict(method="lora", targets=("all-linear",), seq_len=1024)),
+]
+
+
+@pytest.mark.parametrize("name,layers,settings", GEMMA3_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(GEMMA3_CASES)])
+def test_gemma3_every_phase_peak_within_two_percent(name, layers, settings):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / name / "config.json"
+    arch = resolve_model(str(path)).model_copy(update={"num_layers": layers})
+    cfg = TrainConfig(**settings)
+    oracle = run_dry(arch, cfg)
+    est = estimate(arch, cfg)
+    assert oracle.trainable_params == est.trainable_params
+    for phase in PHASES:
+        measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
+        assert abs(predicted - measured) / measured <= TOLERANCE, (
+            f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
