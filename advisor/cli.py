@@ -210,6 +210,12 @@ def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     g.add_argument("--rules", action="append", default=[], help="a YAML rule file that adds rules or overrides them by id")
     g.add_argument("--host-ram", type=_size, default=None,
                    help="CPU RAM for offload (64GiB); default: this machine's when planning for its own GPUs")
+    g.add_argument("--image-size", type=_at_most(1 << 15), default=None,
+                   help="vision-language models: each sequence has images of this side (pixels); 1 per sample "
+                        "unless --images-per-sample; their tokens count inside --seq-len")
+    g.add_argument("--images-per-sample", type=_at_most(1024), default=0, help="images in each sequence")
+    g.add_argument("--image-tokens", type=_at_most(1 << 24), default=None,
+                   help="image tokens per sequence, given directly (inside --seq-len)")
 
 
 def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -279,6 +285,12 @@ def _file_batch(back, args: argparse.Namespace) -> int:
     return back.fields.get("micro_batch", 1) * back.grad_accum * (args.gpus or back.fields.get("gpus", 1))
 
 
+def _image_fields(args: argparse.Namespace) -> dict:
+    """--image-size / --images-per-sample / --image-tokens as TrainConfig fields."""
+    return {"image_size": getattr(args, "image_size", None), "images_per_sample": getattr(args, "images_per_sample", 0),
+            "image_tokens": getattr(args, "image_tokens", None)}
+
+
 def _need_model(model: str | None) -> str:
     if not model:
         raise UsageError("give a model (or a config file to read it from)", "e.g. --model llama-3.1-8b", field="model")
@@ -295,7 +307,8 @@ def plan_request(args: argparse.Namespace) -> core.PlanRequest:
         batch = _file_batch(back, args)
     return core.PlanRequest(model=_need_model(model), hardware=_gpu_request(args), seq_len=seq_len,
                             effective_batch=batch, method=method, prefer=args.prefer, rules=tuple(args.rules or ()),
-                            host_ram=args.host_ram, calibration=not args.no_calibration, **_job_fields(args))
+                            host_ram=args.host_ram, calibration=not args.no_calibration, **_job_fields(args),
+                            **_image_fields(args))
 
 
 def config_request(args: argparse.Namespace) -> core.ConfigRequest:
@@ -303,6 +316,7 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     fields = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
     fields["method"] = args.method if args.method not in (None, "auto") else "lora"
     fields["seq_len"] = args.seq_len
+    fields.update(_image_fields(args))
     model, batch = args.model, args.effective_batch
     if args.from_file:
         back = _read_from(args)
@@ -523,21 +537,33 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """The catalog, with what each entry is: estimated by the torch-free model, or a model type it does not
+    read (``estimate`` then derives it from transformers' shapes, or refuses its layout, see models/derive.py).
+    Listing never starts transformers."""
     from .models import count_params
-    from .models.catalog import catalog_arch, catalog_entries
+    from .models.catalog import catalog_arch, catalog_entries, entry_model_type
+    from .models.hf_config import supported_model_types
 
+    known = set(supported_model_types())
     rows = []
     for entry in catalog_entries():
-        arch = catalog_arch(entry["name"])
-        rows.append({"name": entry["name"], "hf_id": entry.get("hf_id"), "model_type": arch.model_type,
-                     "params": count_params(arch).total, "layers": arch.num_layers, "hidden_size": arch.hidden_size,
-                     "vocab_size": arch.vocab_size, "max_position_embeddings": arch.max_position_embeddings})
+        model_type = entry_model_type(entry)
+        row: dict[str, Any] = {"name": entry["name"], "hf_id": entry.get("hf_id"), "model_type": model_type,
+                               "estimated": "torch-free" if model_type in known else "derived-or-refused"}
+        if model_type in known:
+            arch = catalog_arch(entry["name"])
+            row.update(params=count_params(arch).total, layers=arch.num_layers, hidden_size=arch.hidden_size,
+                       vocab_size=arch.vocab_size, max_position_embeddings=arch.max_position_embeddings,
+                       vision=getattr(arch, "vision", None) is not None)
+        rows.append(row)
     if args.json:
         print(json.dumps({"schema_version": 1, "models": rows}, indent=2))
-    else:
-        width = max(len(r["name"]) for r in rows)
-        for r in rows:
-            print(f"{r['name']:<{width}}  {r['params'] / 1e9:7.2f} B  {r['model_type']:<8} {r['hf_id'] or ''}")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        size = f"{r['params'] / 1e9:7.2f} B" if "params" in r else "      - B"
+        what = "" if r["estimated"] == "torch-free" else "  (not in the torch-free model: estimate derives or refuses it)"
+        print(f"{r['name']:<{width}}  {size}  {r['model_type']:<16} {r['hf_id'] or ''}{what}")
     return 0
 
 

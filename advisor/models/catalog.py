@@ -52,6 +52,17 @@ def catalog_arch(name: str) -> ModelArch | None:
     return arch_from_config(entry["config"], name=entry["name"])
 
 
+def entry_model_type(entry: dict) -> str:
+    """The model_type that decides how an entry is read: the outer one when a family reader knows it (a
+    vision-language model), else the language model's."""
+    from .families import READERS
+
+    config = entry["config"]
+    outer = config.get("model_type")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return outer if outer in READERS or not text.get("model_type") else text["model_type"]
+
+
 def hub_id_for(arch_name: str) -> str:
     """The Hugging Face repo id of a catalog model (exports need it); other names are returned as given."""
     entry = _catalog_index().get(_normalise(arch_name))
