@@ -33,6 +33,7 @@ FLAG_FOR_FIELD = {
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner",
     "dataset_tokens": "--dataset-tokens", "samples": "--samples", "epochs": "--epochs",
     "price_per_gpu_hour": "--price-per-gpu-hour",
+    "images_per_sample": "--images-per-sample", "image_size": "--image-size", "image_tokens": "--image-tokens",
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.

@@ -83,6 +83,9 @@ class PlanRequest:
     samples: int | None = None  # sequences per epoch (x seq_len)
     epochs: float = 1.0
     price_per_gpu_hour: float | None = None
+    images_per_sample: int = 0  # a vision-language model's images per sequence (their tokens inside seq_len)
+    image_size: int | None = None
+    image_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,8 @@ def _goals(req: PlanRequest, hardware: Hardware | None):
     _check_job(req.dataset_tokens, req.samples, req.epochs, req.price_per_gpu_hour)
     return Goals(seq_len=req.seq_len, effective_batch=req.effective_batch, method=req.method, prefer=req.prefer, gpus=gpus,
                  dataset_tokens=req.dataset_tokens, samples=req.samples, epochs=req.epochs,
-                 price_per_gpu_hour=req.price_per_gpu_hour)
+                 price_per_gpu_hour=req.price_per_gpu_hour, images_per_sample=req.images_per_sample,
+                 image_size=req.image_size, image_tokens=req.image_tokens)
 
 
 MAX_DATASET_TOKENS = 10**15
@@ -357,12 +361,21 @@ def plan(req: PlanRequest, detect: Detector | None = detect_gpus,
     arch = resolve_model(req.model)
     hardware, spec, source = resolve_hardware(req.hardware, detect)
     goals = _goals(req, hardware)
+    _check_images(arch, goals)
     rules = _rules(req.rules)
     calibrations, notes = _calibrations(arch, hardware, req.calibration)
     ram = _host_ram(req, source, host_ram)
     result = make_plan(arch, hardware, goals, rules, calibrations=dict(calibrations), host_ram_bytes=ram)
     return PlanResult(request=req, arch=arch, hardware=hardware, gpu_spec=spec, hardware_source=source,
                       calibrations=calibrations, host_ram_bytes=ram, goals=goals, plan=result, notes=notes)
+
+
+def _check_images(arch, goals) -> None:
+    """Images for a text-only model, or more image tokens than the sequence holds: refused before planning."""
+    if goals.images_per_sample or goals.image_size or goals.image_tokens:
+        from .memory.vision import image_inputs
+
+        image_inputs(arch, train_config({"seq_len": goals.seq_len, **goals.image_fields}))
 
 
 def train_config(fields: Mapping[str, object]) -> TrainConfig:
@@ -386,6 +399,10 @@ def configure(req: ConfigRequest, detect: Detector | None = detect_gpus) -> Sele
     if hardware is not None and hardware.count > 1 and fields.get("gpus", 1) == 1:
         fields["gpus"] = hardware.count  # --gpu 4xA100-80GB sets the job's GPU count
     cfg = train_config(fields)
+    if cfg.has_images:
+        from .memory.vision import image_inputs
+
+        image_inputs(arch, cfg)  # images for a text-only model, or more image tokens than the sequence: refused
     calibrations, notes = _calibrations(arch, hardware, req.calibration)
     calibration = calibrations.get(cfg.method)
     return Selected(model_spec=req.model, arch=arch, hardware=hardware, cfg=cfg,

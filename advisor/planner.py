@@ -47,6 +47,15 @@ class Goals(BaseModel):
     samples: int | None = Field(None, gt=0, description="Sequences in one epoch (tokens = samples x seq_len).")
     epochs: float = Field(1.0, gt=0, le=1000)
     price_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="Price of one GPU-hour (any currency).")
+    images_per_sample: int = Field(0, ge=0, le=1024, description="Images per sequence (vision-language models).")
+    image_size: int | None = Field(None, gt=0, le=1 << 15, description="Image side in pixels (images present).")
+    image_tokens: int | None = Field(None, gt=0, le=1 << 24, description="Image tokens per sequence, given directly.")
+
+    @property
+    def image_fields(self) -> dict:
+        """The TrainConfig fields that describe the images of every sequence (none for text)."""
+        return {"images_per_sample": self.images_per_sample, "image_size": self.image_size,
+                "image_tokens": self.image_tokens}
 
     @property
     def job(self) -> Job:
@@ -173,7 +182,8 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
             for offload, master in itertools.product(offloads, masters):
                 out.append(TrainConfig(method=method, rank=rank, targets=(target,), grad_ckpt=ckpt, optimizer=optimizer,
                                        micro_batch=micro, seq_len=goals.seq_len, gpus=goals.gpus, offload=offload, loss=loss,
-                                       master_weights=master, **_sharding_fields(sharding), **fixed))
+                                       master_weights=master, **_sharding_fields(sharding), **goals.image_fields,
+                                       **fixed))
     return out
 
 

@@ -22,7 +22,7 @@ from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
 from .targets import effective_attention, lora_linears
-from .vision import vision_terms
+from .vision import image_inputs, vision_terms
 
 
 def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None, detail: bool = True,
@@ -335,6 +335,17 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
     elif cfg.gpus > 1 or cfg.offload != "none":
         notes.append("DeepSpeed / DDP buffers and offload follow the frameworks' sources and defaults; "
                      "no oracle traces them (their model states are checked against DeepSpeed's own estimator)")
+    if arch.vision is not None:
+        v = arch.vision
+        images = image_inputs(arch, cfg, strict=False)
+        if images.images:
+            resized = (f"; images of {cfg.image_size} px are resized to {v.image_size} x {v.image_size} by the processor"
+                       if cfg.image_size and cfg.image_size != v.image_size else "")
+            notes.append(f"images: {images.images} per sequence, {images.tokens} image tokens counted inside seq len "
+                         f"{cfg.seq_len} ({v.tokens_per_image} per image after pooling {v.patches_per_image} patches)"
+                         f"{resized}")
+        notes.append("vision tower and projector loaded and frozen (not adapted, not trained); LoRA targets the "
+                     "language model only" + ("" if images.images else "; text-only batches do not run the tower"))
     if arch.moe is not None:
         notes.append("MoE activations assume balanced top-k routing")
         if cfg.method in ("qlora", "lora8bit"):

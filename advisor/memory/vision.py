@@ -27,9 +27,10 @@ class ImageInputs:
     tokens: int  # image tokens per sequence (inside seq_len)
 
 
-def image_inputs(arch: ModelArch, cfg: TrainConfig) -> ImageInputs:
-    """Images and image tokens per sequence; refuses images for a text-only model, or more image tokens than
-    the sequence holds."""
+def image_inputs(arch: ModelArch, cfg: TrainConfig, strict: bool = True) -> ImageInputs:
+    """Images and image tokens per sequence; refuses images for a text-only model and (``strict``, what the
+    front ends ask) more image tokens than the sequence holds.  The planner's searches over shorter sequences
+    are not strict: there the image tokens are capped at the sequence."""
     if not cfg.has_images:
         return ImageInputs(0, 0)
     v = arch.vision
@@ -43,6 +44,8 @@ def image_inputs(arch: ModelArch, cfg: TrainConfig) -> ImageInputs:
     else:
         images = cfg.images_per_sample or 1
         tokens = images * v.tokens_per_image
+    if tokens > cfg.seq_len and not strict:
+        return ImageInputs(images, cfg.seq_len)
     if tokens > cfg.seq_len:
         raise UsageError(f"{images} image(s) of {v.tokens_per_image} tokens each ({tokens} tokens) do not fit in a "
                          f"sequence of {cfg.seq_len} tokens", "image tokens are part of the sequence: raise --seq-len",
@@ -77,7 +80,7 @@ NO_IMAGES = VisionTerms(0, 0, 0, 0, 0, 0, False)
 
 
 def vision_terms(arch: ModelArch, cfg: TrainConfig, act_bytes: int) -> VisionTerms:
-    inputs = image_inputs(arch, cfg)
+    inputs = image_inputs(arch, cfg, strict=False)
     v = arch.vision
     if not inputs.images or v is None:
         return NO_IMAGES
