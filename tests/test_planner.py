@@ -242,3 +242,13 @@ def test_adapter_rules_are_not_reasons_for_a_full_fine_tuning_plan():
     assert not any("LoRA" in s for s in settled_for(full))
     assert any("LoRA on all linear layers" in s for s in settled_for(lora))
     assert any(t.rule == "lora-targets-all-linear" for t in full.trace)  # the trace still has every rule
+
+
+def test_unknown_host_ram_never_plans_an_offload_beyond_a_large_server():
+    """A GPU named, not detected: the host's RAM is unknown, so no plan may need more CPU RAM than a large 8-GPU
+    server has (2 TiB).  Full fine-tuning of 405B offloaded needs ~6 TiB (16 B/param of fp32 master + states)."""
+    plan, _ = plan_for("llama-3.1-405b", "h100", seq_len=2048)
+    chosen = [plan.estimate] if plan.estimate is not None else []
+    assert all(est.host_ram_bytes <= 2048 * 2**30 for est in chosen)
+    refused = [r for r in plan.rejected if "--host-ram" in r.reason]
+    assert refused and all(r.reason.startswith("offload needs") for r in refused)
