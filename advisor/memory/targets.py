@@ -40,6 +40,10 @@ def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
     """The kernel transformers really runs: 'auto' follows its defaults; Gemma 2 has no SDPA path."""
     if cfg.attn == "auto":
         return "eager" if arch.model_type == "gemma2" else "sdpa"
+    if cfg.attn == "flash" and arch.model_type == "gemma3":
+        raise UsageError("transformers has no FlashAttention-2 path for Gemma 3 with its vision tower "
+                         "(Gemma3ForConditionalGeneration._supports_flash_attn is False: it would drop the bidirectional "
+                         "mask over image tokens)", "use sdpa (or eager) attention", field="attn", value="flash")
     if cfg.attn == "sdpa" and arch.model_type == "gemma2":
         raise UsageError("transformers has no SDPA path for Gemma 2 (attention soft-capping)",
                          "use flash (FlashAttention-2) or eager attention", field="attn", value="sdpa")
