@@ -99,6 +99,14 @@ class ExportContext:
     def all_linear(self) -> bool:
         return self.cfg.targets == ("all-linear",)
 
+    @property
+    def language_model_regex(self) -> str | None:
+        """A vision-language model's LoRA targets as a regex over module names, keeping the adapters out of the
+        vision tower (PEFT's all-linear and plain names would reach it; see memory/vision.py)."""
+        from ..memory.vision import language_model_targets
+
+        return language_model_targets(self.arch, self.cfg)
+
     def target_modules(self) -> list[str]:
         from ..memory.targets import lora_linears
 

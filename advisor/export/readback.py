@@ -87,6 +87,11 @@ class _File:
         value = self.data.get(key)
         if value is None:
             value = default
+        if isinstance(value, str):  # the regex an export writes for a vision-language model's language model
+            from ..memory.vision import parse_language_model_targets
+
+            if (inner := parse_language_model_targets(value)) is not None:
+                value = list(inner)
         names = value.split(",") if isinstance(value, str) else value
         if not isinstance(names, list) or not names or len(names) > 64:
             raise self.error(key, "a module name, a comma list of them, or a list of names", value)

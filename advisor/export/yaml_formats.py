@@ -81,7 +81,8 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
                   "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")}
     if cfg.method != "full":
         data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
-                     "lora_target_modules": "all-linear" if ctx.all_linear else ctx.target_modules()})
+                     "lora_target_modules": ctx.language_model_regex or ("all-linear" if ctx.all_linear
+                                                                          else ctx.target_modules())})
         if cfg.train_embeddings:
             data["lora_modules_to_save"] = ["embed_tokens", "lm_head"]
     if cfg.method == "qlora":
@@ -107,7 +108,9 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
     if cfg.method != "full":
         data.update({"adapter": "qlora" if cfg.method == "qlora" else "lora", "lora_r": cfg.rank,
                      "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0})
-        if ctx.all_linear:
+        if ctx.language_model_regex:  # a VLM: axolotl takes a regex string (its Gemma 3 vision examples do)
+            data["lora_target_modules"] = ctx.language_model_regex
+        elif ctx.all_linear:
             data["lora_target_linear"] = True
         else:
             data["lora_target_modules"] = ctx.target_modules()

@@ -123,3 +123,29 @@ def vision_terms(arch: ModelArch, cfg: TrainConfig, act_bytes: int) -> VisionTer
     # model's hooked input embeddings are a leaf too: it and its accumulated gradient live until backward ends
     tower_backward = leaf + NL * X + X + 5 * X + I + 2 * stats + lse + 2 * I + 2 * embeds
     return VisionTerms(pixels, tower_peak, held, graph, tower_backward, n, True)
+
+
+LM_TARGETS_PREFIX = r"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\."
+
+
+def language_model_targets(arch: ModelArch, cfg: TrainConfig) -> str | None:
+    """PEFT target_modules that keep LoRA in the language model of a vision-language model (None for text
+    models): a regex over the module names.  PEFT matches a plain list by the names' last part and "all-linear"
+    by every nn.Linear (peft/tuners/tuners_utils.py _maybe_include_all_linear_layers), so either would also adapt
+    SigLIP's q/k/v/out_proj and fc1/fc2; the estimate keeps the tower frozen.  A string target_modules is a full
+    regex match (check_target_module_exists), as axolotl's Gemma 3 vision examples use it."""
+    if arch.vision is None or not cfg.uses_adapters:
+        return None
+    from .targets import lora_linears
+
+    names = "|".join(sorted({spec.name for spec in lora_linears(arch, cfg) if "." not in spec.name}))
+    return f"{LM_TARGETS_PREFIX}({names})"
+
+
+def parse_language_model_targets(text: str) -> tuple[str, ...] | None:
+    """The module names inside a regex ``language_model_targets`` wrote (a file read back), else None."""
+    if not text.startswith(LM_TARGETS_PREFIX + "(") or not text.endswith(")"):
+        return None
+    names = tuple(n for n in text[len(LM_TARGETS_PREFIX) + 1:-1].split("|") if n)
+    return names if names and all(n.replace("_", "").isalnum() for n in names) else None
+

@@ -41,10 +41,9 @@ def lora_targets(cfg: TrainConfig, arch: ModelArch | None = None) -> list[str] |
     the adapters in the language model: PEFT matches module names by their last part, so "all-linear" (and a
     plain ["q_proj", "v_proj"]) would also adapt the vision tower's Linears, which share those names."""
     if arch is not None and arch.vision is not None:
-        from ..memory.targets import lora_linears
+        from ..memory.vision import language_model_targets
 
-        names = "|".join(sorted({spec.name for spec in lora_linears(arch, cfg)}))
-        return rf"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
+        return language_model_targets(arch, cfg)
     if cfg.targets == ("all-linear",):
         return "all-linear"
     if cfg.targets == ("attention",):
