@@ -80,3 +80,41 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(UnknownModelError) as err:
         resolve_model("some-org/some-model-7b")
     assert "HF_HUB_OFFLINE" in err.value.message
+
+
+# --- issue 13: the catalog's 2025-2026 entries (sources: advisor/models/SOURCES.md)
+ISSUE_13 = ["qwen3-30b-a3b", "qwen3-235b-a22b", "qwen3-next-80b-a3b", "qwen3.5-27b", "qwen3.5-35b-a3b",
+            "qwen3.5-122b-a10b", "qwen3.5-397b-a17b", "gemma-3-4b-it", "gemma-3-27b-it", "gemma-4-26b-a4b",
+            "gpt-oss-20b", "gpt-oss-120b", "phi-4"]
+
+
+def test_catalog_has_the_issue_13_models():
+    assert set(ISSUE_13) <= set(catalog_names())
+
+
+def _catalog_config(name):
+    from advisor.models.catalog import catalog_entries
+
+    return next(entry["config"] for entry in catalog_entries() if entry["name"] == name)
+
+
+@pytest.mark.parametrize("name", catalog_names())
+def test_every_catalog_entry_resolves_or_is_refused_by_type(name):
+    """An entry resolves (torch-free reader, or the derived path when torch is installed), or, when no reader
+    handles its model type, it is refused with a ModelConfigError that names the type and says what to do:
+    never a traceback.  A type that a reader handles must resolve."""
+    from advisor.models.hf_config import supported_model_types
+
+    config = _catalog_config(name)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    types = {t for t in (config.get("model_type"), text.get("model_type")) if isinstance(t, str)}
+    assert types, f"{name}: the catalog entry has no model_type"
+    try:
+        arch = resolve_model(name)
+    except ModelConfigError as err:
+        handled = types & set(supported_model_types())
+        assert not handled, f"{name}: {sorted(handled)} has a reader, yet the entry was refused: {err.message}"
+        assert any(t in err.message for t in types), err.message
+        assert err.hint
+        return
+    assert count_params(arch).total > 0
