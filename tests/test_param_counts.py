@@ -182,3 +182,21 @@ def test_gemma3_exports_adapt_the_language_model_only(fmt, tmp_path):
     arch = resolve_model(str(path))
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == \
         param_bytes(arch, TrainConfig(method="lora", rank=16)).trainable_params
+
+
+@pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("o_proj", "down_proj")])
+def test_phi4_counts_equal_transformers_and_peft(targets):
+    """phi-4 is model_type phi3 (fused qkv_proj / gate_up_proj, GQA 40/10, untied 100,352 vocab)."""
+    import json
+
+    peft = pytest.importorskip("peft")
+    from advisor.verify.build import lora_targets
+
+    path = _gemma3_file("phi-4")
+    arch = resolve_model(str(path))
+    model = _meta_from_dict(json.loads(path.read_text()))
+    assert count_params(arch).total == sum(p.numel() for p in model.parameters()) == 14_659_507_200
+    cfg = TrainConfig(method="lora", rank=8, targets=targets)
+    model.requires_grad_(False)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg), task_type="CAUSAL_LM"))
+    assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
