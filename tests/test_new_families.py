@@ -17,7 +17,7 @@ from advisor.models.hf_config import arch_from_config, to_hf_config  # noqa: E40
 
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
 QWEN3_MOE = ["Qwen3-30B-A3B", "Qwen3-235B-A22B"]
-GPT_OSS: list[str] = []  # gpt-oss: added with its reader
+GPT_OSS = ["gpt-oss-20b", "gpt-oss-120b"]
 
 pytestmark = pytest.mark.skipif(not CONFIGS.is_dir(), reason="the 2026 configs live in ../shared/data")
 

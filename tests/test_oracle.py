@@ -74,6 +74,16 @@ MOE_2026_CASES = [
     ("Qwen3-30B-A3B", 3, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
     ("Qwen3-30B-A3B", 3, dict(method="full", seq_len=512, grad_ckpt=True, optimizer="sgd")),
     ("Qwen3-235B-A22B", 2, dict(method="lora", targets=("all-linear",), seq_len=512, loss="chunked", optimizer="sgd")),
+    # gpt-oss: eager attention with sinks (s x (s+1) scores per head), sliding and full layers, a clamped SwiGLU
+    # over fused experts with biases; all-linear adapts the attention Linears only
+    ("gpt-oss-20b", 2, dict(method="lora", targets=("all-linear",), seq_len=1024, optimizer="sgd")),
+    ("gpt-oss-20b", 2, dict(method="qlora", targets=("all-linear",), seq_len=1024, optimizer="sgd")),
+    ("gpt-oss-20b", 4, dict(method="lora", targets=("all-linear",), seq_len=1024, grad_ckpt=True, loss="chunked",
+                            optimizer="sgd")),
+    ("gpt-oss-20b", 3, dict(method="lora", targets=("attention",), seq_len=2048, loss="chunked", optimizer="sgd")),
+    ("gpt-oss-20b", 2, dict(method="full", seq_len=2048, loss="chunked", optimizer="sgd")),
+    ("gpt-oss-20b", 3, dict(method="full", seq_len=2048, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("gpt-oss-120b", 2, dict(method="lora", targets=("q_proj", "v_proj"), seq_len=1024, loss="chunked", optimizer="sgd")),
 ]
 
 

@@ -129,6 +129,14 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         saved.add("attention q", a * q_dim if k_rg else 0)
         saved.add("attention v (repeated)", a * q_dim if scores_rg else 0)
         saved.scores_bytes = (FP32 + (a if arch.attn_logit_softcap else 0) if scores_rg else 0) + (a if v_rg else 0)
+        if arch.attention_sinks:
+            # gpt-oss (modeling_gpt_oss.py eager_attention_forward): the sink logits join as one more column, the
+            # max is subtracted (its int64 argmax kept) and the softmax runs in the 16-bit dtype; its output is
+            # kept once, for its own backward and (as the view probs[..., :-1]) for probs @ v
+            scores_rg = scores_rg or plan.full  # the sinks train with the full model
+            saved.scores_bytes = a if scores_rg or v_rg else 0
+            saved.add("attention sink column of the softmax output", a * nq if saved.scores_bytes else 0)
+            saved.add("attention max indices (int64)", 8 * nq if scores_rg else 0)
     elif attn_rg:
         # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
         kv_saved = q_dim if plan.kv_repeated else kv_dim
@@ -190,7 +198,7 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     assert arch.moe is not None
     a, k, ie, e = plan.act_bytes, arch.moe.experts_per_token, arch.moe.expert_intermediate_size, arch.moe.num_experts
     router_rg = _linear(saved, plan, "gate", arch.hidden_size, in_rg, True)
-    if in_rg or router_rg:
+    if (in_rg or router_rg) and arch.model_type != "gpt_oss":  # gpt-oss: top-k of the logits, softmax over k
         saved.add("router softmax (fp32)", FP32 * e)
     # PEFT adapts the fused expert tensors through a parametrization: every forward materialises the
     # merged weight W + B·A of the whole expert stack, and the per-expert matmuls keep views of it for
@@ -202,7 +210,12 @@ def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     if expert_rg:
         if expert_weights_train:  # a grouped matmul keeps its input only for its weight's gradient
             saved.add("expert inputs (gathered)", a * k * arch.hidden_size)
-        saved.add("expert MLP (act in/out, up)", a * 3 * k * ie)
+        if arch.moe.swiglu_limit is not None:
+            # gpt-oss's clamped SwiGLU (GptOssExperts._apply_gate): the clamps keep views of the gate_up output
+            # (2 ie), then the clamped gate, sigmoid(alpha * gate), their product and up + 1 are kept (ie each)
+            saved.add("expert clamped SwiGLU (gate_up out, gate, sigmoid, glu, up + 1)", a * 6 * k * ie)
+        else:
+            saved.add("expert MLP (act in/out, up)", a * 3 * k * ie)
         if expert_weights_train:
             saved.add("expert down input", a * k * ie)
         saved.add("expert outputs (weighted)", a * k * arch.hidden_size)
@@ -283,7 +296,8 @@ def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, 
     # tokens (modeling_gemma3.py create_masks_for_vision_model: their block mask joins the causal one)
     kinds = len(set(arch.layer_types[:arch.num_layers])) if arch.layer_types and arch.model_type in GEMMA3 else 1
     if attn == "eager":
-        count = 2 if arch.model_type == "gemma2" else 2 if _image_block_mask(arch, cfg) else kinds
+        # gpt-oss builds a full and a sliding mask whatever its layers (modeling_gpt_oss.py GptOssModel.forward)
+        count = 2 if arch.model_type in ("gemma2", "gpt_oss") else 2 if _image_block_mask(arch, cfg) else kinds
         elem = FP32 if cfg.precision == "fp32" else 2
     elif attn == "sdpa" and _image_block_mask(arch, cfg):
         count, elem = 2, 1
@@ -313,6 +327,9 @@ class Transients:
     forward_unsaved: int
     backward: int
     norm_backward: int
+    # the attention's own backward peak above the layer's saved bytes and incoming gradient, reached after the
+    # layer's MLP grads exist (gpt-oss's sink softmax; 0 where the MLP is the peak)
+    attention_backward: int = 0
 
 
 def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantized: bool) -> Transients:
@@ -334,6 +351,17 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     at_up = T * (ad * i if up_name in lora else 0)
     at_down = T * (a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h))
     forward = max(at_up, at_down)
+    sink_scores = sink_tail = sink_extra = 0
+    if arch.attention_sinks and plan.eager:
+        # gpt-oss's eager attention (modeling_gpt_oss.py eager_attention_forward): at the max subtraction the
+        # scaled, masked scores, their concatenation with the sink column and the difference are alive (one
+        # b x heads x s x (s+1) tensor each); the softmax output replaces the concatenation.  With saving, one of
+        # them is the kept softmax output and the layer's MoE terms are not saved yet.
+        sink_scores = a * cfg.micro_batch * arch.num_heads * cfg.seq_len * (cfg.seq_len + 1)
+        moe_later = T * a * arch.moe.experts_per_token * (6 * i + h) if arch.moe and arch.moe.swiglu_limit else 0
+        sink_extra = 2 * sink_scores - moe_later
+        forward = max(forward, sink_extra)
+        sink_tail = 3 * sink_scores + T * 3 * a * arch.q_dim  # + q and the GQA-repeated k and v
 
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
     base = T * 2 * a * h
@@ -345,7 +373,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0
     # the layer's merged expert weights (and the factor casts they were folded from) exist while it runs, saved or
     # not (they are its weights)
-    forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end) + merged_expert_bytes(arch, plan)
+    forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
                        + expert_factor_cast_bytes(arch, plan))
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
@@ -356,8 +384,11 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
     # merged tensor it read (down_proj's, else gate_up's) before it reaches the LoRA factors
     expert_grad = _last_merged_expert_bytes(arch, plan)
-    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad)
+    # gpt-oss's sinks: at the max's backward (a scatter into new zeros) the softmax's input gradient, the zeros
+    # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
+    # terms are already released by then: the same excess over the layer's saved bytes as in the forward
+    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
     norm_backward = T * (4 * FP32 * h + 2 * a * h)
-    return Transients(forward, forward_unsaved, backward, norm_backward)
+    return Transients(forward, forward_unsaved, backward, norm_backward, attention_backward=sink_extra)

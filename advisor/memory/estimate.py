@@ -118,9 +118,15 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
             held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
             candidates.append(held + held_masks + bwd_cache + shared + grads_before + max(tr.forward, tr.backward))
+            if tr.attention_backward:  # the attention's backward, after the layer's MLP grads (full FT) exist
+                candidates.append(held + held_masks + bwd_cache + shared + grads_before + layer_grads
+                                  + tr.attention_backward)
         else:
             candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_before
                               + tr.backward)
+            if tr.attention_backward:
+                candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_before
+                                  + layer_grads + rounded(T * a * h) + tr.attention_backward)
         below = l * ckpt_input if cfg.grad_ckpt else prefix[l]
         candidates.append(below + (held_masks if l else 0) + shared + grads_before + layer_grads + tr.norm_backward)
     # after the first layer's backward the checkpoints (and the masks they held) are released
@@ -357,6 +363,9 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
         if cfg.uses_adapters and any(spec.name.startswith("experts.") for spec in lora_linears(arch, cfg)):
             notes.append("PEFT adapts the fused expert tensors (target_parameters) with rank r x experts and merges "
                          "W + B·A of each adapted expert stack every forward: one 16-bit copy per layer is kept")
+    if arch.attention_sinks and attn == "flash":
+        notes.append("gpt-oss with flash attention needs a kernel that takes the sinks (vllm-flash-attn3 or FA4; "
+                     "FlashAttention-2 drops them): modelled like flash, not checked by the oracle (CPU has no such kernel)")
     if arch.checkpoint_quant == "mxfp4":
         notes.append("the checkpoint's MXFP4 experts are dequantized to bf16 for training (transformers' Mxfp4HfQuantizer "
                      "is not trainable; load with Mxfp4Config(dequantize=True)): counted as 16-bit")

@@ -53,6 +53,7 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     h = arch.hidden_size
     outside = [counts.embedding, h] + ([counts.lm_head] if counts.lm_head else [])
     in_layer = [h] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+    in_layer += [arch.num_heads] if arch.attention_sinks else []  # gpt-oss's sinks (num_heads,)
     outside += [arch.extra_params] if arch.extra_params else []  # a derived model's other tensors, as one
     in_layer += [arch.extra_layer_params] if arch.extra_layer_params else []
     linears = layer_linears(arch)

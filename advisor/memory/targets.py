@@ -18,6 +18,9 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     linears = list(layer_linears(arch))
     names = {spec.name for spec in linears}
     if cfg.targets == ("all-linear",):
+        if arch.moe is not None and arch.model_type not in PEFT_MOE_CONVERTED:
+            # the router and the experts are bare Parameters, which all-linear (nn.Linear only) does not reach
+            return [spec for spec in linears if spec.name in ATTENTION_NAMES]
         return linears + _moe_expert_adapters(arch)
     if cfg.targets == ("attention",):
         return [spec for spec in linears if spec.name in ATTENTION_NAMES]
@@ -36,10 +39,17 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     return chosen
 
 
+NO_SDPA = frozenset({"gemma2", "gpt_oss"})  # model types transformers builds with eager attention by default
+
+
 def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
     """The kernel transformers really runs: 'auto' follows its defaults; Gemma 2 has no SDPA path."""
     if cfg.attn == "auto":
-        return "eager" if arch.model_type == "gemma2" else "sdpa"
+        return "eager" if arch.model_type in NO_SDPA else "sdpa"
+    if cfg.attn == "sdpa" and arch.model_type == "gpt_oss":
+        raise UsageError("transformers has no SDPA path for gpt-oss (attention sinks; GptOssPreTrainedModel._supports_sdpa "
+                         "is False)", "use eager attention, or flash with a kernel that takes sinks (FA3/FA4)",
+                         field="attn", value="sdpa")
     if cfg.attn == "flash" and arch.model_type == "gemma3":
         raise UsageError("transformers has no FlashAttention-2 path for Gemma 3 with its vision tower "
                          "(Gemma3ForConditionalGeneration._supports_flash_attn is False: it would drop the bidirectional "
@@ -48,6 +58,13 @@ def effective_attention(arch: ModelArch, cfg: TrainConfig) -> str:
         raise UsageError("transformers has no SDPA path for Gemma 2 (attention soft-capping)",
                          "use flash (FlashAttention-2) or eager attention", field="attn", value="sdpa")
     return cfg.attn
+
+
+# MoE model types whose experts transformers 5 fused (they were per-expert nn.Linear in v4): PEFT maps their v4
+# module targets, all-linear included, onto target_parameters for the fused expert tensors and the router weight
+# (peft/utils/transformers_weight_conversion.py _convert_peft_config_moe, via transformers' conversion_mapping).
+# gpt-oss was fused from the start: all-linear there adapts the attention Linears only.
+PEFT_MOE_CONVERTED = frozenset({"mixtral", "qwen3_moe"})
 
 
 def _moe_expert_adapters(arch: ModelArch) -> list[LinearSpec]:

@@ -55,7 +55,9 @@ def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
     if arch.moe is not None:
         # transformers 5 stores Mixtral experts as fused 3-D parameters, not nn.Linear; only the
         # router ("gate") is a Linear that LoRA's all-linear can reach.
-        linears.append(LinearSpec("gate", h, arch.moe.num_experts, False))
+        # gpt-oss names it "router" and gives it a bias (GptOssTopKRouter)
+        linears.append(LinearSpec("router" if arch.model_type == "gpt_oss" else "gate", h, arch.moe.num_experts,
+                                  arch.moe.router_bias))
         return linears
     i = arch.intermediate_size
     if arch.mlp_kind == "gated":
@@ -74,6 +76,8 @@ def expert_params_per_layer(arch: ModelArch) -> int:
     if arch.moe is None:
         return 0
     per_expert = 3 * arch.hidden_size * arch.moe.expert_intermediate_size
+    if arch.moe.expert_bias:  # gpt-oss: gate_up_proj_bias (2 ie) and down_proj_bias (h) per expert
+        per_expert += 2 * arch.moe.expert_intermediate_size + arch.hidden_size
     return (arch.moe.num_experts + arch.moe.shared_experts) * per_expert
 
 
@@ -109,6 +113,7 @@ def count_params(arch: ModelArch) -> ParamCounts:
             mlp += spec.params
     mlp += expert_params_per_layer(arch)
     norms_per_layer = arch.norms_per_layer * h + (2 * arch.head_dim if arch.qk_norm else 0)
+    norms_per_layer += arch.num_heads if arch.attention_sinks else 0  # gpt-oss: one sink logit per head
     embedding = arch.vocab_size * h
     return ParamCounts(
         embedding=embedding,
