@@ -51,6 +51,10 @@ def _quantization(ctx: ExportContext) -> str:
                 f"bnb_4bit_use_double_quant={cfg.double_quant}, bnb_4bit_compute_dtype=torch.{ctx.dtype}{storage})")
     if cfg.method == "lora8bit":
         return "BitsAndBytesConfig(load_in_8bit=True)"
+    if ctx.arch.checkpoint_quant == "mxfp4":
+        # gpt-oss ships MXFP4 experts, which transformers cannot train (Mxfp4HfQuantizer.is_trainable): load them
+        # dequantized to bf16, which is what the estimate counts
+        return '__import__("transformers").Mxfp4Config(dequantize=True)  # MXFP4 experts loaded as bf16 (trainable)'
     return "None"
 
 

@@ -369,6 +369,10 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
     if arch.checkpoint_quant == "mxfp4":
         notes.append("the checkpoint's MXFP4 experts are dequantized to bf16 for training (transformers' Mxfp4HfQuantizer "
                      "is not trainable; load with Mxfp4Config(dequantize=True)): counted as 16-bit")
+        if cfg.method in ("qlora", "lora8bit"):
+            notes.append("transformers refuses a BitsAndBytesConfig on the MXFP4 checkpoint (quantizers/auto.py "
+                         "merge_quantization_configs): load a bf16 copy; bitsandbytes then quantizes only the "
+                         "attention Linears, so this saves little over LoRA")
     if cfg.method == "lora8bit":
         notes.append("8-bit base (LLM.int8): weights exact, activations modelled like QLoRA; not checked by the oracle")
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):
