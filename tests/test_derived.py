@@ -143,3 +143,13 @@ def test_cli_estimate_of_a_derived_config_keeps_torch_out_of_the_parent(tmp_path
     assert proc.stderr.endswith("CLEAN"), proc.stderr[-500:]
     assert any("derived estimate" in note for note in doc["notes"])
     assert resolve_model(str(path)).derived_from
+
+
+def test_a_refusal_is_cached_like_the_shapes(monkeypatch):
+    """A layout transformers builds but the model refuses is answered from the cache the second time."""
+    config = {"model_type": "gpt2", "n_layer": 3}
+    with pytest.raises(ModelConfigError):
+        arch_from_config(config, name="gpt2")
+    monkeypatch.setattr(derive, "_run_child", lambda *a: pytest.fail("derived again"))
+    with pytest.raises(ModelConfigError, match="layout"):
+        arch_from_config(config, name="gpt2")

@@ -30,6 +30,7 @@ from ..bounded import shown
 from ..errors import ModelConfigError
 from .arch import ModelArch
 
+CACHE_FORMAT = 2  # bump when advisor/verify/derive.py reports other fields
 DERIVE_TIMEOUT_S = 300  # building a 400B model on the meta device takes well under a minute
 _MODEL_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ATTENTION = ({"q_proj", "k_proj", "v_proj", "o_proj"}, {"qkv_proj", "o_proj"})
@@ -72,17 +73,33 @@ def _cache_file(original: dict[str, Any]):
         version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
         return None
-    key = hashlib.sha256((version + json.dumps(original, sort_keys=True)).encode()).hexdigest()[:32]
+    # the child's report format, the transformers version and the config decide the answer
+    key = hashlib.sha256((f"{CACHE_FORMAT}:{version}:" + json.dumps(original, sort_keys=True)).encode()).hexdigest()[:32]
     return folder / "derived" / f"{key}.json"
 
 
 def _shapes(original: dict[str, Any], source: str) -> dict[str, Any]:
+    """The child's answer, from the cache when this config was derived before (a refusal is cached too: it
+    is as much an answer of this transformers version as the shapes are)."""
     cached = _cache_file(original)
+    answer = None
     if cached is not None and cached.is_file():
         try:
-            return json.loads(cached.read_text(encoding="utf-8"))["shapes"]
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry: derive again
+            answer = json.loads(cached.read_text(encoding="utf-8"))
+            if not isinstance(answer, dict) or not ("shapes" in answer or "error" in answer):
+                answer = None
+        except (OSError, ValueError):
+            answer = None  # a damaged cache entry: derive again
+    if answer is None:
+        answer = _run_child(original, source)
+        if cached is not None:
+            _store(cached, json.dumps(answer))
+    if "error" in answer:
+        raise ModelConfigError(f"{source}: {answer['error']}", answer.get("hint", ""), value=source)
+    return answer["shapes"]
+
+
+def _run_child(original: dict[str, Any], source: str) -> dict[str, Any]:
     try:
         proc = subprocess.run([sys.executable, "-m", "advisor.verify.derive"], input=json.dumps(original),
                               capture_output=True, text=True, timeout=DERIVE_TIMEOUT_S)
@@ -96,11 +113,9 @@ def _shapes(original: dict[str, Any], source: str) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelConfigError(f"{source}: deriving the model's shapes failed: {tail[:300]}",
                                "check that torch and transformers import cleanly", value=source) from None
-    if "error" in answer:
-        raise ModelConfigError(f"{source}: {answer['error']}", answer.get("hint", ""), value=source)
-    if cached is not None:
-        _store(cached, json.dumps(answer))
-    return answer["shapes"]
+    if not isinstance(answer, dict) or not ("shapes" in answer or "error" in answer):
+        raise ModelConfigError(f"{source}: deriving the model's shapes gave no answer", "report this", value=source)
+    return answer
 
 
 def _store(path, text: str) -> None:
@@ -217,7 +232,7 @@ def _arch(shapes: dict[str, Any], original: dict[str, Any], name: str, source: s
         raise _NotDecoderLayout("its layers hold fewer norm weights than a pre-norm decoder layer")
     layer_types = tuple(text["layer_types"]) if isinstance(text.get("layer_types"), list) else None
     sliding = text.get("sliding_window") if layer_types is None or "sliding_attention" in layer_types else None
-    generic = _generic_parts(others, norm_widths, qk_norm, hidden, head_dim, layer_types, shapes)
+    generic = _generic_parts(others, norm_widths, qk_norm, hidden, head_dim, layer_types, shapes, original)
     outside = sum(_numel(s) for s in shapes["outside"].values())
     extra_outside = outside - hidden + (vocab if shapes.get("lm_head_bias") else 0)
     arch = ModelArch(
@@ -256,7 +271,7 @@ def _numel(shape: list[int]) -> int:
 
 
 def _generic_parts(others: dict, norm_widths: dict, qk_norm: bool, hidden: int, head_dim: int,
-                   layer_types: tuple | None, shapes: dict) -> list[str]:
+                   layer_types: tuple | None, shapes: dict, original: dict) -> list[str]:
     parts = ["activations use the generic decoder-layer terms (norm placement as in Llama)"]
     if qk_norm and any(w != head_dim for n, w in norm_widths.items() if _is_qk_norm(n)):
         parts.append("full-width q/k norms counted as per-head norms in the activations")
@@ -265,6 +280,10 @@ def _generic_parts(others: dict, norm_widths: dict, qk_norm: bool, hidden: int, 
         parts.append("other layer tensors counted as weights only (" + ", ".join(rest)[:120] + ")")
     if layer_types and len(set(layer_types)) > 1:
         parts.append("sliding and full attention layers share one mask model")
+    quant = original.get("quantization_config")
+    if isinstance(quant, dict):
+        parts.append(f"the checkpoint's {shown(quant.get('quant_method'))} quantization is not modelled "
+                     "(weights counted in the training precision)")
     if shapes["outside"] and sum(_numel(s) for s in shapes["outside"].values()) > hidden:
         parts.append("tensors outside the layers beyond the final norm counted as frozen weights, no activations")
     return parts

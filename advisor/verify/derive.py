@@ -41,7 +41,7 @@ def _layer_report(layer) -> dict:
 
 def shapes(config: dict) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     model_type = config.get("model_type")
     try:
@@ -50,12 +50,16 @@ def shapes(config: dict) -> dict:
         raise LookupError(f"transformers does not know model_type {model_type!r} ({exc})") from None
     text = hf_cfg.get_text_config()
     num_layers = text.num_hidden_layers
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_cfg)
-    except ValueError as exc:
-        raise LookupError(f"transformers has no causal LM for model_type {model_type!r} "
-                          f"({str(exc).splitlines()[0][:200]})") from None
+    model = None
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):  # a VLM may only have the second
+        try:
+            with torch.device("meta"):
+                model = auto.from_config(hf_cfg)
+            break
+        except ValueError as exc:
+            reason = str(exc).splitlines()[0][:200]
+    if model is None:
+        raise LookupError(f"transformers has no causal LM for model_type {model_type!r} ({reason})")
     where, layers = _decoder_layers(model, num_layers)
     if layers is None:
         raise LookupError(f"no list of {num_layers} decoder layers in {type(model).__name__}")
