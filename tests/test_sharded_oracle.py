@@ -127,3 +127,26 @@ def test_every_phase_peak_of_a_rank_within_three_percent(name, layers, update, s
         assert abs(predicted - measured) / measured <= TOLERANCE, (
             f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB "
             f"(peak at {oracle.peak_ops[phase]})")
+
+
+@pytest.mark.parametrize("settings", [dict(method="lora", seq_len=512, gpus=2),
+                                      dict(method="full", seq_len=512, gpus=2),
+                                      dict(method="lora", seq_len=1024, gpus=4, grad_ckpt=True)])
+def test_gemma3_rank_within_three_percent(settings):
+    """Gemma 3 from its own config file (issue 13): the frozen vision tower is sharded with the rest and, on a text
+    batch, never gathered."""
+    from pathlib import Path
+
+    from advisor.memory import estimate
+    from advisor.verify.dryrun import PHASES
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / "gemma-3-4b-it" / "config.json"
+    arch = resolve_model(str(path)).model_copy(update={"num_layers": 2})
+    cfg = TrainConfig(fsdp=True, **settings)
+    oracle = run_sharded_dry(arch, cfg, layout="accelerate")
+    est = estimate(arch, cfg)
+    assert oracle.trainable_params == est.trainable_params
+    for phase in PHASES:
+        measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
+        assert abs(predicted - measured) / measured <= TOLERANCE, (
+            f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")

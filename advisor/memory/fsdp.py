@@ -25,11 +25,11 @@ optimizer states follow the unpadded local rows, which are the full ceil rows on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from ..models.arch import ModelArch
-from ..models.params import layer_linears
+from ..models.params import count_params, layer_linears
 from .config import TrainConfig
 from .states import DTYPE_BYTES, rounded
 from .targets import lora_linears
@@ -163,6 +163,11 @@ def _fsdp_terms(arch: ModelArch, cfg: TrainConfig) -> FsdpTerms:
     head = [] if tied else [t(vocab, vocab * h, full)] + ([t(vocab, vocab * h, True)] if copy else [])
     root = norm if peft else []  # _find_final_norm finds no norm on a PeftModel: it stays with the root
     root = root + ([t(arch.extra_params, arch.extra_params, full)] if arch.extra_params else [])  # derived: as one
+    # a VLM's frozen tower and projector: sharded like the rest, gathered only while the tower runs (accelerate
+    # wraps each SiglipEncoderLayer as a unit, _no_split_modules), so a text batch never gathers them; with images
+    # one tower layer (~15 M params) is gathered at a time, left out.  Checked by the sharded oracle (text batch).
+    tower = count_params(arch).vision
+    vision = _unit([t(tower, tower, False)], n, None, None).sharded if tower else 0
     tail = ([] if peft else norm) + (embed if tied else head)
     pbytes = wbytes if mixed else None
 
@@ -170,7 +175,10 @@ def _fsdp_terms(arch: ModelArch, cfg: TrainConfig) -> FsdpTerms:
         return _unit(tensors, n, pbytes, pbytes) if tensors else _EMPTY
 
     embed_grad = rounded(vocab * h * (pbytes or train_bytes)) if full or copy else 0
-    return FsdpTerms(n, arch.num_layers, unit(root), None if tied else unit(embed), unit(tail), unit(layer),
+    root_unit = unit(root)
+    if vision:
+        root_unit = replace(root_unit, sharded=root_unit.sharded + vision)
+    return FsdpTerms(n, arch.num_layers, root_unit, None if tied else unit(embed), unit(tail), unit(layer),
                      mixed, tied, embed_grad)
 
 
