@@ -72,3 +72,36 @@ def test_qwen3_moe_defaults_follow_the_config_class():
 def test_qwen3_moe_refuses_what_it_does_not_model(key, value):
     with pytest.raises(ModelConfigError):
         arch_from_config({**_config("Qwen3-30B-A3B"), key: value}, name="x")
+
+
+def test_gpt_oss_defaults_follow_the_config_class():
+    """Keys left out mean what GptOssConfig makes of them: 128 experts, alternating layer types from sliding."""
+    cfg = {k: v for k, v in _config("gpt-oss-20b").items() if k not in ("num_local_experts", "layer_types", "head_dim")}
+    arch = arch_from_config(cfg, name="x")
+    hf = transformers.AutoConfig.for_model(**cfg)
+    assert arch.moe.num_experts == hf.num_local_experts == 128
+    assert list(arch.layer_types) == hf.layer_types
+    assert arch.head_dim == hf.head_dim == 64
+    assert count_params(arch).total == sum(p.numel() for p in _meta_model(cfg).parameters())
+
+
+@pytest.mark.parametrize("key,value", [("num_local_experts", 1), ("num_experts_per_tok", 64), ("swiglu_limit", -1),
+                                       ("layer_types", ["full_attention"]), ("layer_types", "sliding"),
+                                       ("quantization_config", {"quant_method": "gptq"}), ("head_dim", 0)])
+def test_gpt_oss_refuses_what_it_does_not_model(key, value):
+    with pytest.raises(ModelConfigError):
+        arch_from_config({**_config("gpt-oss-20b"), key: value}, name="x")
+
+
+def test_gpt_oss_all_linear_is_attention_only_and_sdpa_is_refused():
+    from advisor.errors import UsageError
+    from advisor.memory import estimate
+    from advisor.memory.targets import lora_linears
+
+    arch = arch_from_config(_config("gpt-oss-20b"), name="gpt-oss-20b")
+    names = {s.name for s in lora_linears(arch, TrainConfig(method="lora", targets=("all-linear",)))}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    with pytest.raises(UsageError):
+        estimate(arch, TrainConfig(method="lora", attn="sdpa"))
+    notes = " ".join(estimate(arch, TrainConfig(method="lora")).notes)
+    assert "MXFP4" in notes and "eager" in notes

@@ -40,11 +40,18 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     cfg = {**DEFAULTS, **{k: v for k, v in text.items() if v is not None}}
     if text.get("sliding_window", 0) is None:
         cfg["sliding_window"] = None
+    if "head_dim" in text and text["head_dim"] is None:  # GptOssConfig.__post_init__: hidden_size // heads
+        cfg["head_dim"] = None
     _check_fields({k: v for k, v in cfg.items() if k not in ("num_local_experts", "num_experts_per_tok")}, source,
                   "gpt_oss")
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = cfg["num_key_value_heads"] or heads
+    if cfg["head_dim"] is None:
+        if hidden % heads:
+            raise ModelConfigError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
+                                   f"without head_dim gpt-oss splits the hidden size over the heads; {_HINT}", value=source)
+        cfg["head_dim"] = hidden // heads
     if kv_heads > heads or heads % kv_heads:
         raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
                                _HINT, value=source)
