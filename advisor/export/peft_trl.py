@@ -217,8 +217,15 @@ def load_model(source, random_init):
     """The model to train: from a checkpoint, or (--random-init) built from its config with random weights."""
     kwargs = {{"dtype": DTYPE, "attn_implementation": ATTENTION}}
     if random_init:
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), **kwargs)
-    return AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization_config(), **kwargs)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization_config(), **kwargs)
+    # a vision-language model: the plan trains its language model; the vision tower and projector stay frozen
+    for name in ("vision_tower", "multi_modal_projector"):
+        part = getattr(getattr(model, "model", model), name, None)
+        if part is not None:
+            part.requires_grad_(False)
+    return model
 
 
 def synthetic_dataset(vocab_size, rows):
@@ -285,7 +292,7 @@ def main(argv=None):
         model = load_model(args.model, args.random_init)
         if args.synthetic:
             rows = max_steps * MICRO_BATCH * GRAD_ACCUM * training.world_size
-            data, tokenizer = synthetic_dataset(model.config.vocab_size, rows), stand_in_tokenizer()
+            data, tokenizer = synthetic_dataset(model.config.get_text_config().vocab_size, rows), stand_in_tokenizer()
         else:
             data, tokenizer = load_training_data(args.dataset), AutoTokenizer.from_pretrained(args.model)
     except OSError as exc:  # a missing file, a wrong hub id, no network
