@@ -85,9 +85,28 @@ def moe_matrix() -> list[tuple[str, TrainConfig, dict]]:
     return out
 
 
+def vlm_matrix() -> list[tuple[str, TrainConfig, dict]]:
+    """Gemma 3 from its own config files (issue 13): the 27B as a text model (sliding and global layers, SDPA past
+    the window), the 4B with 896 px images (the frozen SigLIP tower; with checkpointing, its backward), six layers
+    (five sliding, one global) at real widths."""
+    g27, g4 = str(GEMMA3 / "gemma-3-27b-it" / "config.json"), str(GEMMA3 / "gemma-3-4b-it" / "config.json")
+    out = []
+    for method, ckpt, seq in itertools.product(("lora", "full"), (False, True), (1024, 4096)):
+        out.append((g27, TrainConfig(method=method, seq_len=seq, grad_ckpt=ckpt, optimizer="sgd"), dict(num_layers=6)))
+    for images, ckpt in itertools.product((1, 4), (False, True)):
+        out.append((g4, TrainConfig(method="lora", seq_len=2048, image_size=896, images_per_sample=images,
+                                    grad_ckpt=ckpt), dict(num_layers=6)))
+    out.append((g4, TrainConfig(method="full", seq_len=2048, image_size=896, grad_ckpt=True), dict(num_layers=6)))
+    return out
+
+
+GEMMA3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
+
+
 def describe(cfg: TrainConfig) -> str:
     targets = "" if cfg.method == "full" else f" r{cfg.rank} {','.join(cfg.targets)}"
-    return f"{cfg.method}{targets}{' ckpt' if cfg.grad_ckpt else ''} s{cfg.seq_len} b{cfg.micro_batch}"
+    images = f" {cfg.images_per_sample or 1}img" if cfg.has_images else ""
+    return f"{cfg.method}{targets}{' ckpt' if cfg.grad_ckpt else ''} s{cfg.seq_len} b{cfg.micro_batch}{images}"
 
 
 def main() -> int:
@@ -95,6 +114,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one shape per (model, method, ckpt)")
     parser.add_argument("--stress", action="store_true", help="tiny vocabulary, 3 layers: in-layer transients decide")
     parser.add_argument("--moe", action="store_true", help="Mixtral shapes with 2-4 layers (LoRA on fused experts)")
+    parser.add_argument("--vlm", action="store_true", help="Gemma 3 27B (text) and 4B with images, 6 layers")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")
     args = parser.parse_args()
 
@@ -107,10 +127,13 @@ def main() -> int:
         cases = stress_matrix()
     elif args.moe:
         cases = moe_matrix()
+    elif args.vlm:
+        cases = vlm_matrix()
     else:
         cases = [(m, c, {}) for m, c in matrix(args.quick)]
     for model, cfg, shape in cases:
         arch = resolve_model(model).model_copy(update=shape)
+        model = arch.name if model.endswith("config.json") else model  # a config file: its directory's name
         if shape:
             model = f"{model} h{arch.hidden_size} i{arch.intermediate_size} L{arch.num_layers} V{arch.vocab_size}"
         oracle = run_dry(arch, cfg)
@@ -131,7 +154,7 @@ def main() -> int:
                f"max |error| {max(errors):.2f} % (target: median <= 1 %, max <= 3 %); "
                f"{time.perf_counter() - started:.0f} s")
     print(summary)
-    kind = "stress" if args.stress else "moe" if args.moe else "accuracy"
+    kind = "stress" if args.stress else "moe" if args.moe else "vlm" if args.vlm else "accuracy"
     import peft
     import torch
     import transformers
