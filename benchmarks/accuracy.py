@@ -73,8 +73,8 @@ def stress_matrix() -> list[tuple[str, TrainConfig, dict]]:
 
 
 def moe_matrix() -> list[tuple[str, TrainConfig, dict]]:
-    """Mixtral (fused expert tensors, which PEFT adapts through a parametrization under all-linear) at its
-    real widths with 2-4 layers: LoRA / QLoRA, experts adapted or not, checkpointing on and off.  SGD keeps
+    """Mixtral, Qwen3-MoE and gpt-oss (fused expert tensors, which PEFT adapts through a parametrization under
+    all-linear for the first two) at their real widths with 2-4 layers: LoRA / QLoRA, experts adapted or not, checkpointing on and off.  SGD keeps
     the optimizer phase small, so the forward and backward peaks decide."""
     out = []
     methods = [dict(method="lora", targets=("all-linear",)), dict(method="lora", targets=("attention",)),
@@ -82,6 +82,14 @@ def moe_matrix() -> list[tuple[str, TrainConfig, dict]]:
     for layers, method, ckpt, seq in itertools.product((2, 4), methods, (False, True), (256, 2048)):
         out.append(("mixtral-8x7b-v0.1", TrainConfig(seq_len=seq, grad_ckpt=ckpt, optimizer="sgd", **method),
                     dict(num_layers=layers)))
+    # Qwen3-MoE: 128 experts, PEFT's all-linear adapts the experts and the router (a 16-bit merged expert stack
+    # per layer); gpt-oss: eager attention with sinks, clamped SwiGLU experts with biases, all-linear = attention
+    for method, ckpt, seq in itertools.product(methods, (False, True), (256, 2048)):
+        out.append(("qwen3-30b-a3b", TrainConfig(seq_len=seq, grad_ckpt=ckpt, optimizer="sgd", **method),
+                    dict(num_layers=2)))
+    for method, ckpt, seq in itertools.product(methods + [dict(method="full")], (False, True), (512, 2048)):
+        out.append(("gpt-oss-20b", TrainConfig(seq_len=seq, grad_ckpt=ckpt, optimizer="sgd", **method),
+                    dict(num_layers=2)))
     return out
 
 
@@ -113,7 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape per (model, method, ckpt)")
     parser.add_argument("--stress", action="store_true", help="tiny vocabulary, 3 layers: in-layer transients decide")
-    parser.add_argument("--moe", action="store_true", help="Mixtral shapes with 2-4 layers (LoRA on fused experts)")
+    parser.add_argument("--moe", action="store_true", help="Mixtral, Qwen3-MoE, gpt-oss shapes with 2-4 layers (LoRA on fused experts)")
     parser.add_argument("--vlm", action="store_true", help="Gemma 3 27B (text) and 4B with images, 6 layers")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")
     args = parser.parse_args()

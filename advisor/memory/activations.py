@@ -379,6 +379,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
     mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
+    if arch.moe is not None:  # the experts run T x k rows: the grads of act, up and their product are that tall
+        mul_bwd *= arch.moe.experts_per_token
     down_lora_bwd = T * (a * i + ad * i + ad * h) if "down_proj" in lora else 0
     down_q_bwd = dequant + T * a * i if quantized else 0
     # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
