@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from .errors import AdvisorError, NoFitError, UsageError
 from .hardware import Hardware
-from .memory.config import Method, TrainConfig
+from .memory.config import PREQUANTIZED, Method, TrainConfig
 from .models.arch import ModelArch
 from .units import GiB
 
@@ -695,6 +695,12 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
     if runner not in VERIFY_RUNNERS:
         raise UsageError(f"unknown runner {runner!r}", "job (the exported train.py) or step (the bare step)",
                          field="runner", value=runner)
+    if sel.cfg.method == "qlora" and sel.cfg.quant_type in PREQUANTIZED:
+        # the run builds its 4-bit base with bitsandbytes; a GPTQ/AWQ base is a checkpoint with its own kernels
+        raise UsageError(f"the verification run cannot build a {sel.cfg.quant_type.upper()} base (it quantizes with "
+                         "bitsandbytes; GPTQ/AWQ need their checkpoint and kernels)",
+                         "verify the bitsandbytes QLoRA of the same setup (quant nf4) instead",
+                         field="quant_type", value=sel.cfg.quant_type)
     if mode == "cuda" and runner == "job":
         import tempfile
 

@@ -14,7 +14,7 @@ def _describe(cfg: TrainConfig) -> str:
     if cfg.uses_adapters:
         parts.append(f"r{cfg.rank} {','.join(cfg.targets)}")
     if cfg.method == "qlora":
-        parts.append(cfg.quant_type + ("+dq" if cfg.double_quant else ""))
+        parts.append(cfg.quant_type + ("+dq" if cfg.double_quant and cfg.quant_type in ("nf4", "fp4") else ""))
     parts += [cfg.precision, f"seq {cfg.seq_len} x micro batch {cfg.micro_batch}", cfg.optimizer]
     if cfg.grad_ckpt:
         parts.append("grad ckpt")

@@ -11,7 +11,9 @@ Precision = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"]
 Attention = Literal["auto", "sdpa", "flash", "eager"]
 Offload = Literal["none", "optimizer", "params"]
-QuantType = Literal["nf4", "fp4"]
+QuantType = Literal["nf4", "fp4", "gptq", "awq"]
+# 4-bit bases that come pre-quantized in the checkpoint (GPTQ, AWQ) rather than quantized by bitsandbytes on load
+PREQUANTIZED = ("gptq", "awq")
 LossKind = Literal["standard", "chunked"]
 # The training stack that runs the job: what it allocates beyond the step differs.  transformers = the HF
 # Trainer (+ PEFT), which axolotl and LLaMA-Factory sit on; trl = TRL's SFTTrainer, whose loss is its fused
@@ -37,7 +39,8 @@ class TrainConfig(BaseModel):
     alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False, description="LoRA alpha; 2r when not given.")
     targets: tuple[str, ...] = Field(("all-linear",), description="LoRA target modules: a preset (all-linear, attention, q,v) or HF module names.")
     train_embeddings: bool = Field(False, description="Also train embed_tokens and lm_head in full (PEFT modules_to_save).")
-    quant_type: QuantType = Field("nf4", description="QLoRA 4-bit data type.")
+    quant_type: QuantType = Field("nf4", description="QLoRA 4-bit base: bitsandbytes nf4 / fp4 (quantized on load), "
+                                  "or a pre-quantized GPTQ / AWQ checkpoint (4-bit, group size 128).")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     seq_len: int = Field(2048, gt=0, le=1 << 24, description="Tokens per sequence.")
     micro_batch: int = Field(1, gt=0, le=1 << 16, description="Sequences per forward pass on each GPU.")
@@ -76,6 +79,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> "TrainConfig":
         if self.fsdp and self.zero:
             raise ValueError("--fsdp and --zero are two sharding engines; pick one")
+        if self.quant_type in PREQUANTIZED and self.method != "qlora":
+            raise ValueError(f"--quant {self.quant_type} is a 4-bit base: it goes with --method qlora")
         if self.offload == "params" and not (self.zero == 3 or self.fsdp):
             raise ValueError("--offload params needs --zero 3 or --fsdp (only sharded params can live on the CPU)")
         if self.fsdp and self.offload == "optimizer":

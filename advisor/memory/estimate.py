@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
-from .config import TrainConfig
+from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
 from .overheads import device_range, overheads, unchecked_part
 from .result import Component, MemoryEstimate, PhasePeaks
@@ -373,6 +373,11 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
             notes.append("transformers refuses a BitsAndBytesConfig on the MXFP4 checkpoint (quantizers/auto.py "
                          "merge_quantization_configs): load a bf16 copy; bitsandbytes then quantizes only the "
                          "attention Linears, so this saves little over LoRA")
+    if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
+        notes.append(f"{cfg.quant_type.upper()} base: packed 4-bit weights, int32 zeros and fp16 scales per 128-group "
+                     "as the checkpoint stores them (exact); the kernel's dequantized weight is modelled like "
+                     "bitsandbytes' (one 16-bit weight at a time); GPTQ/AWQ kernels compute in fp16 and are not traced "
+                     "by the oracle")
     if cfg.method == "lora8bit":
         notes.append("8-bit base (LLM.int8): weights exact, activations modelled like QLoRA; not checked by the oracle")
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):

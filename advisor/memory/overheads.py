@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..units import MiB
+from .config import PREQUANTIZED
 
 # cuBLAS keeps one workspace per (handle, stream): 8.125 MiB before Hopper, 32 MiB on Hopper (sm_90+);
 # a training step uses two streams (the forward thread and autograd's backward thread).
@@ -120,6 +121,8 @@ def unchecked_part(cfg, arch=None) -> str | None:
     # FSDP2 (accelerate's wrap) is traced by the sharded oracle (advisor/verify/sharded.py)
     if cfg.method == "lora8bit":
         return "the LLM.int8 base"
+    if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
+        return f"the {cfg.quant_type.upper()} kernels"
     if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit", "adafactor"):
         return f"the {cfg.optimizer} step"
     return None

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from ..models.arch import ModelArch
 from ..models.params import count_params, layer_linears, vision_tensor_numels
-from .config import TrainConfig
+from .config import PREQUANTIZED, TrainConfig
 from .targets import lora_linears
 
 ALLOC_ROUND = 512  # every CUDA allocation is a multiple of 512 B
@@ -44,6 +44,24 @@ def _quant4_bytes(n: int, double_quant: bool) -> int:
     if double_quant:
         return packed + rounded(blocks) + rounded(4 * -(-blocks // 256)) + rounded(256 * 4)
     return packed + rounded(4 * blocks)
+
+
+GPTQ_AWQ_GROUP = 128  # the group size of nearly every published GPTQ / AWQ 4-bit checkpoint
+
+
+def _prequantized_bytes(in_features: int, out_features: int, kind: str) -> int:
+    """One Linear of a pre-quantized 4-bit checkpoint, as its loader allocates it (bits 4, group 128).
+
+    GPTQ (AutoGPTQ nn_modules/qlinear/qlinear_cuda_old.py QuantLinear.__init__, the layout every GPTQ kernel
+    reads): qweight int32 (in / 8, out), qzeros int32 (ceil(in / g), out / 8), scales fp16 (ceil(in / g), out),
+    g_idx int32 (in).  AWQ (AutoAWQ WQLinear_GEMM): qweight int32 (in, out / 8), qzeros int32 (in / g, out / 8),
+    scales fp16 (in / g, out); no g_idx.  A bias stays fp16 (counted with the 16-bit tensors)."""
+    groups = -(-in_features // GPTQ_AWQ_GROUP)
+    packed = rounded(in_features * out_features // 2)
+    zeros = rounded(groups * (out_features // 8) * 4)
+    scales = rounded(groups * out_features * 2)
+    g_idx = rounded(4 * in_features) if kind == "gptq" else 0
+    return packed + zeros + scales + g_idx
 
 
 def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
@@ -147,7 +165,13 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         # PEFT modules_to_save keeps the original frozen module and trains a copy of it.
         embed_like = [counts.embedding] + ([counts.lm_head] if counts.lm_head else [])
         copies, copy_params = stored(embed_like), sum(embed_like)
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
+        # the checkpoint quantized every decoder-layer Linear (MoE routers and fused experts aside, as for
+        # bitsandbytes); the vision tower of a VLM is left 16-bit by GPTQ/AWQ tooling (its modules_to_not_convert)
+        quantized = L * sum(spec.per_layer * _prequantized_bytes(spec.in_features, spec.out_features, cfg.quant_type)
+                            for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
+        frozen = stored(outside) + L * stored(in_layer) + stored(vision_linear)
+    elif cfg.method == "qlora":
         quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
         quantized += sum(_quant4_bytes(n, cfg.double_quant) for n in vision_linear)
         frozen = stored(outside) + L * stored(in_layer)
