@@ -14,7 +14,6 @@ app the input field.  Nothing here imports textual, rich or torch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType

@@ -18,9 +18,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..atomic import write_text_atomic
 
 FORMAT = 2  # 2: packs are cached only after the expression checks (no regexes, builtins, division)
 MAX_CACHE_BYTES = 8 << 20  # one pack's entry; a larger file is not ours: ignored (and replaced)
@@ -101,18 +102,10 @@ def write(text: str, source: str, entries: list[dict[str, Any]]) -> None:
         path = _path(source)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"format": FORMAT, "key": _key(text, source), "source": source, "rules": entries})
         if len(payload) > MAX_CACHE_BYTES:
             return  # larger than any pack we would read back
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, payload, prefix=".rules-")
         prune(path.parent, keep=path)
     except (OSError, TypeError, ValueError, RecursionError):
         pass

@@ -134,5 +134,5 @@ def _deepspeed_mixed_precision(cfg: TrainConfig, pb: ParamBytes, opt: OptimizerB
     scale = 4 / pb.trainable_dtype_bytes if fp32_states else 1.0
     states = int(opt.states * scale) // n + master
     temps = int(opt.step_temporaries * scale) // n + 4 * tp // n
-    return params, grads, states, temps, (f"; DeepSpeed mixed precision: 16-bit module, fp32 master + fp32 optimizer "
-                                          f"states per rank, fp32 grad partition in the step")
+    return params, grads, states, temps, ("; DeepSpeed mixed precision: 16-bit module, fp32 master + fp32 optimizer "
+                                          "states per rank, fp32 grad partition in the step")

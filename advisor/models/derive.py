@@ -119,21 +119,11 @@ def _run_child(original: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _store(path, text: str) -> None:
-    """Write the cache entry atomically (a reader never sees half a file); a cache that cannot be written
-    only costs time."""
-    import os
-    import tempfile
+    """Cache an answer (atomically); a cache that cannot be written only costs time."""
+    from ..atomic import write_text_atomic
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".derived-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text_atomic(path, text, prefix=".derived-")
     except OSError:
         pass
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..atomic import write_text_atomic
 
 STORE_NAME = "calibration.json"
 MAX_STORE_BYTES = 16 << 20  # ~40,000 points; a larger file is not ours: reported and ignored
@@ -77,16 +78,8 @@ def save_point(point: CalibrationPoint, path: Path | None = None) -> Path | None
         return None
     points, problem = load_points(path)
     points = sorted([*points, point], key=lambda p: p.measured_at)[-MAX_POINTS:]
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"schema_version": 1, "points": [p.model_dump() for p in points]}, indent=2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, payload, prefix=".calibration-")
     return path
 
 
