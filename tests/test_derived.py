@@ -153,3 +153,15 @@ def test_a_refusal_is_cached_like_the_shapes(monkeypatch):
     monkeypatch.setattr(derive, "_run_child", lambda *a: pytest.fail("derived again"))
     with pytest.raises(ModelConfigError, match="layout"):
         arch_from_config(config, name="gpt2")
+
+
+def test_a_child_that_takes_too_long_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(derive, "DERIVE_TIMEOUT_S", 0.01)
+    with pytest.raises(ModelConfigError, match="meta device took over"):
+        arch_from_config({"model_type": "helium", "num_hidden_layers": 5}, name="slow")
+
+
+def test_out_of_range_fields_are_refused_before_transformers_sees_them(monkeypatch):
+    monkeypatch.setattr(derive, "_shapes", lambda *a: pytest.fail("must not start transformers"))
+    with pytest.raises(ModelConfigError, match="num_hidden_layers"):
+        arch_from_config({"model_type": "helium", "num_hidden_layers": 10**6}, name="huge")

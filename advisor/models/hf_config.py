@@ -116,6 +116,8 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) 
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         from .derive import derived_arch
 
+        if isinstance(model_type, str):
+            _check_fields(cfg, source, model_type)  # no 10^6 layers reach transformers
         return derived_arch(original, model_type, name, source)  # built by transformers, or refused
     _check_fields(cfg, source, model_type)
     hidden = _req(cfg, "hidden_size", source)
