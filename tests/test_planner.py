@@ -252,3 +252,12 @@ def test_unknown_host_ram_never_plans_an_offload_beyond_a_large_server():
     assert all(est.host_ram_bytes <= 2048 * 2**30 for est in chosen)
     refused = [r for r in plan.rejected if "--host-ram" in r.reason]
     assert refused and all(r.reason.startswith("offload needs") for r in refused)
+
+
+def test_moe_adapters_under_zero3_carry_the_unverified_warning():
+    plan, _ = plan_for("qwen3-30b-a3b", "rtx4090", seq_len=2048)
+    cfg = plan.chosen.config
+    warned = any("MoE adapters under DeepSpeed ZeRO-3" in w for w in plan.warnings)
+    assert warned == (cfg.zero == 3 and cfg.method != "full")
+    dense, _ = plan_for("llama-3.1-8b", "rtx4090", seq_len=2048)
+    assert not any("MoE adapters" in w for w in dense.warnings)
