@@ -57,6 +57,20 @@ def test_a_model_type_that_is_no_identifier_is_refused_without_building_anything
         arch_from_config({**HELIUM, "model_type": "llama" * 1000}, name="x")
 
 
+def test_dropout_turned_on_is_named_and_widens_the_range():
+    """The memory model counts no dropout: a config that trains with it gets a note and an unchecked range."""
+    from advisor.memory import TrainConfig, estimate
+
+    base = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 512, "vocab_size": 1000}
+    plain = estimate(arch_from_config(base, name="x"), TrainConfig())
+    dropped = estimate(arch_from_config({**base, "attention_dropout": 0.1}, name="x"), TrainConfig())
+    assert any("dropout" in note and "attention_dropout 0.1" in note for note in dropped.notes)
+    assert not any("dropout" in note for note in plain.notes)
+    assert "dropout" in dropped.range_basis
+    assert dropped.peak_device_range_bytes[1] - dropped.peak_device_bytes > plain.peak_device_range_bytes[1] - plain.peak_device_bytes
+
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

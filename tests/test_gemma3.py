@@ -3,17 +3,17 @@ memory numbers themselves are checked against the oracle in test_oracle.py / tes
 parameter counts against transformers and PEFT in test_param_counts.py."""
 
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.configs_2026 import config_path  # noqa: E402
 
 from advisor.errors import ModelConfigError, UsageError
 from advisor.memory import TrainConfig, estimate
 from advisor.models import resolve_model
 from advisor.models.hf_config import arch_from_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
-G4B = CONFIGS / "gemma-3-4b-it" / "config.json"
+G4B = config_path("gemma-3-4b-it")
 
 
 def _raw():

@@ -1,10 +1,10 @@
 """Qwen3-MoE and gpt-oss: the readers against transformers' own config classes and modules (built on the meta
 device from the verbatim config.json files, an independent path), and LoRA adapter counts against PEFT."""
 
-import json
-from pathlib import Path
 
 import pytest
+
+from tests.configs_2026 import config  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -15,15 +15,13 @@ from advisor.memory.states import param_bytes  # noqa: E402
 from advisor.models import count_params  # noqa: E402
 from advisor.models.hf_config import arch_from_config, to_hf_config  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
 QWEN3_MOE = ["Qwen3-30B-A3B", "Qwen3-235B-A22B"]
 GPT_OSS = ["gpt-oss-20b", "gpt-oss-120b"]
 
-pytestmark = pytest.mark.skipif(not CONFIGS.is_dir(), reason="the 2026 configs live in ../shared/data")
 
 
 def _config(name):
-    return json.loads((CONFIGS / name / "config.json").read_text())
+    return config(name)
 
 
 def _meta_model(cfg_dict):

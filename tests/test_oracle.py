@@ -5,9 +5,10 @@ Shapes are real model widths and vocabularies with fewer layers, so the matrix r
 The full matrix (48+ configs, 7B shapes, seq 256-8192) is benchmarks/accuracy.py.
 """
 
-from pathlib import Path
 
 import pytest
+
+from tests.configs_2026 import config_path  # noqa: E402
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -64,7 +65,6 @@ def test_every_phase_peak_within_two_percent(name, layers, settings):
 # Newer MoE families, from their verbatim config.json (../shared/data/model-configs-2026): real widths, 128 experts
 # (Qwen3-MoE) with PEFT's LoRA on the fused expert tensors, fewer layers.  The chunked loss keeps the logits small
 # so that the layer terms carry the peak.
-CONFIGS_2026 = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026"
 MOE_2026_CASES = [
     ("Qwen3-30B-A3B", 2, dict(method="qlora", targets=("all-linear",), seq_len=1024, optimizer="sgd")),
     ("Qwen3-30B-A3B", 4, dict(method="qlora", targets=("all-linear",), seq_len=1024, grad_ckpt=True, loss="chunked",
@@ -87,11 +87,10 @@ MOE_2026_CASES = [
 ]
 
 
-@pytest.mark.skipif(not CONFIGS_2026.is_dir(), reason="the 2026 configs live in ../shared/data")
 @pytest.mark.parametrize("config,layers,settings", MOE_2026_CASES,
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(MOE_2026_CASES)])
 def test_2026_moe_phase_peaks_within_two_percent(config, layers, settings):
-    test_every_phase_peak_within_two_percent(str(CONFIGS_2026 / config / "config.json"), layers, settings)
+    test_every_phase_peak_within_two_percent(str(config_path(config)), layers, settings)
 
 
 def test_oracle_sees_what_the_formula_ignores():
@@ -125,9 +124,7 @@ GEMMA3_CASES = [
 @pytest.mark.parametrize("name,layers,settings", GEMMA3_CASES,
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(GEMMA3_CASES)])
 def test_gemma3_every_phase_peak_within_two_percent(name, layers, settings):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / name / "config.json"
+    path = config_path(name)
     arch = resolve_model(str(path)).model_copy(update={"num_layers": layers})
     cfg = TrainConfig(**settings)
     oracle = run_dry(arch, cfg)
@@ -137,3 +134,25 @@ def test_gemma3_every_phase_peak_within_two_percent(name, layers, settings):
         measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
         assert abs(predicted - measured) / measured <= TOLERANCE, (
             f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
+
+
+# Qwen3.5 dense (issue 13): Gated DeltaNet linear-attention layers interleaved with gated full attention (three linear,
+# then one full), from the catalog's verbatim config.json; four layers so both kinds appear.  The oracle runs
+# transformers' torch fallbacks of the chunked gated delta rule and the causal conv1d (no fla kernels on CPU).
+QWEN3_5_CASES = [
+    ("qwen3.5-27b", 4, dict(method="lora", targets=("all-linear",), seq_len=512, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="lora", targets=("all-linear",), seq_len=1024)),
+    ("qwen3.5-9b", 4, dict(method="lora", seq_len=1000, micro_batch=2, loss="chunked", optimizer="sgd")),  # padded chunk
+    ("qwen3.5-9b", 4, dict(method="lora", seq_len=2048, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="qlora", seq_len=1024, optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="lora", targets=("attention",), seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-27b", 4, dict(method="lora", seq_len=1024, attn="eager", loss="chunked", optimizer="sgd")),
+]
+
+
+@pytest.mark.parametrize("name,layers,settings", QWEN3_5_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(QWEN3_5_CASES)])
+def test_qwen3_5_every_phase_peak_within_two_percent(name, layers, settings):
+    test_every_phase_peak_within_two_percent(name, layers, settings)

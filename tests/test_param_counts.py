@@ -3,6 +3,8 @@
 
 import pytest
 
+from tests.configs_2026 import config_path  # noqa: E402
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -82,9 +84,7 @@ GEMMA3 = ["gemma-3-4b-it", "gemma-3-27b-it"]
 
 
 def _gemma3_file(name):
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / name / "config.json"
+    return config_path(name)
 
 
 def _meta_from_dict(cfg_dict):

@@ -10,6 +10,8 @@ so the matrix runs in seconds.
 
 import pytest
 
+from tests.configs_2026 import config_path  # noqa: E402
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -135,12 +137,10 @@ def test_every_phase_peak_of_a_rank_within_three_percent(name, layers, update, s
 def test_gemma3_rank_within_three_percent(settings):
     """Gemma 3 from its own config file (issue 13): the frozen vision tower is sharded with the rest and, on a text
     batch, never gathered."""
-    from pathlib import Path
-
     from advisor.memory import estimate
     from advisor.verify.dryrun import PHASES
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs-2026" / "gemma-3-4b-it" / "config.json"
+    path = config_path("gemma-3-4b-it")
     arch = resolve_model(str(path)).model_copy(update={"num_layers": 2})
     cfg = TrainConfig(fsdp=True, **settings)
     oracle = run_sharded_dry(arch, cfg, layout="accelerate")

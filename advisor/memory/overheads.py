@@ -110,6 +110,8 @@ def unchecked_part(cfg, arch=None) -> str | None:
     """What of a configuration the fake-tensor oracle does not trace (None: it traces all of it)."""
     if arch is not None and arch.derived_from:
         return f"{arch.model_type}'s layers in generic terms"
+    if arch is not None and arch.dropout:
+        return "dropout (" + ", ".join(arch.dropout) + ")"
     if cfg.offload != "none":
         return "CPU offload"
     if cfg.fsdp and cfg.method == "qlora":

@@ -51,6 +51,33 @@ class VisionTower(BaseModel):
         return (self.image_size // self.patch_size) ** 2
 
 
+class LinearAttention(BaseModel):
+    """The Gated DeltaNet token mixer of a hybrid model's linear-attention layers (Qwen3.5:
+    transformers' Qwen3_5GatedDeltaNet): in_proj_qkv / in_proj_z / in_proj_b / in_proj_a, a causal depthwise
+    conv1d over q, k and v, the chunked gated delta rule, a gated RMSNorm per value head, out_proj."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_key_heads: int = Field(gt=0)
+    num_value_heads: int = Field(gt=0)
+    key_head_dim: int = Field(gt=0)
+    value_head_dim: int = Field(gt=0)
+    conv_kernel: int = Field(gt=0, description="Width of the causal depthwise convolution (linear_conv_kernel_dim).")
+    chunk_size: int = Field(64, gt=0, description="Tokens per chunk of the chunked delta rule (torch and fla: 64).")
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.num_value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.key_dim + self.value_dim
+
+
 class ModelArch(BaseModel):
     """Shapes of a causal LM.  Every field is read from, or defaulted like, the model's config.json."""
 
@@ -90,6 +117,11 @@ class ModelArch(BaseModel):
     layer_types: tuple[str, ...] | None = Field(
         None, description="Per-layer attention kind as transformers names it (full_attention, sliding_attention, "
                           "linear_attention), when the family mixes them (Gemma 3, gpt-oss, Qwen3-Next).")
+    linear_attention: LinearAttention | None = Field(
+        None, description="The linear-attention (Gated DeltaNet) mixer of the layers layer_types marks "
+                          "linear_attention (Qwen3.5).")
+    attn_output_gate: bool = Field(False, description="q_proj is twice as wide and its second half gates the attention "
+                                                      "output through a sigmoid (Qwen3.5's full-attention layers).")
     hf_config_json: str | None = Field(
         None, description="The config.json (language model part flattened) that builds this model in transformers, "
                           "kept verbatim for families whose config to_hf_config does not write by hand.")
@@ -99,6 +131,9 @@ class ModelArch(BaseModel):
     extra_params: int = Field(
         0, ge=0, description="Parameters outside the decoder layers beyond embedding, final norm and lm_head "
                              "(derived shapes: a vision tower, an lm_head bias); counted with the norms.")
+    dropout: tuple[str, ...] = Field(
+        (), description="Dropout settings the config.json turns on (\"attention_dropout 0.1\"); the memory model "
+                        "counts no dropout, so an estimate for such a config says so.")
     derived_from: str | None = Field(
         None, description="Set when the shapes were derived by building an unknown model type on the meta device: "
                           "the estimate uses generic per-module terms, which this names.")

@@ -94,6 +94,25 @@ def supported_model_types() -> tuple[str, ...]:
 
 def arch_from_config(cfg: dict[str, Any], name: str, source: str | None = None) -> ModelArch:
     """Read a config.json dict.  ``source`` names the file in error messages."""
+    arch = _read_config(cfg, name, source)
+    dropout = _dropout(cfg)
+    return arch.model_copy(update={"dropout": dropout}) if dropout else arch
+
+
+def _dropout(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The config's dropout settings that are on (``attention_dropout: 0.1``): the memory model counts no
+    dropout, so the estimate says so (their masks add memory while training)."""
+    parts = [cfg] + [cfg[k] for k in ("text_config",) if isinstance(cfg.get(k), dict)]
+    found = []
+    for part in parts:
+        for key, value in part.items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and 0 < value < 1:
+                found.append(f"{key} {value:g}")
+    return tuple(dict.fromkeys(found))
+
+
+def _read_config(cfg: dict[str, Any], name: str, source: str | None = None) -> ModelArch:
     from .families import READERS
 
     source = source or name
