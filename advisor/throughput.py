@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .memory.config import TrainConfig
 from .memory.targets import effective_attention, lora_linears
 from .models.arch import ModelArch
-from .models.params import count_params, layer_linears
+from .models.params import count_params, layer_linears, layer_share
 
 # --- fitted on the training rows of benchmarks/throughput_accuracy.py --fit (four, each with its reason) ---
 GEMM_EFFICIENCY = 0.556  # cuBLAS reaches ~60-75 % of the datasheet's dense peak on large GEMMs; the fit also carries
@@ -163,7 +163,8 @@ def _attention_context(arch: ModelArch, seq_len: int) -> float:
 def active_layer_weights(arch: ModelArch) -> int:
     """Weights one token multiplies with in one decoder layer: every Linear of the layer (attention, the
     router, a dense MLP) and, of a mixture of experts, the shared experts in full and k of the E routed ones."""
-    dense = sum(spec.per_layer * spec.weight_params for spec in layer_linears(arch))
+    dense = sum(spec.per_layer * spec.weight_params * layer_share(arch, spec) for spec in layer_linears(arch))
+    dense = int(dense)
     if arch.moe is None:
         return dense
     per_expert = 3 * arch.hidden_size * arch.moe.expert_intermediate_size
@@ -204,7 +205,7 @@ def flops(arch: ModelArch, cfg: TrainConfig) -> Flops:
     # eager attention multiplies the whole s x s square and masks it afterwards
     context = cfg.seq_len if effective_attention(arch, cfg) == "eager" else _attention_context(arch, cfg.seq_len)
     attention = 4 * arch.q_dim * context
-    adapters = sum(2 * cfg.rank * spec.per_layer * (spec.in_features + spec.out_features)
+    adapters = sum(2 * cfg.rank * spec.per_layer * (spec.in_features + spec.out_features) * layer_share(arch, spec)
                    for spec in lora_linears(arch, cfg))
     layer_fwd = 2 * layer + attention + adapters
     forward = L * layer_fwd + 2 * head
@@ -235,7 +236,7 @@ def gemm_efficiency(tokens: int, d_in: int, d_out: int, perf: GpuPerf, precision
 def _gemms(arch: ModelArch, tokens: int) -> list[tuple[int, int, float, float]]:
     """(d_in, d_out, rows, weight matrices read) of each kind of GEMM in one decoder layer for ``tokens``
     tokens.  A routed expert sees tokens x k / E rows, and every expert the batch reaches has its weights read."""
-    gemms = [(s.in_features, s.out_features, float(tokens), float(s.per_layer)) for s in layer_linears(arch)]
+    gemms = [(s.in_features, s.out_features, float(tokens), s.per_layer * layer_share(arch, s)) for s in layer_linears(arch)]
     if arch.moe is not None:
         moe, h, ei = arch.moe, arch.hidden_size, arch.moe.expert_intermediate_size
         routed_rows = max(1.0, tokens * moe.experts_per_token / moe.num_experts)
@@ -268,7 +269,7 @@ def micro_step_terms(arch: ModelArch, cfg: TrainConfig, perf: GpuPerf, f: Flops 
         quantized = count_params(arch).linear_in_layers
         packed = 0.5 if cfg.method == "qlora" else 1.0
         terms["dequant_s"] = passes * quantized * (packed + 2) / (DEQUANT_EFFICIENCY * perf.bandwidth_gbs * GB)
-    adapters = sum(spec.per_layer for spec in lora_linears(arch, cfg))
+    adapters = sum(spec.per_layer * layer_share(arch, spec) for spec in lora_linears(arch, cfg))
     terms["overhead_s"] = L * (LAYER_OVERHEAD_S * passes / 3 + adapters * LORA_KERNELS * KERNEL_LAUNCH_S)
     return terms
 

@@ -135,3 +135,24 @@ def test_gemma3_every_phase_peak_within_two_percent(name, layers, settings):
         assert abs(predicted - measured) / measured <= TOLERANCE, (
             f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
 
+
+# Qwen3.5 dense (issue 13): Gated DeltaNet linear-attention layers interleaved with gated full attention (three linear,
+# then one full), from the catalog's verbatim config.json; four layers so both kinds appear.  The oracle runs
+# transformers' torch fallbacks of the chunked gated delta rule and the causal conv1d (no fla kernels on CPU).
+QWEN3_5_CASES = [
+    ("qwen3.5-27b", 4, dict(method="lora", targets=("all-linear",), seq_len=512, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="lora", targets=("all-linear",), seq_len=1024)),
+    ("qwen3.5-9b", 4, dict(method="lora", seq_len=1000, micro_batch=2, loss="chunked", optimizer="sgd")),  # padded chunk
+    ("qwen3.5-9b", 4, dict(method="lora", seq_len=2048, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="qlora", seq_len=1024, optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="lora", targets=("attention",), seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-27b", 4, dict(method="lora", seq_len=1024, attn="eager", loss="chunked", optimizer="sgd")),
+]
+
+
+@pytest.mark.parametrize("name,layers,settings", QWEN3_5_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(QWEN3_5_CASES)])
+def test_qwen3_5_every_phase_peak_within_two_percent(name, layers, settings):
+    test_every_phase_peak_within_two_percent(name, layers, settings)

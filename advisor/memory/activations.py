@@ -17,7 +17,8 @@ from .config import TrainConfig
 
 FP32 = 4
 # model types whose RMSNorm multiplies by (1 + w) in fp32 before casting back (Gemma, Gemma 2, Gemma 3)
-GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text")
+# (Qwen3.5's Qwen3_5RMSNorm does the same, zero-centred weights: output * (1.0 + weight.float()) in fp32)
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3_5")
 GEMMA3 = ("gemma3", "gemma3_text")  # per-layer sliding / global attention (ModelArch.layer_types)
 
 
@@ -29,6 +30,8 @@ class SavedTensors:
     scores_bytes: int = 0  # bytes kept per s x s element (eager: per head; SDPA window mask: once)
     scores_per_head: bool = True
     layer_bytes: int = 0  # kept once per layer whatever the tokens (PEFT's merged MoE expert weights)
+    chunk: int = 0  # tokens per chunk when the layer pads each sequence to whole chunks (Gated DeltaNet: 64)
+    padded_bytes: int = 0  # of ``total``, the bytes per token that padding to whole chunks adds for padded positions
 
     def add(self, name: str, bytes_per_token: int) -> None:
         if bytes_per_token:
@@ -64,11 +67,13 @@ class LayerPlan:
     adapter_bytes: int = FP32  # dtype LoRA computes in: fp32 (PEFT), 16-bit under FSDP2's param_dtype
     sdpa_masked: bool = False  # SDPA with an explicit (sliding-window) mask
     kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
+    linear_mixer: bool = False  # a hybrid's linear-attention layer (Qwen3.5's Gated DeltaNet, ModelArch.linear_attention)
 
 
 # Linears fed by one tensor (their LoRA branches save it once when they need no cast)
 _SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
-                 "gate_proj": "MLP input", "up_proj": "MLP input"}
+                 "gate_proj": "MLP input", "up_proj": "MLP input", "in_proj_qkv": "attention input",
+                 "in_proj_z": "attention input", "in_proj_b": "attention input", "in_proj_a": "attention input"}
 
 
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
@@ -108,6 +113,9 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     normed_rg = _rmsnorm(saved, "input norm", h, norm_act, in_rg, plan.full, gemma)
     if plan.full and not plan.autocast:
         saved.add("attention input", a * h)  # one tensor feeds q, k and v
+    if plan.linear_mixer:
+        o_rg = _gated_deltanet_saved(saved, arch, plan, normed_rg)
+        return _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
     if arch.fused_qkv:
         qkv_rg = _linear(saved, plan, "qkv_proj", h, normed_rg, True)
         q_rg = k_rg = v_rg = qkv_rg
@@ -151,9 +159,19 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
             saved.scores_bytes, saved.scores_per_head = a, False
             saved.add("o_proj input (copy)", a * q_dim if plan.full else 0)
         saved.add("attention output + logsumexp", a * q_dim + FP32 * nq)
-    o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager)
+    if arch.attn_output_gate and (attn_rg or q_rg):
+        # Qwen3.5: attn_output.reshape(...).contiguous() * torch.sigmoid(gate): the mul keeps the attention output's
+        # copy and the sigmoid output (which the sigmoid's backward reuses); o_proj reads their product, a new tensor
+        saved.add("gated attention: output copy + sigmoid(gate)", 2 * a * q_dim)
+    o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager and not arch.attn_output_gate)
     if gemma and arch.norms_per_layer == 4:
         o_rg = _rmsnorm(saved, "post-attention norm", h, norm_act, o_rg, plan.full, gemma)
+    return _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
+
+
+def _mlp_block(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool, o_rg: bool, norm_act: int,
+               gemma: bool) -> tuple[SavedTensors, bool]:
+    a, h = plan.act_bytes, arch.hidden_size
     x2_rg = in_rg or o_rg
 
     # --- MLP block
@@ -168,6 +186,46 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     if arch.norms_per_layer == 4:
         out_rg = _rmsnorm(saved, "post-feedforward norm", h, norm_act, out_rg, plan.full, gemma)
     return saved, x2_rg or out_rg
+
+
+def _gated_deltanet_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
+    """Qwen3.5's linear-attention mixer as the oracle runs it on CPU: transformers' torch fallbacks
+    (modeling_qwen3_5.py Qwen3_5GatedDeltaNet.forward, causal_conv1d_fn, torch_chunk_gated_delta_rule with
+    chunks of 64 in fp32, Qwen3_5RMSNormGated), op by op; per token, except the recurrent state each chunk keeps
+    (value heads x key dim x value dim, fp32), counted per token as its 1/chunk share.  Linear in the sequence."""
+    la = arch.linear_attention
+    assert la is not None
+    a, h, nv, C = plan.act_bytes, arch.hidden_size, la.num_value_heads, la.chunk_size
+    V = la.value_dim  # = num_value_heads x key_head_dim too (the reader requires equal head dims)
+    qkv_rg = _linear(saved, plan, "in_proj_qkv", h, in_rg, True)
+    z_rg = _linear(saved, plan, "in_proj_z", h, in_rg, True)
+    b_rg = _linear(saved, plan, "in_proj_b", h, in_rg, True)
+    a_rg = _linear(saved, plan, "in_proj_a", h, in_rg, True)
+    rg = qkv_rg or z_rg or b_rg or a_rg or plan.full
+    if not rg:
+        return False
+    # the depthwise conv1d keeps its input and its (padded) output, which the SiLU after it keeps too
+    saved.add("conv1d input + output (SiLU input)", 2 * a * la.conv_dim)
+    saved.add("beta = sigmoid(b) output", a * nv)
+    saved.add("softplus(a + dt_bias) input (fp32)", FP32 * nv * (2 if plan.full else 1))  # + its output for A_log
+    # torch_chunk_gated_delta_rule, fp32 throughout: q and k repeated to the value heads; kept are the fp32 copies of
+    # q, k and v, the l2-normalised k, the scaled q, k * beta, the two triangular solves' outputs (new values,
+    # k_cumdecay), the decayed q and k and every chunk's v_new: 11 tensors of value heads x head dim
+    saved.add("gated delta rule: 11 fp32 (heads x head dim) tensors", 11 * FP32 * V)
+    # of them, F.pad pads to whole chunks all but the fp32 copies of q, k, v and the normalised k
+    # (and a padded tail is one more chunk, with its recurrent state)
+    saved.chunk = C
+    saved.padded_bytes = 7 * FP32 * V + 5 * FP32 * nv * C + 5 * FP32 * nv + FP32 * nv * la.key_head_dim * la.value_head_dim // C
+    # the two l2-norm inverses, beta, the exp of the cumulative decay (three uses) and the chunk decay
+    saved.add("gated delta rule: fp32 per-head scalars", 6 * FP32 * nv + -(-FP32 * nv // C))
+    # the pairwise decay, k_beta @ k^T, the UT system, q @ k^T and the intra-chunk attention (chunk x chunk per head)
+    saved.add("gated delta rule: 5 fp32 chunk x chunk tensors", 5 * FP32 * nv * C)
+    saved.add("gated delta rule: recurrent state per chunk", FP32 * nv * la.key_head_dim * la.value_head_dim // C)
+    # Qwen3_5RMSNormGated: the fp32 input and rsqrt; weight * x in 16 bit (its input when the weight trains);
+    # that times silu(z.float()) keeps both, the SiLU its fp32 input
+    saved.add("gated RMSNorm: fp32 input + rsqrt", FP32 * V + FP32 * nv)
+    saved.add("gated RMSNorm: weight * x, silu(z) in/out", a * V + 2 * FP32 * V + (a * V if plan.full else 0))
+    return _linear(saved, plan, "out_proj", V, True, input_already_saved=False)
 
 
 def _dense_mlp_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
@@ -256,6 +314,15 @@ def merged_expert_bytes(arch: ModelArch, plan: LayerPlan) -> int:
     return sum(blocks * block for name, blocks in EXPERT_TENSORS.items() if name in plan.lora)
 
 
+def chunk_padding_bytes(cfg: TrainConfig, saved: SavedTensors) -> int:
+    """What a chunked layer keeps for the positions that pad every sequence to whole chunks (0 when the
+    sequence length is a multiple of the chunk)."""
+    if not saved.chunk:
+        return 0
+    pad = -cfg.seq_len % saved.chunk
+    return cfg.micro_batch * pad * saved.padded_bytes
+
+
 def attention_scores_bytes(arch: ModelArch, cfg: TrainConfig, saved: SavedTensors) -> int:
     """s x s tensors kept by one layer for one micro batch: eager attention's scores (per query head),
     or SDPA's float copy of a window mask (one per layer)."""
@@ -280,6 +347,7 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
     # a no-op and the LoRA branch computes in 16 bit (torch _fsdp_param.py FSDPParam.init_unsharded_param)
     fsdp_mixed = cfg.fsdp and cfg.gpus > 1 and cfg.offload == "none" and cfg.precision != "fp32"
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
+                     linear_mixer=layer_type == "linear_attention",
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
                      adapter_bytes=act if fsdp_mixed else FP32)
 
@@ -375,6 +443,14 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # not (they are its weights)
     forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
                        + expert_factor_cast_bytes(arch, plan))
+    la = arch.linear_attention
+    if la is not None:
+        # Qwen3.5's linear-attention layers (the oracle's torch fallback of the chunked gated delta rule): inside the
+        # chunk loop the 16-bit conv output (q, k, v) and z, and nine fp32 (value heads x head dim) tensors are alive
+        # (v, v * beta, k * beta, the decayed k * beta, the two triangular solves' outputs, the output buffer, the
+        # decayed q and k) with three fp32 chunk x chunk tensors per head (pairwise decay, UT system, intra attention)
+        mixer = T * (a * la.conv_dim + a * la.value_dim + 9 * FP32 * la.value_dim + 3 * FP32 * la.num_value_heads * la.chunk_size)
+        forward_unsaved = max(forward_unsaved, base + mixer)
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..hardware import Hardware
 from ..models.arch import ModelArch
-from .activations import FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, layer_plan, layer_saved, layer_transients
+from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, chunk_padding_bytes, layer_plan,
+                          layer_saved, layer_transients)
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
 from .overheads import device_range, overheads, unchecked_part
@@ -40,7 +41,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     a = plan.act_bytes
     vis = vision_terms(arch, cfg, a)  # images: refused for a text-only model; NO_IMAGES without them
     # Gemma 3 interleaves sliding and global layers: SDPA gets a mask on some layers only (activations.layer_plan)
-    kinds = arch.layer_types[:arch.num_layers] if arch.layer_types and arch.model_type in GEMMA3 else None
+    # Qwen3.5 interleaves linear-attention (Gated DeltaNet) and full-attention layers: one plan per kind too
+    per_kind = arch.model_type in GEMMA3 or arch.linear_attention is not None
+    kinds = arch.layer_types[:arch.num_layers] if arch.layer_types and per_kind else None
     plans = {kind: layer_plan(arch, cfg, lora_names, attn, kind) for kind in set(kinds)} if kinds else {}
     uniform = len(set(plans.values())) <= 1
     T, h, L = cfg.tokens, arch.hidden_size, arch.num_layers
@@ -55,7 +58,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     for l in range(L):
         saved, out_rg = layer_saved(arch, plans[kinds[l]] if kinds else plan, in_rg)
         per_layer.append((rounded(T * saved.total) if saved.total else 0) + attention_scores_bytes(arch, cfg, saved)
-                         + saved.layer_bytes)
+                         + saved.layer_bytes + chunk_padding_bytes(cfg, saved))
         first_layer = first_layer or saved.items
         if out_rg == in_rg and len(per_layer) > 1 and uniform:  # same input state, same layer: the rest repeat
             per_layer += [per_layer[-1]] * (L - len(per_layer))
@@ -239,9 +242,11 @@ def _run_ends(per_layer: list[int]) -> list[int]:
 
 def _autocast_cache(arch: ModelArch) -> tuple[int, int]:
     """16-bit copies autocast makes of the fp32 weights: (one layer's Linears, lm_head)."""
-    from ..models.params import layer_linears
+    from ..models.params import layer_linears, layers_holding
 
-    per_layer = sum(rounded(2 * spec.weight_params) for spec in layer_linears(arch))
+    # a hybrid's (Qwen3.5) mixers differ by layer kind: their copies averaged over the layers
+    per_layer = sum(rounded(2 * spec.weight_params) * layers_holding(arch, spec.kind)
+                    for spec in layer_linears(arch)) // arch.num_layers
     return per_layer, rounded(2 * arch.vocab_size * arch.hidden_size)
 
 
@@ -367,6 +372,14 @@ def _notes(arch: ModelArch, cfg: TrainConfig, attn: str) -> list[str]:
         if cfg.uses_adapters and any(spec.name.startswith("experts.") for spec in lora_linears(arch, cfg)):
             notes.append("PEFT adapts the fused expert tensors (target_parameters) with rank r x experts and merges "
                          "W + B·A of each adapted expert stack every forward: one 16-bit copy per layer is kept")
+    if arch.linear_attention is not None:
+        kinds = arch.layer_types[:arch.num_layers] if arch.layer_types else ()
+        linear = sum(1 for t in kinds if t == "linear_attention")
+        notes.append(f"{linear} of {arch.num_layers} layers are Gated DeltaNet linear attention, modelled as transformers' "
+                     "torch fallbacks run them (torch_chunk_gated_delta_rule in fp32, chunks of 64, the conv1d reference; "
+                     "what the CPU oracle traces; linear in seq len): an upper bound on a GPU with the "
+                     "flash-linear-attention and causal-conv1d kernels, whose ChunkGatedDeltaRuleFunction keeps only "
+                     "q, k, v, g, beta, the l2-norm inverses and the chunk matrix A and recomputes the states in backward")
     if arch.attention_sinks and attn == "flash":
         notes.append("gpt-oss with flash attention needs a kernel that takes the sinks (vllm-flash-attn3 or FA4; "
                      "FlashAttention-2 drops them): modelled like flash, not checked by the oracle (CPU has no such kernel)")

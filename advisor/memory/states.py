@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..models.arch import ModelArch
-from ..models.params import count_params, layer_linears, vision_tensor_numels
+from ..models.params import count_params, kind_other_numels, layer_linears, layers_holding, vision_tensor_numels
 from .config import PREQUANTIZED, TrainConfig
 from .targets import lora_linears
 
@@ -70,11 +70,11 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     counts = count_params(arch)
     h = arch.hidden_size
     outside = [counts.embedding, h] + ([counts.lm_head] if counts.lm_head else [])
-    in_layer = [h] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+    in_layer = [h] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm and arch.linear_attention is None else [])
     in_layer += [arch.num_heads] if arch.attention_sinks else []  # gpt-oss's sinks (num_heads,)
     outside += [arch.extra_params] if arch.extra_params else []  # a derived model's other tensors, as one
     in_layer += [arch.extra_layer_params] if arch.extra_layer_params else []
-    linears = layer_linears(arch)
+    linears = tuple(spec for spec in layer_linears(arch) if spec.kind is None)  # a hybrid's mixers: _kind_numels
     in_layer += [spec.out_features for spec in linears if spec.bias]
     if arch.moe is not None:
         ie, e = arch.moe.expert_intermediate_size, arch.moe.num_experts + arch.moe.shared_experts
@@ -87,6 +87,17 @@ def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
         linears = tuple(spec for spec in linears if spec.name not in ROUTER_NAMES)
     weights = [spec.weight_params for spec in linears for _ in range(spec.per_layer)]
     return outside, in_layer, weights
+
+
+def _kind_numels(arch: ModelArch) -> list[tuple[int, list[int], list[int]]]:
+    """A hybrid model's (Qwen3.5) tensors that only one layer kind holds: (layers of that kind, its 16-bit
+    non-Linear tensors and biases, its Linear weights), per kind."""
+    out = []
+    for kind, other in kind_other_numels(arch).items():
+        specs = [spec for spec in layer_linears(arch) if spec.kind == kind]
+        in_layer = list(other) + [spec.out_features for spec in specs if spec.bias]
+        out.append((layers_holding(arch, kind), in_layer, [spec.weight_params for spec in specs for _ in range(spec.per_layer)]))
+    return out
 
 
 ROUTER_NAMES = frozenset({"gate", "router"})  # an MoE layer's router, as transformers names it
@@ -142,7 +153,11 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     def stored(numels: list[int]) -> int:  # each tensor is its own allocation
         return sum(rounded(n * wbytes) for n in numels)
 
-    largest_layer = sum(in_layer) + sum(weights)
+    kinds = _kind_numels(arch)
+    largest_layer = sum(in_layer) + sum(weights) + max((sum(i) + sum(w) for _, i, w in kinds), default=0)
+
+    def kind_stored(part: int) -> int:  # the kind-specific tensors of a hybrid's layers (part 1: non-Linear, 2: weights)
+        return sum(entry[0] * stored(entry[part]) for entry in kinds)
     # a vision-language model's tower and projector stay frozen whatever the method (see VisionTower); under
     # a 4-bit/8-bit load transformers quantizes the tower's Linears too (quantizers/base.py
     # get_keys_to_not_convert skips only lm_head, the tied and the last parameters)
@@ -150,16 +165,18 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     quantizing = cfg.method in ("qlora", "lora8bit")
     vision_frozen = stored(vision_other) + (0 if quantizing else stored(vision_linear))
     if cfg.method == "full":
-        total = stored(outside) + L * (stored(in_layer) + stored(weights))
+        total = stored(outside) + L * (stored(in_layer) + stored(weights)) + kind_stored(1) + kind_stored(2)
         return ParamBytes(vision_frozen, 0, total, counts.total - counts.vision, counts.total, 0, wbytes, largest_layer)
 
     lora = lora_linears(arch, cfg)
     def rank(spec) -> int:
         return cfg.rank * spec.lora_rank_multiplier
 
-    adapter_params = L * sum(rank(s) * (s.in_features + s.out_features) * s.per_layer for s in lora)
-    adapter_bytes = L * sum(s.per_layer * (rounded(4 * rank(s) * s.in_features) + rounded(4 * rank(s) * s.out_features))
-                            for s in lora)  # PEFT keeps adapters in fp32
+    adapter_params = sum(layers_holding(arch, s.kind) * rank(s) * (s.in_features + s.out_features) * s.per_layer
+                         for s in lora)
+    adapter_bytes = sum(layers_holding(arch, s.kind) * s.per_layer * (rounded(4 * rank(s) * s.in_features)
+                                                                     + rounded(4 * rank(s) * s.out_features))
+                        for s in lora)  # PEFT keeps adapters in fp32
     copies, copy_params = 0, 0
     if cfg.train_embeddings:
         # PEFT modules_to_save keeps the original frozen module and trains a copy of it.
@@ -168,22 +185,25 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
         # the checkpoint quantized every decoder-layer Linear (MoE routers and fused experts aside, as for
         # bitsandbytes); the vision tower of a VLM is left 16-bit by GPTQ/AWQ tooling (its modules_to_not_convert)
-        quantized = L * sum(spec.per_layer * _prequantized_bytes(spec.in_features, spec.out_features, cfg.quant_type)
-                            for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
-        frozen = stored(outside) + L * stored(in_layer) + stored(vision_linear)
+        quantized = sum(layers_holding(arch, spec.kind) * spec.per_layer
+                        * _prequantized_bytes(spec.in_features, spec.out_features, cfg.quant_type)
+                        for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
+        frozen = stored(outside) + L * stored(in_layer) + kind_stored(1) + stored(vision_linear)
     elif cfg.method == "qlora":
         quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
+        quantized += sum(n_layers * sum(_quant4_bytes(n, cfg.double_quant) for n in w) for n_layers, _, w in kinds)
         quantized += sum(_quant4_bytes(n, cfg.double_quant) for n in vision_linear)
-        frozen = stored(outside) + L * stored(in_layer)
+        frozen = stored(outside) + L * stored(in_layer) + kind_stored(1)
     elif cfg.method == "lora8bit":
         # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
-        quantized = L * sum(spec.per_layer * (rounded(spec.weight_params) + rounded(4 * spec.out_features))
-                            for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
+        quantized = sum(layers_holding(arch, spec.kind) * spec.per_layer
+                        * (rounded(spec.weight_params) + rounded(4 * spec.out_features))
+                        for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
         quantized += sum(rounded(n) + rounded(4 * out) for n, out in vision_linear_rows(arch))
-        frozen = stored(outside) + L * stored(in_layer)
+        frozen = stored(outside) + L * stored(in_layer) + kind_stored(1)
     else:
         quantized = 0
-        frozen = stored(outside) + L * (stored(in_layer) + stored(weights))
+        frozen = stored(outside) + L * (stored(in_layer) + stored(weights)) + kind_stored(1) + kind_stored(2)
     return ParamBytes(
         frozen_16bit=frozen + vision_frozen,
         quantized=quantized,
@@ -223,8 +243,9 @@ def optimizer_bytes(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes) -> Optimi
 def _adafactor_state_elems(arch: ModelArch, cfg: TrainConfig) -> int:
     L = arch.num_layers
     if cfg.method != "full":
-        return L * sum(2 * cfg.rank * s.lora_rank_multiplier + s.in_features + s.out_features for s in lora_linears(arch, cfg))
-    elems = sum(L * (s.in_features + s.out_features) for s in layer_linears(arch))
+        return sum(layers_holding(arch, s.kind) * (2 * cfg.rank * s.lora_rank_multiplier + s.in_features + s.out_features)
+                   for s in lora_linears(arch, cfg))
+    elems = sum(layers_holding(arch, s.kind) * (s.in_features + s.out_features) for s in layer_linears(arch))
     elems += (arch.vocab_size + arch.hidden_size) * (1 if arch.tie_word_embeddings else 2)
     elems += L * (arch.norms_per_layer * arch.hidden_size + arch.extra_layer_params) + arch.hidden_size + arch.extra_params
     return elems

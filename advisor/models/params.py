@@ -22,6 +22,7 @@ class LinearSpec:
     bias: bool
     per_layer: int = 1  # how many such Linears one layer holds
     lora_rank_multiplier: int = 1  # PEFT's LoRA on fused MoE expert tensors uses rank x experts (x2 for gate_up)
+    kind: str | None = None  # the layer kind (ModelArch.layer_types) whose layers hold it; None: every layer
 
     @property
     def weight_params(self) -> int:
@@ -41,8 +42,51 @@ def layer_linears(arch: ModelArch) -> tuple[LinearSpec, ...]:
     return tuple(_layer_linears(arch))
 
 
+def layers_holding(arch: ModelArch, kind: str | None) -> int:
+    """How many of the model's layers hold a tensor of this layer kind (None: all of them)."""
+    if kind is None:
+        return arch.num_layers
+    return sum(1 for t in (arch.layer_types or ())[:arch.num_layers] if t == kind)
+
+
+def layer_share(arch: ModelArch, spec: "LinearSpec") -> float:
+    """The share of the layers that hold this Linear (1.0 unless a hybrid's mixer): per-layer averages."""
+    return 1.0 if spec.kind is None else layers_holding(arch, spec.kind) / arch.num_layers
+
+
+LINEAR_ATTENTION, FULL_ATTENTION = "linear_attention", "full_attention"
+
+
+def kind_other_numels(arch: ModelArch) -> dict[str, list[int]]:
+    """A hybrid model's per-layer tensors that are not nn.Linear and belong to one layer kind only (Qwen3.5,
+    modeling_qwen3_5.py): a full-attention layer's q_norm and k_norm (head_dim each); a linear-attention layer's
+    depthwise conv1d weight (conv_dim x 1 x kernel, no bias), dt_bias and A_log (one per value head) and the gated
+    RMSNorm (one value head wide)."""
+    la = arch.linear_attention
+    if la is None:
+        return {}
+    return {FULL_ATTENTION: [arch.head_dim, arch.head_dim] if arch.qk_norm else [],
+            LINEAR_ATTENTION: [la.conv_dim * la.conv_kernel, la.num_value_heads, la.num_value_heads, la.value_head_dim]}
+
+
 def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
     h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
+    if arch.linear_attention is not None:
+        # Qwen3.5: the full-attention layers' q_proj carries the output gate (2 x q), the linear-attention layers
+        # their Gated DeltaNet projections; the MLP is in every layer
+        la, full, lin = arch.linear_attention, FULL_ATTENTION, LINEAR_ATTENTION
+        linears = [LinearSpec("q_proj", h, 2 * q if arch.attn_output_gate else q, arch.qkv_bias, kind=full),
+                   LinearSpec("k_proj", h, kv, arch.qkv_bias, kind=full),
+                   LinearSpec("v_proj", h, kv, arch.qkv_bias, kind=full),
+                   LinearSpec("o_proj", q, h, arch.o_bias, kind=full),
+                   LinearSpec("in_proj_qkv", h, la.conv_dim, False, kind=lin),
+                   LinearSpec("in_proj_z", h, la.value_dim, False, kind=lin),
+                   LinearSpec("in_proj_b", h, la.num_value_heads, False, kind=lin),
+                   LinearSpec("in_proj_a", h, la.num_value_heads, False, kind=lin),
+                   LinearSpec("out_proj", la.value_dim, h, False, kind=lin)]
+        i = arch.intermediate_size
+        return linears + [LinearSpec("gate_proj", h, i, arch.mlp_bias), LinearSpec("up_proj", h, i, arch.mlp_bias),
+                          LinearSpec("down_proj", i, h, arch.mlp_bias)]
     if arch.fused_qkv:
         linears = [LinearSpec("qkv_proj", h, q + 2 * kv, arch.qkv_bias)]
     else:
@@ -107,20 +151,23 @@ def count_params(arch: ModelArch) -> ParamCounts:
     h, layers = arch.hidden_size, arch.num_layers
     attention = mlp = 0
     for spec in layer_linears(arch):
-        if spec.name in ATTENTION_NAMES:
-            attention += spec.params
+        n = layers_holding(arch, spec.kind)
+        if spec.name in ATTENTION_NAMES or spec.kind is not None:  # a hybrid's token mixers count as attention
+            attention += spec.params * n
         else:
-            mlp += spec.params
-    mlp += expert_params_per_layer(arch)
-    norms_per_layer = arch.norms_per_layer * h + (2 * arch.head_dim if arch.qk_norm else 0)
+            mlp += spec.params * n
+    mlp += expert_params_per_layer(arch) * layers
+    kind_other = sum(layers_holding(arch, kind) * sum(numels) for kind, numels in kind_other_numels(arch).items())
+    qk_norms = 2 * arch.head_dim if arch.qk_norm and arch.linear_attention is None else 0
+    norms_per_layer = arch.norms_per_layer * h + qk_norms
     norms_per_layer += arch.num_heads if arch.attention_sinks else 0  # gpt-oss: one sink logit per head
     embedding = arch.vocab_size * h
     return ParamCounts(
         embedding=embedding,
-        attention=attention * layers,
-        mlp=mlp * layers,
+        attention=attention,
+        mlp=mlp,
         # + the final norm; shapes a derived model has beyond the modelled ones count as norms (see ModelArch)
-        norms=(norms_per_layer + arch.extra_layer_params) * layers + h + arch.extra_params,
+        norms=(norms_per_layer + arch.extra_layer_params) * layers + h + arch.extra_params + kind_other,
         lm_head=0 if arch.tie_word_embeddings else embedding,
         vision=sum(vision_tensor_numels(arch.vision)) if arch.vision is not None else 0,
     )

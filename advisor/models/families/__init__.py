@@ -27,3 +27,8 @@ READERS["gemma3"] = gemma3.read
 READERS["gemma3_text"] = gemma3.read
 
 from . import llama_layout  # noqa: E402,F401  (registers olmo2, olmo3, smollm3, granite, ernie4_5)
+
+from . import qwen3_5  # noqa: E402
+
+READERS["qwen3_5"] = qwen3_5.read
+READERS["qwen3_5_text"] = qwen3_5.read
