@@ -149,6 +149,14 @@ QWEN3_5_CASES = [
     ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
     ("qwen3.5-9b", 4, dict(method="full", seq_len=1024, grad_ckpt=True, loss="chunked", optimizer="sgd")),
     ("qwen3.5-27b", 4, dict(method="lora", seq_len=1024, attn="eager", loss="chunked", optimizer="sgd")),
+    # Qwen3.5-MoE: the same layers with 256 routed experts (fused, not adapted: PEFT does not convert qwen3_5_moe's
+    # targets) and a shared expert (nn.Linear, adapted by all-linear) gated by sigmoid(shared_expert_gate)
+    ("qwen3.5-35b-a3b", 4, dict(method="lora", seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-35b-a3b", 4, dict(method="lora", targets=("attention",), seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-35b-a3b", 4, dict(method="qlora", seq_len=1024, optimizer="sgd")),
+    ("qwen3.5-35b-a3b", 4, dict(method="lora", seq_len=2048, grad_ckpt=True, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-35b-a3b", 4, dict(method="full", seq_len=1024, loss="chunked", optimizer="sgd")),
+    ("qwen3.5-122b-a10b", 4, dict(method="lora", seq_len=1024, loss="chunked", optimizer="sgd")),
 ]
 
 

@@ -103,3 +103,35 @@ def test_lora_params_equal_peft(targets):
     model.requires_grad_(False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg), task_type="CAUSAL_LM"))
     assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def test_moe_reader_reads_the_shared_expert_as_the_dense_mlp():
+    arch = resolve_model("qwen3.5-35b-a3b")
+    assert arch.model_type == "qwen3_5_moe" and arch.moe.num_experts == 256 and arch.moe.experts_per_token == 8
+    assert arch.moe.expert_intermediate_size == 512 and arch.intermediate_size == 512 and arch.moe.norm_topk_prob
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-35b-a3b", "qwen3.5-122b-a10b"])
+def test_moe_counts_match_transformers(name):
+    model = _meta(name)
+    assert type(model).__name__ == "Qwen3_5MoeForCausalLM"
+    assert count_params(resolve_model(name)).total == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("gate_proj", "shared_expert_gate", "in_proj_z")])
+def test_moe_lora_params_equal_peft(targets):
+    """all-linear reaches every nn.Linear (mixers, shared expert, its gate) but not the router or the fused experts:
+    transformers maps qwen3_5_moe_text to qwen3_5_text's conversion, for which PEFT has no MoE target mapping."""
+    peft = pytest.importorskip("peft")
+    from advisor.memory.states import param_bytes
+    from advisor.verify.build import lora_targets
+
+    arch = resolve_model("qwen3.5-35b-a3b").model_copy(update={"num_layers": 4})
+    cfg = TrainConfig(method="lora", rank=8, targets=targets)
+    text = json.loads(arch.hf_config_json)["text_config"]
+    text["num_hidden_layers"], text["layer_types"] = 4, text["layer_types"][:4]
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**text))
+    model.requires_grad_(False)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg), task_type="CAUSAL_LM"))
+    assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

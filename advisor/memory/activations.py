@@ -18,7 +18,7 @@ from .config import TrainConfig
 FP32 = 4
 # model types whose RMSNorm multiplies by (1 + w) in fp32 before casting back (Gemma, Gemma 2, Gemma 3)
 # (Qwen3.5's Qwen3_5RMSNorm does the same, zero-centred weights: output * (1.0 + weight.float()) in fp32)
-GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3_5")
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3_5", "qwen3_5_moe")
 GEMMA3 = ("gemma3", "gemma3_text")  # per-layer sliding / global attention (ModelArch.layer_types)
 
 
@@ -181,6 +181,14 @@ def _mlp_block(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
         saved.add("MLP input", a * h)
     if arch.moe is not None:
         out_rg = _moe_saved(saved, arch, plan, normed2_rg)
+        if arch.linear_attention is not None:
+            # Qwen3.5-MoE's shared expert (a dense MLP of intermediate_size) scaled by sigmoid(shared_expert_gate(x)):
+            # the sigmoid keeps its output, the product keeps both factors
+            shared_rg = _dense_mlp_saved(saved, arch, plan, normed2_rg)
+            gate_rg = _linear(saved, plan, "shared_expert_gate", h, normed2_rg, True)
+            saved.add("shared expert: sigmoid(gate)", a if gate_rg or shared_rg else 0)
+            saved.add("shared expert: output (for the gate's grad)", a * h if gate_rg else 0)
+            out_rg = out_rg or shared_rg or gate_rg
     else:
         out_rg = _dense_mlp_saved(saved, arch, plan, normed2_rg)
     if arch.norms_per_layer == 4:
@@ -451,6 +459,11 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
         # decayed q and k) with three fp32 chunk x chunk tensors per head (pairwise decay, UT system, intra attention)
         mixer = T * (a * la.conv_dim + a * la.value_dim + 9 * FP32 * la.value_dim + 3 * FP32 * la.num_value_heads * la.chunk_size)
         forward_unsaved = max(forward_unsaved, base + mixer)
+    linear_bwd = 0
+    if la is not None:
+        # its backward (the chunk loop's, in reverse): the fp32 gradients of the output, v_new, the decayed q and k,
+        # the new values and k_cumdecay are alive at once (five of value heads x head dim), with the incoming gradient
+        linear_bwd = T * (a * h + 5 * FP32 * la.value_dim)
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
@@ -466,6 +479,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
     # terms are already released by then: the same excess over the layer's saved bytes as in the forward
     backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra)
+    backward = max(backward, linear_bwd)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
     norm_backward = T * (4 * FP32 * h + 2 * a * h)

@@ -18,6 +18,10 @@ def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     linears = list(layer_linears(arch))
     names = {spec.name for spec in linears}
     if cfg.targets == ("all-linear",):
+        if arch.moe is not None and arch.model_type == "qwen3_5_moe":
+            # every nn.Linear (mixers, shared expert and its gate); the router and the fused experts are bare
+            # Parameters, and PEFT does not convert qwen3_5_moe_text's targets (transformers maps it to qwen3_5_text)
+            return [spec for spec in linears if spec.name != "gate"]
         if arch.moe is not None and arch.model_type not in PEFT_MOE_CONVERTED:
             # the router and the experts are bare Parameters, which all-linear (nn.Linear only) does not reach
             return [spec for spec in linears if spec.name in ATTENTION_NAMES]

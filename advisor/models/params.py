@@ -85,6 +85,10 @@ def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
                    LinearSpec("in_proj_a", h, la.num_value_heads, False, kind=lin),
                    LinearSpec("out_proj", la.value_dim, h, False, kind=lin)]
         i = arch.intermediate_size
+        if arch.moe is not None:
+            # Qwen3.5-MoE: the router (a bare weight, named gate) and the shared expert's gate; the dense MLP below is
+            # the shared expert (intermediate_size = shared_expert_intermediate_size), the routed experts are fused
+            linears += [LinearSpec("gate", h, arch.moe.num_experts, False), LinearSpec("shared_expert_gate", h, 1, False)]
         return linears + [LinearSpec("gate_proj", h, i, arch.mlp_bias), LinearSpec("up_proj", h, i, arch.mlp_bias),
                           LinearSpec("down_proj", i, h, arch.mlp_bias)]
     if arch.fused_qkv:

@@ -32,3 +32,5 @@ from . import qwen3_5  # noqa: E402
 
 READERS["qwen3_5"] = qwen3_5.read
 READERS["qwen3_5_text"] = qwen3_5.read
+READERS["qwen3_5_moe"] = qwen3_5.read
+READERS["qwen3_5_moe_text"] = qwen3_5.read

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ...errors import ModelConfigError
-from ..arch import LinearAttention, ModelArch
+from ..arch import LinearAttention, ModelArch, MoE
 from ..hf_config import _HINT, _bad, _check_fields, _req
 
 # Qwen3_5TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
@@ -34,6 +34,15 @@ DEFAULTS: dict[str, Any] = {
     "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_num_key_heads": 16,
     "linear_num_value_heads": 32, "layer_types": None,
 }
+# Qwen3_5MoeTextConfig's (configuration_qwen3_5_moe.py): no dense MLP; a routed MoE and one shared expert per layer
+MOE_DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in DEFAULTS.items() if k != "intermediate_size"}, "hidden_size": 2048, "num_hidden_layers": 40,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512, "num_experts_per_tok": 8, "num_experts": 256,
+}
+_MOE_INTS = {"num_experts": (2, 4_096), "num_experts_per_tok": (1, 4_096), "moe_intermediate_size": (1, 1 << 20),
+             "shared_expert_intermediate_size": (1, 1 << 20)}
+MOE_TYPES = ("qwen3_5_moe", "qwen3_5_moe_text")
 FULL_ATTENTION_INTERVAL = 4  # Qwen3_5TextConfig.__post_init__: kwargs.pop("full_attention_interval", 4)
 LAYER_KINDS = ("linear_attention", "full_attention")
 _LINEAR_INTS = {"linear_conv_kernel_dim": (1, 64), "linear_key_head_dim": (1, 4_096), "linear_value_head_dim": (1, 4_096),
@@ -41,7 +50,7 @@ _LINEAR_INTS = {"linear_conv_kernel_dim": (1, 64), "linear_key_head_dim": (1, 4_
 
 
 def _int(cfg: dict[str, Any], key: str, source: str) -> int:
-    low, high = _LINEAR_INTS[key]
+    low, high = {**_LINEAR_INTS, **_MOE_INTS}[key]
     value = cfg[key]
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise _bad(source, key, f"a whole number from {low:,} to {high:,}", value)
@@ -62,8 +71,22 @@ def _layer_types(cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ..
 
 def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str) -> ModelArch:
     """A qwen3_5 (or qwen3_5_text) config.json as transformers 5.25 builds it for causal-LM training."""
-    cfg = {**DEFAULTS, **{k: v for k, v in text.items() if v is not None}}
-    _check_fields({k: v for k, v in cfg.items() if k not in _LINEAR_INTS}, source, "qwen3_5_text")
+    moe_model = text.get("model_type") in MOE_TYPES or original.get("model_type") in MOE_TYPES
+    cfg = {**(MOE_DEFAULTS if moe_model else DEFAULTS), **{k: v for k, v in text.items() if v is not None}}
+    moe = None
+    if moe_model:
+        # Qwen3_5MoeSparseMoeBlock: a top-k router (a bare weight, probabilities always renormalised over the k),
+        # fused 3-D experts, and a shared expert (a dense MLP of shared_expert_intermediate_size, nn.Linear) whose
+        # output a sigmoid of shared_expert_gate (h -> 1) scales; the shared expert is read as the layer's dense MLP
+        experts, top_k = _int(cfg, "num_experts", source), _int(cfg, "num_experts_per_tok", source)
+        if top_k > experts:
+            raise ModelConfigError(f"{source}: num_experts_per_tok {top_k} is more than num_experts {experts}",
+                                   "a token is routed to some of the experts, at most all of them", value=source)
+        moe = MoE(num_experts=experts, experts_per_token=top_k,
+                  expert_intermediate_size=_int(cfg, "moe_intermediate_size", source), norm_topk_prob=True)
+        cfg["intermediate_size"] = _int(cfg, "shared_expert_intermediate_size", source)
+    _check_fields({k: v for k, v in cfg.items() if k not in _LINEAR_INTS and k not in _MOE_INTS}, source,
+                  "qwen3_5_moe_text" if moe_model else "qwen3_5_text")
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = _req(cfg, "num_key_value_heads", source)
@@ -97,7 +120,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     try:
         return ModelArch(
             name=name,
-            model_type="qwen3_5",
+            model_type="qwen3_5_moe" if moe_model else "qwen3_5",
             hidden_size=hidden,
             num_layers=layers,
             num_heads=heads,
@@ -113,6 +136,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
             qk_norm=True,
             layer_types=layer_types,
             linear_attention=linear,
+            moe=moe,
             attn_output_gate=True,  # Qwen3_5Attention always builds the gated q_proj (attn_output_gate is not read)
             hf_config_json=json.dumps(original),
         )
