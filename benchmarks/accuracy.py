@@ -110,6 +110,18 @@ def vlm_matrix() -> list[tuple[str, TrainConfig, dict]]:
 
 
 
+def hybrid_matrix() -> list[tuple[str, TrainConfig, dict]]:
+    """Qwen3.5 (issue 13): three Gated DeltaNet linear-attention layers, then one gated full-attention layer, at
+    real widths with 4 layers; dense 9B / 27B and the 35B-A3B MoE.  The oracle runs transformers' torch fallbacks
+    of the chunked delta rule (no fla kernels on a CPU)."""
+    out = []
+    for model, method, ckpt in itertools.product(("qwen3.5-9b", "qwen3.5-27b", "qwen3.5-35b-a3b"),
+                                                 ("lora", "qlora", "full"), (False, True)):
+        out.append((model, TrainConfig(method=method, seq_len=1024, grad_ckpt=ckpt, optimizer="sgd"),
+                    dict(num_layers=4)))
+    return out
+
+
 def derived_matrix() -> list[tuple[str, TrainConfig, dict]]:
     """Model types beyond the hand-written ones (issue 13): OLMo 3 from its catalog config (the torch-free
     Llama-layout reader), and types only the derived path knows (transformers' own defaults for each: real
@@ -148,6 +160,7 @@ def main() -> int:
     parser.add_argument("--stress", action="store_true", help="tiny vocabulary, 3 layers: in-layer transients decide")
     parser.add_argument("--moe", action="store_true", help="Mixtral, Qwen3-MoE, gpt-oss shapes with 2-4 layers (LoRA on fused experts)")
     parser.add_argument("--vlm", action="store_true", help="Gemma 3 27B (text) and 4B with images, 6 layers")
+    parser.add_argument("--hybrid", action="store_true", help="Qwen3.5 9B / 27B / 35B-A3B (linear + full attention), 4 layers")
     parser.add_argument("--derived", action="store_true", help="OLMo 3, ERNIE 4.5 and model types only the derived "
                         "path knows (Helium, GLM-4, Arcee, EXAONE 4, Seed-OSS), 4 layers")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")
@@ -166,6 +179,8 @@ def main() -> int:
         cases = vlm_matrix()
     elif args.derived:
         cases = derived_matrix()
+    elif args.hybrid:
+        cases = hybrid_matrix()
     else:
         cases = [(m, c, {}) for m, c in matrix(args.quick)]
     for model, cfg, shape in cases:
@@ -192,7 +207,7 @@ def main() -> int:
                f"{time.perf_counter() - started:.0f} s")
     print(summary)
     kind = ("stress" if args.stress else "moe" if args.moe else "vlm" if args.vlm else "derived" if args.derived
-            else "accuracy")
+            else "hybrid" if args.hybrid else "accuracy")
     import peft
     import torch
     import transformers
