@@ -124,16 +124,7 @@ GEMMA3_CASES = [
 @pytest.mark.parametrize("name,layers,settings", GEMMA3_CASES,
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(GEMMA3_CASES)])
 def test_gemma3_every_phase_peak_within_two_percent(name, layers, settings):
-    path = config_path(name)
-    arch = resolve_model(str(path)).model_copy(update={"num_layers": layers})
-    cfg = TrainConfig(**settings)
-    oracle = run_dry(arch, cfg)
-    est = estimate(arch, cfg)
-    assert oracle.trainable_params == est.trainable_params
-    for phase in PHASES:
-        measured, predicted = oracle.phase_peaks[phase], getattr(est.phases, phase)
-        assert abs(predicted - measured) / measured <= TOLERANCE, (
-            f"{phase}: estimate {predicted / 2**20:.1f} MiB vs oracle {measured / 2**20:.1f} MiB")
+    test_every_phase_peak_within_two_percent(str(config_path(name)), layers, settings)
 
 
 # Qwen3.5 dense (issue 13): Gated DeltaNet linear-attention layers interleaved with gated full attention (three linear,
