@@ -78,6 +78,13 @@ def _check_fields(cfg: dict[str, Any], source: str, model_type: str) -> None:
                 raise _bad(source, key, "an activation name such as \"silu\"", value)
 
 
+def check_kv_heads(heads: int, kv_heads: int, source: str) -> None:
+    """Grouped-query attention: the key/value heads divide the query heads."""
+    if kv_heads > heads or heads % kv_heads:
+        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
+                               _HINT, value=source)
+
+
 def _req(cfg: dict[str, Any], key: str, source: str) -> Any:
     if key not in cfg or cfg[key] is None:
         raise ModelConfigError(f"{source}: config.json has no {key!r}", "is this a causal LM config.json from the model's repository?",
@@ -142,9 +149,7 @@ def _read_config(cfg: dict[str, Any], name: str, source: str | None = None) -> M
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = cfg.get("num_key_value_heads") or heads
-    if kv_heads > heads or heads % kv_heads:
-        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
-                               _HINT, value=source)
+    check_kv_heads(heads, kv_heads, source)
     if model_type in ("gemma", "gemma2"):
         default_head_dim = 256
     elif model_type == "qwen3":

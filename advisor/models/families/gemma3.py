@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, VisionTower
-from ..hf_config import _HINT, _bad, _check_fields, _req
+from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
 
 # Gemma3TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -121,9 +121,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     if hidden % heads:  # Gemma3TextConfig.validate_architecture refuses it too
         raise ModelConfigError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
                                f"transformers refuses it for gemma3; {_HINT}", value=source)
-    if kv_heads > heads or heads % kv_heads:
-        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
-                               _HINT, value=source)
+    check_kv_heads(heads, kv_heads, source)
     layers = _req(cfg, "num_hidden_layers", source)
     layer_types = _layer_types(cfg, layers, source)
     vision = _vision(original, hidden, source) if original.get("model_type") == "gemma3" else None

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req
+from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
 
 # GptOssConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -52,9 +52,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
             raise ModelConfigError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
                                    f"without head_dim gpt-oss splits the hidden size over the heads; {_HINT}", value=source)
         cfg["head_dim"] = hidden // heads
-    if kv_heads > heads or heads % kv_heads:
-        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
-                               _HINT, value=source)
+    check_kv_heads(heads, kv_heads, source)
     experts, top_k = cfg["num_local_experts"], cfg["num_experts_per_tok"]
     for key, value, low in (("num_local_experts", experts, 2), ("num_experts_per_tok", top_k, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 4_096:

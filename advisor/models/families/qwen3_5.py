@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ...errors import ModelConfigError
 from ..arch import LinearAttention, ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req
+from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
 
 # Qwen3_5TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -90,9 +90,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = _req(cfg, "num_key_value_heads", source)
-    if kv_heads > heads or heads % kv_heads:
-        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
-                               _HINT, value=source)
+    check_kv_heads(heads, kv_heads, source)
     linear = LinearAttention(
         num_key_heads=_int(cfg, "linear_num_key_heads", source),
         num_value_heads=_int(cfg, "linear_num_value_heads", source),

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req
+from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
 
 # Qwen3MoeConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -45,9 +45,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     hidden = _req(cfg, "hidden_size", source)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = cfg.get("num_key_value_heads") or heads
-    if kv_heads > heads or heads % kv_heads:
-        raise ModelConfigError(f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
-                               _HINT, value=source)
+    check_kv_heads(heads, kv_heads, source)
     # Qwen3MoeAttention: getattr(config, "head_dim", hidden_size // num_attention_heads)
     head_dim = cfg.get("head_dim")
     if head_dim is None:
