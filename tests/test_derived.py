@@ -57,6 +57,12 @@ def test_a_model_type_that_is_no_identifier_is_refused_without_building_anything
         arch_from_config({**HELIUM, "model_type": "llama" * 1000}, name="x")
 
 
+@pytest.mark.parametrize("layer_types", ["sliding", ["sliding_attention"], [1, 2, 3, 4]])
+def test_a_llama_layout_config_with_wrong_layer_types_is_refused_by_name(layer_types):
+    with pytest.raises(ModelConfigError, match="layer_types"):
+        arch_from_config({"model_type": "olmo3", "num_hidden_layers": 4, "layer_types": layer_types}, name="x")
+
+
 def test_dropout_turned_on_is_named_and_widens_the_range():
     """The memory model counts no dropout: a config that trains with it gets a note and an unchecked range."""
     from advisor.memory import TrainConfig, estimate

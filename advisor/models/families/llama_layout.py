@@ -37,11 +37,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _layer_types(model_type: str, cfg: dict[str, Any], layers: int) -> tuple[str, ...] | None:
-    """The per-layer attention kinds as the config class computes them when the file has none."""
+LAYER_KINDS = ("full_attention", "sliding_attention")
+
+
+def _layer_types(model_type: str, cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ...] | None:
+    """The per-layer attention kinds: the file's (one per layer, refused otherwise, as transformers' config
+    validation does), or as the config class computes them when the file has none."""
+    from ..hf_config import _bad
+
     given = cfg.get("layer_types")
-    if isinstance(given, list) and all(isinstance(t, str) for t in given):
-        return tuple(given[:layers])
+    if given is not None:
+        if not isinstance(given, list) or len(given) != layers or any(t not in LAYER_KINDS for t in given):
+            raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_KINDS)}", given)
+        return tuple(given)
     if model_type == "olmo3":
         return tuple("sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers))
     if model_type == "smollm3":
@@ -62,7 +70,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         as_llama["attention_bias"] = as_llama["mlp_bias"] = bool(cfg.get("use_bias", False))
     as_llama["model_type"] = "llama"
     base = arch_from_config(as_llama, name=name, source=source)
-    layer_types = _layer_types(model_type, cfg, base.num_layers)
+    layer_types = _layer_types(model_type, cfg, base.num_layers, source)
     sliding = cfg.get("sliding_window") if layer_types and "sliding_attention" in layer_types else None
     update: dict[str, Any] = {"model_type": model_type, "layer_types": layer_types, "sliding_window": sliding,
                               "hf_config_json": json.dumps(original)}
