@@ -185,3 +185,14 @@ def test_out_of_range_fields_are_refused_before_transformers_sees_them(monkeypat
     monkeypatch.setattr(derive, "_shapes", lambda *a: pytest.fail("must not start transformers"))
     with pytest.raises(ModelConfigError, match="num_hidden_layers"):
         arch_from_config({"model_type": "helium", "num_hidden_layers": 10**6}, name="huge")
+
+
+def test_a_cache_entry_that_is_not_the_childs_report_is_derived_afresh():
+    import json as _json
+
+    config = {"model_type": "helium", "num_hidden_layers": 2}
+    expected = arch_from_config(config, name="h")  # derives and caches
+    path = derive._cache_file(config)
+    path.write_text(_json.dumps({"shapes": {"text": 1}}))  # valid JSON, wrong structure
+    assert arch_from_config(config, name="h") == expected
+    assert "layers" in _json.loads(path.read_text())["shapes"]  # the cache holds a real report again

@@ -51,7 +51,17 @@ def derived_arch(original: dict[str, Any], model_type: Any, name: str, source: s
         raise unsupported_model_type(model_type, source)
     shapes = _shapes(original, source)
     try:
-        return _arch(shapes, original, name, source)
+        try:
+            return _arch(shapes, original, name, source)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            # a cache entry that is JSON but not the child's report (edited, damaged): derive afresh, once
+            shapes = _shapes(original, source, fresh=True)
+            try:
+                return _arch(shapes, original, name, source)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise ModelConfigError(f"{source}: the shapes transformers reported could not be read "
+                                       f"({type(exc).__name__})", "report this, with the config.json",
+                                       value=source) from None
     except _NotDecoderLayout as exc:
         raise ModelConfigError(
             f"{source}: model_type {model_type!r} ({shapes.get('model_class')}) has a layout the memory model "
@@ -78,12 +88,12 @@ def _cache_file(original: dict[str, Any]):
     return folder / "derived" / f"{key}.json"
 
 
-def _shapes(original: dict[str, Any], source: str) -> dict[str, Any]:
+def _shapes(original: dict[str, Any], source: str, fresh: bool = False) -> dict[str, Any]:
     """The child's answer, from the cache when this config was derived before (a refusal is cached too: it
-    is as much an answer of this transformers version as the shapes are)."""
+    is as much an answer of this transformers version as the shapes are); ``fresh`` skips the cache."""
     cached = _cache_file(original)
     answer = None
-    if cached is not None and cached.is_file():
+    if cached is not None and cached.is_file() and not fresh:
         try:
             answer = json.loads(cached.read_text(encoding="utf-8"))
             if not isinstance(answer, dict) or not ("shapes" in answer or "error" in answer):
