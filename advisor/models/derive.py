@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
@@ -225,7 +226,7 @@ def _arch(shapes: dict[str, Any], original: dict[str, Any], name: str, source: s
     norm_widths = {n: s[0] for n, s in others.items() if "norm" in n.lower() and n.endswith("weight")}
     layer_norms = sum(1 for n, width in norm_widths.items() if width == hidden and not _is_qk_norm(n))
     qk_norm = any(_is_qk_norm(n) for n in norm_widths)
-    other_params = sum(_numel(s) for s in others.values())
+    other_params = sum(math.prod(s) for s in others.values())
     norms_per_layer = max(layer_norms, 1)  # the activation terms need one norm at least; a layer without is rare
     extra_layer = other_params - norms_per_layer * hidden - (2 * head_dim if qk_norm else 0)
     if extra_layer < 0:
@@ -233,8 +234,10 @@ def _arch(shapes: dict[str, Any], original: dict[str, Any], name: str, source: s
     layer_types = tuple(text["layer_types"]) if isinstance(text.get("layer_types"), list) else None
     sliding = text.get("sliding_window") if layer_types is None or "sliding_attention" in layer_types else None
     generic = _generic_parts(others, norm_widths, qk_norm, hidden, head_dim, layer_types, shapes, original)
-    outside = sum(_numel(s) for s in shapes["outside"].values())
+    outside = sum(math.prod(s) for s in shapes["outside"].values())
     extra_outside = outside - hidden + (vocab if shapes.get("lm_head_bias") else 0)
+    if extra_outside < 0:
+        raise _NotDecoderLayout("it has no final norm after the layers")
     arch = ModelArch(
         name=name, model_type=text.get("model_type") or original.get("model_type"),
         hidden_size=hidden, num_layers=len(layers), num_heads=heads, num_kv_heads=kv_out // head_dim,
@@ -263,13 +266,6 @@ def _is_qk_norm(name: str) -> bool:
     return bool(re.search(r"(^|\.)(q|k|query|key)_?(layer)?norm", name.lower()))
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
-
-
 def _generic_parts(others: dict, norm_widths: dict, qk_norm: bool, hidden: int, head_dim: int,
                    layer_types: tuple | None, shapes: dict, original: dict) -> list[str]:
     parts = ["activations use the generic decoder-layer terms (norm placement as in Llama)"]
@@ -284,6 +280,6 @@ def _generic_parts(others: dict, norm_widths: dict, qk_norm: bool, hidden: int, 
     if isinstance(quant, dict):
         parts.append(f"the checkpoint's {shown(quant.get('quant_method'))} quantization is not modelled "
                      "(weights counted in the training precision)")
-    if shapes["outside"] and sum(_numel(s) for s in shapes["outside"].values()) > hidden:
+    if shapes["outside"] and sum(math.prod(s) for s in shapes["outside"].values()) > hidden:
         parts.append("tensors outside the layers beyond the final norm counted as frozen weights, no activations")
     return parts
