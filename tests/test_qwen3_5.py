@@ -90,19 +90,7 @@ def test_causal_lm_is_the_text_model_and_counts_match(name):
 
 @pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("in_proj_qkv", "out_proj", "down_proj")])
 def test_lora_params_equal_peft(targets):
-    peft = pytest.importorskip("peft")
-    from advisor.memory.states import param_bytes
-    from advisor.verify.build import lora_targets
-
-    arch = resolve_model("qwen3.5-9b").model_copy(update={"num_layers": 8})
-    cfg = TrainConfig(method="lora", rank=8, targets=targets)
-    text = json.loads(arch.hf_config_json)["text_config"]
-    text["num_hidden_layers"], text["layer_types"] = 8, text["layer_types"][:8]
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**text))
-    model.requires_grad_(False)
-    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg), task_type="CAUSAL_LM"))
-    assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    _adapters_equal_peft("qwen3.5-9b", 8, targets)
 
 
 def test_moe_reader_reads_the_shared_expert_as_the_dense_mlp():
@@ -122,14 +110,19 @@ def test_moe_counts_match_transformers(name):
 def test_moe_lora_params_equal_peft(targets):
     """all-linear reaches every nn.Linear (mixers, shared expert, its gate) but not the router or the fused experts:
     transformers maps qwen3_5_moe_text to qwen3_5_text's conversion, for which PEFT has no MoE target mapping."""
+    _adapters_equal_peft("qwen3.5-35b-a3b", 4, targets)
+
+
+def _adapters_equal_peft(name, layers, targets):
+    """Our LoRA parameter count against PEFT's on the text model transformers builds (shortened, meta device)."""
     peft = pytest.importorskip("peft")
     from advisor.memory.states import param_bytes
     from advisor.verify.build import lora_targets
 
-    arch = resolve_model("qwen3.5-35b-a3b").model_copy(update={"num_layers": 4})
+    arch = resolve_model(name).model_copy(update={"num_layers": layers})
     cfg = TrainConfig(method="lora", rank=8, targets=targets)
     text = json.loads(arch.hf_config_json)["text_config"]
-    text["num_hidden_layers"], text["layer_types"] = 4, text["layer_types"][:4]
+    text["num_hidden_layers"], text["layer_types"] = layers, text["layer_types"][:layers]
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**text))
     model.requires_grad_(False)
