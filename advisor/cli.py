@@ -358,8 +358,8 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
     return result.select(args.option), result
 
 
-def _configured(args: argparse.Namespace) -> core.Selected:
-    sel = core.configure(config_request(args))
+def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None) -> core.Selected:
+    sel = core.configure(req or config_request(args))
     _notes(sel.notes)
     return sel
 
@@ -415,8 +415,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
             print(rank_table(sel.arch, sel.cfg, report.ranks))
         return 0
-    sel = _configured(args)
-    speed = core.speed_of(sel, core.job_of(config_request(args)))
+    req = config_request(args)  # once: --from reads its file
+    sel = _configured(args, req)
+    speed = core.speed_of(sel, core.job_of(req))
     if args.json:
         _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate, speed))
     else:

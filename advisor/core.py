@@ -335,8 +335,7 @@ def job_of(req) -> "object":
     """The throughput model's Job for a request that carries a job's size (PlanRequest, ConfigRequest)."""
     from .throughput import Job
 
-    return Job(dataset_tokens=req.dataset_tokens, samples=req.samples, epochs=req.epochs,
-               price_per_gpu_hour=req.price_per_gpu_hour)
+    return Job.of(req)
 
 
 def speed_of(sel: "Selected", job=None):

@@ -59,8 +59,7 @@ class Goals(BaseModel):
 
     @property
     def job(self) -> Job:
-        return Job(dataset_tokens=self.dataset_tokens, samples=self.samples, epochs=self.epochs,
-                   price_per_gpu_hour=self.price_per_gpu_hour)
+        return Job.of(self)
 
 
 class TraceEntry(BaseModel):

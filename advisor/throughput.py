@@ -364,6 +364,12 @@ class Job:
     epochs: float = 1.0
     price_per_gpu_hour: float | None = None
 
+    @classmethod
+    def of(cls, source) -> "Job":
+        """The job a request or the planner's goals describe (both carry these four fields)."""
+        return cls(dataset_tokens=source.dataset_tokens, samples=source.samples, epochs=source.epochs,
+                   price_per_gpu_hour=source.price_per_gpu_hour)
+
     def tokens(self, seq_len: int) -> int | None:
         if self.dataset_tokens is not None:
             return self.dataset_tokens
