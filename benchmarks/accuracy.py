@@ -105,6 +105,11 @@ def vlm_matrix() -> list[tuple[str, TrainConfig, dict]]:
         out.append((g4, TrainConfig(method="lora", seq_len=2048, image_size=896, images_per_sample=images,
                                     grad_ckpt=ckpt), dict(num_layers=6)))
     out.append((g4, TrainConfig(method="full", seq_len=2048, image_size=896, grad_ckpt=True), dict(num_layers=6)))
+    # Gemma 4 26B-A4B (text batches: images are refused, its tower is loaded and frozen): five sliding layers and a
+    # full one (512-wide heads, keys as values), the MoE block beside the dense MLP; 128 experts at real widths
+    for method, ckpt, seq in itertools.product(("lora", "qlora", "full"), (False, True), (1024, 4096)):
+        out.append(("gemma-4-26b-a4b", TrainConfig(method=method, seq_len=seq, grad_ckpt=ckpt, optimizer="sgd",
+                                                   loss="chunked"), dict(num_layers=6)))
     return out
 
 
@@ -112,13 +117,23 @@ def vlm_matrix() -> list[tuple[str, TrainConfig, dict]]:
 
 def hybrid_matrix() -> list[tuple[str, TrainConfig, dict]]:
     """Qwen3.5 (issue 13): three Gated DeltaNet linear-attention layers, then one gated full-attention layer, at
-    real widths with 4 layers; dense 9B / 27B and the 35B-A3B MoE.  The oracle runs transformers' torch fallbacks
-    of the chunked delta rule (no fla kernels on a CPU)."""
+    real widths with 4 layers; dense 9B / 27B, the 35B-A3B MoE and Qwen3-Next-80B-A3B.  The oracle runs transformers'
+    torch fallbacks of the chunked delta rule (no fla kernels on a CPU)."""
     out = []
     for model, method, ckpt in itertools.product(("qwen3.5-9b", "qwen3.5-27b", "qwen3.5-35b-a3b"),
                                                  ("lora", "qlora", "full"), (False, True)):
         out.append((model, TrainConfig(method=method, seq_len=1024, grad_ckpt=ckpt, optimizer="sgd"),
                     dict(num_layers=4)))
+    # Qwen3-Next-80B-A3B: the same layer kinds with fused in_proj_qkvz / in_proj_ba and 512 experts (top-10), whose
+    # fused tensors PEFT's all-linear adapts (transformers maps qwen3_next to qwen2_moe's conversion); also with the
+    # mixers' Linears as the only targets, a longer sequence and the chunked loss, where the mixer's terms decide
+    for method, ckpt in itertools.product(("lora", "qlora", "full"), (False, True)):
+        out.append(("qwen3-next-80b-a3b-thinking", TrainConfig(method=method, seq_len=1024, grad_ckpt=ckpt,
+                                                               optimizer="sgd"), dict(num_layers=4)))
+    for ckpt in (False, True):
+        out.append(("qwen3-next-80b-a3b-thinking",
+                    TrainConfig(method="lora", targets=("in_proj_qkvz", "in_proj_ba", "out_proj"), seq_len=2048,
+                                grad_ckpt=ckpt, loss="chunked", optimizer="sgd"), dict(num_layers=4)))
     return out
 
 
@@ -159,8 +174,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one shape per (model, method, ckpt)")
     parser.add_argument("--stress", action="store_true", help="tiny vocabulary, 3 layers: in-layer transients decide")
     parser.add_argument("--moe", action="store_true", help="Mixtral, Qwen3-MoE, gpt-oss shapes with 2-4 layers (LoRA on fused experts)")
-    parser.add_argument("--vlm", action="store_true", help="Gemma 3 27B (text) and 4B with images, 6 layers")
-    parser.add_argument("--hybrid", action="store_true", help="Qwen3.5 9B / 27B / 35B-A3B (linear + full attention), 4 layers")
+    parser.add_argument("--vlm", action="store_true", help="Gemma 3 27B (text) and 4B with images, Gemma 4 26B-A4B (text), 6 layers")
+    parser.add_argument("--hybrid", action="store_true", help="Qwen3.5 9B / 27B / 35B-A3B and Qwen3-Next-80B-A3B "
+                        "(linear + full attention), 4 layers")
     parser.add_argument("--derived", action="store_true", help="OLMo 3, ERNIE 4.5 and model types only the derived "
                         "path knows (Helium, GLM-4, Arcee, EXAONE 4, Seed-OSS), 4 layers")
     parser.add_argument("--out", type=Path, default=None, help="where to write the table (markdown)")

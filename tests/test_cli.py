@@ -98,9 +98,11 @@ def test_models_list():
     # every entry is listed, torch-free ones with their size, the rest saying estimate derives or refuses them
     by_name = {m["name"]: m for m in models}
     assert by_name["qwen3-30b-a3b"]["estimated"] == "torch-free" and by_name["qwen3-30b-a3b"]["params"] > 30e9
-    assert by_name["qwen3-next-80b-a3b"]["estimated"] == "derived-or-refused" and "params" not in by_name["qwen3-next-80b-a3b"]
+    assert by_name["qwen3-next-80b-a3b-thinking"]["estimated"] == "torch-free"
+    assert by_name["nemotron-3-nano-30b-a3b"]["estimated"] == "derived-or-refused" \
+        and "params" not in by_name["nemotron-3-nano-30b-a3b"]
     text = run("models")
-    assert text.returncode == 0 and "qwen3-next-80b-a3b" in text.stdout and "gpt-oss-20b" in text.stdout
+    assert text.returncode == 0 and "nemotron-3-nano-30b-a3b" in text.stdout and "gpt-oss-20b" in text.stdout
 
 
 @pytest.mark.parametrize("name", ["limits", "verify", "plan", "estimate", "rank-sweep", "gpus", "error"])

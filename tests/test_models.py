@@ -83,7 +83,7 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 
 # --- issue 13: the catalog's 2025-2026 entries (sources: advisor/models/SOURCES.md)
-ISSUE_13 = ["qwen3-30b-a3b", "qwen3-235b-a22b", "qwen3-next-80b-a3b", "qwen3.5-27b", "qwen3.5-35b-a3b",
+ISSUE_13 = ["qwen3-30b-a3b", "qwen3-235b-a22b", "qwen3-next-80b-a3b-thinking", "qwen3.5-27b", "qwen3.5-35b-a3b",
             "qwen3.5-122b-a10b", "qwen3.5-397b-a17b", "gemma-3-4b-it", "gemma-3-27b-it", "gemma-4-26b-a4b",
             "gpt-oss-20b", "gpt-oss-120b", "phi-4"]
 

@@ -221,7 +221,8 @@ def load_model(source, random_init):
     else:
         model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization_config(), **kwargs)
     # a vision-language model: the plan trains its language model; the vision tower and projector stay frozen
-    for name in ("vision_tower", "multi_modal_projector"):
+    # (Gemma 4 names its projector embed_vision)
+    for name in ("vision_tower", "multi_modal_projector", "embed_vision"):
         part = getattr(getattr(model, "model", model), name, None)
         if part is not None:
             part.requires_grad_(False)

@@ -18,8 +18,13 @@ from .config import TrainConfig
 FP32 = 4
 # model types whose RMSNorm multiplies by (1 + w) in fp32 before casting back (Gemma, Gemma 2, Gemma 3)
 # (Qwen3.5's Qwen3_5RMSNorm does the same, zero-centred weights: output * (1.0 + weight.float()) in fp32)
-GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3_5", "qwen3_5_moe")
-GEMMA3 = ("gemma3", "gemma3_text")  # per-layer sliding / global attention (ModelArch.layer_types)
+# (and Qwen3-Next's Qwen3NextRMSNorm, the same code in modeling_qwen3_next.py)
+# (Gemma 4's Gemma4RMSNorm multiplies by w, not 1 + w, but in fp32 too: normed_output * self.weight.float())
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4", "gemma4_text")
+# per-layer sliding / global attention (ModelArch.layer_types), one mask per kind (Gemma 3, and Gemma 4:
+# modeling_gemma4.py Gemma4TextModel.forward builds a full and a sliding mask)
+GEMMA3 = ("gemma3", "gemma3_text", "gemma4", "gemma4_text")
+GEMMA4 = ("gemma4", "gemma4_text")
 
 
 @dataclass
@@ -68,12 +73,14 @@ class LayerPlan:
     sdpa_masked: bool = False  # SDPA with an explicit (sliding-window) mask
     kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
     linear_mixer: bool = False  # a hybrid's linear-attention layer (Qwen3.5's Gated DeltaNet, ModelArch.linear_attention)
+    global_attention: bool = False  # a full-attention layer with its own head width / kv heads (Gemma 4)
 
 
 # Linears fed by one tensor (their LoRA branches save it once when they need no cast)
 _SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
                  "gate_proj": "MLP input", "up_proj": "MLP input", "in_proj_qkv": "attention input",
-                 "in_proj_z": "attention input", "in_proj_b": "attention input", "in_proj_a": "attention input"}
+                 "in_proj_z": "attention input", "in_proj_b": "attention input", "in_proj_a": "attention input",
+                 "in_proj_qkvz": "attention input", "in_proj_ba": "attention input"}
 
 
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
@@ -106,7 +113,12 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     saved = SavedTensors()
     a = plan.act_bytes
     h, q_dim, kv_dim, nq = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.num_heads
+    nkv = arch.num_kv_heads
     gemma = arch.model_type in GEMMA_NORMS
+    if plan.global_attention:  # Gemma 4's full-attention layers: global_head_dim wide heads, their own kv heads
+        gd = arch.global_head_dim or arch.head_dim
+        nkv = arch.global_kv_heads or arch.num_kv_heads
+        q_dim, kv_dim = nq * gd, nkv * gd
 
     # --- attention block
     norm_act = FP32 if plan.autocast else a  # under autocast the norms run on the fp32 residual stream
@@ -122,11 +134,16 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     else:
         q_rg = _linear(saved, plan, "q_proj", h, normed_rg, True)
         k_rg = _linear(saved, plan, "k_proj", h, normed_rg, True)
-        v_rg = _linear(saved, plan, "v_proj", h, normed_rg, True)
+        # Gemma 4's full-attention layers under attention_k_eq_v have no v_proj: the values are k_proj's output
+        k_eq_v = plan.global_attention and arch.attention_k_eq_v
+        v_rg = k_rg if k_eq_v else _linear(saved, plan, "v_proj", h, normed_rg, True)
     if arch.qk_norm:
         # Qwen3 casts back before the weight; Gemma 3 (q_norm/k_norm are Gemma3RMSNorm) multiplies in fp32
         q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, gemma, rows=arch.num_heads)
-        k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, gemma, rows=arch.num_kv_heads)
+        k_rg = _rmsnorm(saved, "k norm", kv_dim, a, k_rg, plan.full, gemma, rows=nkv)
+    if arch.model_type in GEMMA4:
+        # Gemma4TextAttention: v_norm, an RMSNorm without weight, on the values (its own fp32 copy under k_eq_v)
+        v_rg = _rmsnorm(saved, "v norm", kv_dim, a, v_rg, False, gemma, rows=nkv)
     attn_rg = q_rg or k_rg or v_rg
     if attn_rg and plan.eager:
         # scores = q @ k^T keeps k (GQA-repeated) for q's grad and q for k's grad; softmax keeps its fp32
@@ -179,7 +196,9 @@ def _mlp_block(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: boo
     normed2_rg = _rmsnorm(saved, mlp_norm, h, norm_act, x2_rg, plan.full, gemma)
     if plan.full and not plan.autocast:
         saved.add("MLP input", a * h)
-    if arch.moe is not None:
+    if arch.moe is not None and arch.moe.dense_mlp:
+        out_rg = _gemma4_moe_block_saved(saved, arch, plan, x2_rg, normed2_rg, norm_act, gemma)
+    elif arch.moe is not None:
         out_rg = _moe_saved(saved, arch, plan, normed2_rg)
         if arch.linear_attention is not None:
             # Qwen3.5-MoE's shared expert (a dense MLP of intermediate_size) scaled by sigmoid(shared_expert_gate(x)):
@@ -205,11 +224,10 @@ def _gated_deltanet_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan,
     assert la is not None
     a, h, nv, C = plan.act_bytes, arch.hidden_size, la.num_value_heads, la.chunk_size
     V = la.value_dim  # = num_value_heads x key_head_dim too (the reader requires equal head dims)
-    qkv_rg = _linear(saved, plan, "in_proj_qkv", h, in_rg, True)
-    z_rg = _linear(saved, plan, "in_proj_z", h, in_rg, True)
-    b_rg = _linear(saved, plan, "in_proj_b", h, in_rg, True)
-    a_rg = _linear(saved, plan, "in_proj_a", h, in_rg, True)
-    rg = qkv_rg or z_rg or b_rg or a_rg or plan.full
+    # Qwen3.5's four input Linears, or Qwen3-Next's two fused ones (LinearAttention.fused_projections); the copies
+    # that reorder Qwen3-Next's outputs (fix_query_key_value_ordering, the reshapes, the cat) keep nothing
+    names = ("in_proj_qkvz", "in_proj_ba") if la.fused_projections else ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
+    rg = any([_linear(saved, plan, name, h, in_rg, True) for name in names]) or plan.full
     if not rg:
         return False
     # the depthwise conv1d keeps its input and its (padded) output, which the SiLU after it keeps too
@@ -258,13 +276,42 @@ def _dense_mlp_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_r
     return _linear(saved, plan, "down_proj", i, prod_rg, input_already_saved=False)
 
 
+def _gemma4_moe_block_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, x2_rg: bool, normed2_rg: bool,
+                            norm_act: int, gemma: bool) -> bool:
+    """Gemma 4's enable_moe_block (modeling_gemma4.py Gemma4TextDecoderLayer.forward, Gemma4TextRouter): the dense MLP
+    on the pre-feedforward norm's output, then post_feedforward_layernorm_1; the router on the residual (a
+    weightless RMSNorm, times ``scale`` and a constant, ``proj``, an fp32 softmax, top-k renormalised and scaled per
+    expert); the experts on pre_feedforward_layernorm_2 of the residual, then post_feedforward_layernorm_2.  Returns
+    whether the sum of both branches requires grad."""
+    assert arch.moe is not None
+    a, h, e, k = plan.act_bytes, arch.hidden_size, arch.moe.num_experts, arch.moe.experts_per_token
+    dense_rg = _dense_mlp_saved(saved, arch, plan, normed2_rg)
+    dense_rg = _rmsnorm(saved, "post-feedforward norm 1", h, norm_act, dense_rg, plan.full, gemma)
+    router_in_rg = _rmsnorm(saved, "router norm", h, norm_act, x2_rg, False, gemma)
+    if plan.full:
+        # the normed input times ``scale`` keeps the normed input for scale's grad; proj keeps its own input
+        saved.add("router: normed input (scale grad) + proj input", 2 * a * h)
+    router_rg = router_in_rg or plan.full
+    if router_rg:
+        # the fp32 softmax keeps its output; top-k its indices (int64); the renormalisation and the per-expert scale
+        # keep the k weights (fp32), the gathered scales and the indices of the gather
+        saved.add("router softmax (fp32)", FP32 * e)
+        saved.add("router top-k: indices, weights, per-expert scales", 8 * k + 3 * FP32 * k)
+    experts_in_rg = _rmsnorm(saved, "pre-feedforward norm 2", h, norm_act, x2_rg, plan.full, gemma)
+    experts_rg = _moe_saved(saved, arch, plan, experts_in_rg or router_rg)
+    experts_rg = _rmsnorm(saved, "post-feedforward norm 2", h, norm_act, experts_rg, plan.full, gemma)
+    return dense_rg or experts_rg
+
+
 def _moe_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
     """Mixtral-style top-k MoE: every token runs k experts, so the MLP terms count k times, plus the
     gathered expert inputs and the fp32 router probabilities."""
     assert arch.moe is not None
     a, k, ie, e = plan.act_bytes, arch.moe.experts_per_token, arch.moe.expert_intermediate_size, arch.moe.num_experts
-    router_rg = _linear(saved, plan, "gate", arch.hidden_size, in_rg, True)
-    if (in_rg or router_rg) and arch.model_type != "gpt_oss":  # gpt-oss: top-k of the logits, softmax over k
+    router_rg = False
+    if not arch.moe.dense_mlp:  # Gemma 4's router is counted by _gemma4_moe_block_saved
+        router_rg = _linear(saved, plan, "gate", arch.hidden_size, in_rg, True)
+    if (in_rg or router_rg) and arch.model_type != "gpt_oss" and not arch.moe.dense_mlp:  # gpt-oss: softmax over k
         saved.add("router softmax (fp32)", FP32 * e)
     # PEFT adapts the fused expert tensors through a parametrization: every forward materialises the
     # merged weight W + B·A of the whole expert stack, and the per-expert matmuls keep views of it for
@@ -356,6 +403,7 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
     fsdp_mixed = cfg.fsdp and cfg.gpus > 1 and cfg.offload == "none" and cfg.precision != "fp32"
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
                      linear_mixer=layer_type == "linear_attention",
+                     global_attention=layer_type == "full_attention" and arch.global_head_dim is not None,
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
                      adapter_bytes=act if fsdp_mixed else FP32)
 
@@ -427,7 +475,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     at_up = T * (ad * i if up_name in lora else 0)
     at_down = T * (a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h))
     forward = max(at_up, at_down)
-    sink_scores = sink_tail = sink_extra = 0
+    sink_scores = sink_tail = sink_extra = moe_bwd = 0
     if arch.attention_sinks and plan.eager:
         # gpt-oss's eager attention (modeling_gpt_oss.py eager_attention_forward): at the max subtraction the
         # scaled, masked scores, their concatenation with the sink column and the difference are alive (one
@@ -449,6 +497,19 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0
     # the layer's merged expert weights (and the factor casts they were folded from) exist while it runs, saved or
     # not (they are its weights)
+    if arch.moe is not None and arch.moe.dense_mlp:
+        # Gemma 4 (modeling_gemma4.py Gemma4TextRouter): the routing weights stay fp32 (fp32 softmax times
+        # per_expert_scale), so in grouped_mm_experts_forward the weighted expert outputs and their re-ordered copy are
+        # fp32 (T*k rows); at the un-permute they are alive with the gathered inputs and the down output (16-bit), next
+        # to the residual, the dense MLP's output and its normed copy (post_feedforward_layernorm_1)
+        kh = arch.moe.experts_per_token * h
+        gathered = 0 if plan.full else a * kh  # kept for backward anyway when the expert weights train
+        moe_end = T * (gathered + a * kh + 2 * FP32 * kh + 3 * a * h)
+        forward = max(forward, moe_end)
+        # its backward, at the routing-weight product's backward: the fp32 gradient of the weighted outputs (scattered
+        # back by the un-permute), its product with the weights (fp32) and that cast to 16 bit, next to the fp32
+        # gradient of the experts' output (.to(hidden_states.dtype)) and the branch gradients (16-bit, T rows)
+        moe_bwd = T * (2 * FP32 * kh + a * kh + FP32 * h + 2 * a * h)
     forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
                        + expert_factor_cast_bytes(arch, plan))
     la = arch.linear_attention
@@ -458,7 +519,11 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
         # (v, v * beta, k * beta, the decayed k * beta, the two triangular solves' outputs, the output buffer, the
         # decayed q and k) with three fp32 chunk x chunk tensors per head (pairwise decay, UT system, intra attention)
         mixer = T * (a * la.conv_dim + a * la.value_dim + 9 * FP32 * la.value_dim + 3 * FP32 * la.num_value_heads * la.chunk_size)
-        forward_unsaved = max(forward_unsaved, base + mixer)
+        # Qwen3-Next (fused_projections): Qwen3NextGatedDeltaNet.forward holds its locals projected_states_qkvz and
+        # projected_states_ba (the two Linears' outputs; q, k, v, z, b and a are reordered copies of them) until it
+        # returns, though nothing keeps them for backward (the checkpointed forward's peak rose by exactly that)
+        held = T * a * (la.conv_dim + la.value_dim + 2 * la.num_value_heads) if la.fused_projections else 0
+        forward_unsaved = max(forward_unsaved, base + mixer + held)
     linear_bwd = 0
     if la is not None:
         # its backward (the chunk loop's, in reverse): the fp32 gradients of the output, v_new, the decayed q and k,
@@ -478,7 +543,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # gpt-oss's sinks: at the max's backward (a scatter into new zeros) the softmax's input gradient, the zeros
     # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
     # terms are already released by then: the same excess over the layer's saved bytes as in the forward
-    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra)
+    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra, moe_bwd)
     backward = max(backward, linear_bwd)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input

@@ -38,6 +38,13 @@ def image_inputs(arch: ModelArch, cfg: TrainConfig, strict: bool = True) -> Imag
         raise UsageError(f"{arch.name} ({arch.model_type}) is a text-only model: it takes no images",
                          "drop --image-size / --images-per-sample / --image-tokens, or pick a vision-language model",
                          field="images_per_sample", value=cfg.images_per_sample or cfg.image_tokens or cfg.image_size)
+    if v.model_type == "gemma4_vision":
+        # Gemma4VisionModel (modeling_gemma4.py) patchifies each image at its own aspect ratio, pads to the soft-token
+        # budget x pooling_kernel^2 patches and pools by position: a tower whose activations are not modelled yet
+        raise UsageError(f"images for {arch.name}: Gemma 4's vision tower (gemma4_vision, variable-resolution patches) "
+                         "is not in the torch-free memory model",
+                         "estimate text-only fine-tuning (the tower is loaded and frozen either way)",
+                         field="images_per_sample", value=cfg.images_per_sample or cfg.image_tokens or cfg.image_size)
     if cfg.image_tokens is not None:
         images = cfg.images_per_sample or -(-cfg.image_tokens // v.tokens_per_image)
         tokens = cfg.image_tokens

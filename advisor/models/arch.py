@@ -24,6 +24,9 @@ class MoE(BaseModel):
     expert_bias: bool = Field(False, description="Each expert's gate_up and down projections have a bias (gpt-oss).")
     swiglu_limit: float | None = Field(None, description="Clamped SwiGLU of gpt-oss's experts: gate clamped above, "
                                                          "up clamped both sides, then (up + 1) * gate * sigmoid(alpha * gate).")
+    dense_mlp: bool = Field(False, description="A dense MLP of the model's intermediate_size runs beside the experts "
+                                               "on the same input, and their outputs are summed (Gemma 4's "
+                                               "enable_moe_block: Gemma4TextDecoderLayer.mlp next to .experts).")
 
 
 class VisionTower(BaseModel):
@@ -44,6 +47,12 @@ class VisionTower(BaseModel):
     use_head: bool = Field(False, description="SigLIP's attention-pooling head (Gemma 3 builds none).")
     tokens_per_image: int = Field(gt=0, description="Language-model tokens one image becomes (mm_tokens_per_image).")
     text_hidden_size: int = Field(gt=0, description="The projector's output width (the language model's hidden size).")
+    head_dim: int | None = Field(None, description="Per-head width when the config sets it (Gemma 4's tower); None: "
+                                                  "hidden_size / num_heads (SigLIP).")
+    num_kv_heads: int | None = Field(None, description="Key/value heads when the config sets them (Gemma 4's tower).")
+    position_embedding_size: int | None = Field(
+        None, description="Rows of each of the two (x, y) learned position tables of Gemma 4's patch embedder.")
+    pooling_kernel_size: int | None = Field(None, description="Gemma 4: patches averaged per side into one soft token.")
 
     @property
     def patches_per_image(self) -> int:
@@ -64,6 +73,11 @@ class LinearAttention(BaseModel):
     value_head_dim: int = Field(gt=0)
     conv_kernel: int = Field(gt=0, description="Width of the causal depthwise convolution (linear_conv_kernel_dim).")
     chunk_size: int = Field(64, gt=0, description="Tokens per chunk of the chunked delta rule (torch and fla: 64).")
+    fused_projections: bool = Field(
+        False, description="Qwen3-Next's layout (modeling_qwen3_next.py Qwen3NextGatedDeltaNet): two input Linears, "
+                           "in_proj_qkvz (h -> 2 key_dim + 2 value_dim) and in_proj_ba (h -> 2 value heads), whose "
+                           "per-key-head interleaved outputs are split and copied into q, k, v, z, b and a; Qwen3.5 "
+                           "has four (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a).")
 
     @property
     def key_dim(self) -> int:
@@ -120,6 +134,12 @@ class ModelArch(BaseModel):
     linear_attention: LinearAttention | None = Field(
         None, description="The linear-attention (Gated DeltaNet) mixer of the layers layer_types marks "
                           "linear_attention (Qwen3.5).")
+    global_head_dim: int | None = Field(None, description="Per-head width of the full_attention layers when it differs "
+                                                         "from head_dim (Gemma 4's global_head_dim).")
+    global_kv_heads: int | None = Field(None, description="Key/value heads of the full_attention layers when they differ "
+                                                         "from num_kv_heads (Gemma 4's num_global_key_value_heads).")
+    attention_k_eq_v: bool = Field(False, description="The full_attention layers have no v_proj: the values are the key "
+                                                      "projection's output, normed separately (Gemma 4).")
     attn_output_gate: bool = Field(False, description="q_proj is twice as wide and its second half gates the attention "
                                                       "output through a sigmoid (Qwen3.5's full-attention layers).")
     hf_config_json: str | None = Field(
@@ -127,7 +147,8 @@ class ModelArch(BaseModel):
                           "kept verbatim for families whose config to_hf_config does not write by hand.")
     extra_layer_params: int = Field(
         0, ge=0, description="Parameters per decoder layer beyond the modelled ones (derived shapes: full-width q/k "
-                             "norms, biases of unknown tensors); counted with the norms (frozen under LoRA, 16-bit).")
+                             "norms, biases of unknown tensors; Gemma 4: its MoE block's three extra norms and the "
+                             "router's scale and per-expert scale); counted with the norms (frozen under LoRA, 16-bit).")
     extra_params: int = Field(
         0, ge=0, description="Parameters outside the decoder layers beyond embedding, final norm and lm_head "
                              "(derived shapes: a vision tower, an lm_head bias); counted with the norms.")

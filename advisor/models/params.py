@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .arch import ModelArch, VisionTower
+from .arch import LinearAttention, ModelArch, VisionTower
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def layer_share(arch: ModelArch, spec: "LinearSpec") -> float:
     return 1.0 if spec.kind is None else layers_holding(arch, spec.kind) / arch.num_layers
 
 
-LINEAR_ATTENTION, FULL_ATTENTION = "linear_attention", "full_attention"
+LINEAR_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION = "linear_attention", "full_attention", "sliding_attention"
 
 
 def kind_other_numels(arch: ModelArch) -> dict[str, list[int]]:
@@ -62,6 +62,12 @@ def kind_other_numels(arch: ModelArch) -> dict[str, list[int]]:
     modeling_qwen3_5.py): a full-attention layer's q_norm and k_norm (head_dim each); a linear-attention layer's
     depthwise conv1d weight (conv_dim x 1 x kernel, no bias), dt_bias and A_log (one per value head) and the gated
     RMSNorm (one value head wide)."""
+    if arch.global_head_dim is not None:
+        # Gemma 4 (modeling_gemma4.py Gemma4TextAttention): q_norm and k_norm are one head wide, and a full-attention
+        # head is global_head_dim wide; every layer's head_dim-wide pair is counted with the norms (ModelArch.qk_norm),
+        # so a full-attention layer holds the difference (the reader refuses a global head narrower than head_dim)
+        extra = arch.global_head_dim - arch.head_dim
+        return {SLIDING_ATTENTION: [], FULL_ATTENTION: [extra, extra] if extra else []}
     la = arch.linear_attention
     if la is None:
         return {}
@@ -69,8 +75,36 @@ def kind_other_numels(arch: ModelArch) -> dict[str, list[int]]:
             LINEAR_ATTENTION: [la.conv_dim * la.conv_kernel, la.num_value_heads, la.num_value_heads, la.value_head_dim]}
 
 
+def _gemma4_linears(arch: ModelArch) -> list[LinearSpec]:
+    """Gemma 4 (modeling_gemma4.py Gemma4TextAttention, Gemma4TextDecoderLayer): sliding layers attend with head_dim
+    and num_kv_heads, full-attention layers with global_head_dim and (when set) num_global_key_value_heads, and
+    without v_proj under attention_k_eq_v; the dense GeGLU MLP is in every layer, and with enable_moe_block the
+    router's nn.Linear (``router.proj``, num_experts outputs) next to the fused experts."""
+    h, b = arch.hidden_size, arch.qkv_bias
+    gd = arch.global_head_dim or arch.head_dim
+    gkv = (arch.global_kv_heads or arch.num_kv_heads) * gd
+    q_full = arch.num_heads * gd
+    sliding, full = SLIDING_ATTENTION, FULL_ATTENTION
+    linears = [LinearSpec("q_proj", h, arch.q_dim, b, kind=sliding), LinearSpec("k_proj", h, arch.kv_dim, b, kind=sliding),
+               LinearSpec("v_proj", h, arch.kv_dim, b, kind=sliding), LinearSpec("o_proj", arch.q_dim, h, b, kind=sliding),
+               LinearSpec("q_proj", h, q_full, b, kind=full), LinearSpec("k_proj", h, gkv, b, kind=full)]
+    if not arch.attention_k_eq_v:
+        linears.append(LinearSpec("v_proj", h, gkv, b, kind=full))
+    linears.append(LinearSpec("o_proj", q_full, h, b, kind=full))
+    i = arch.intermediate_size
+    linears += [LinearSpec("gate_proj", h, i, False), LinearSpec("up_proj", h, i, False), LinearSpec("down_proj", i, h, False)]
+    if arch.moe is not None:
+        linears.append(LinearSpec("proj", h, arch.moe.num_experts, False))  # Gemma4TextRouter.proj
+    return linears
+
+
+GEMMA4 = ("gemma4", "gemma4_text")
+
+
 def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
     h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
+    if arch.model_type in GEMMA4:
+        return _gemma4_linears(arch)
     if arch.linear_attention is not None:
         # Qwen3.5: the full-attention layers' q_proj carries the output gate (2 x q), the linear-attention layers
         # their Gated DeltaNet projections; the MLP is in every layer
@@ -79,10 +113,7 @@ def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
                    LinearSpec("k_proj", h, kv, arch.qkv_bias, kind=full),
                    LinearSpec("v_proj", h, kv, arch.qkv_bias, kind=full),
                    LinearSpec("o_proj", q, h, arch.o_bias, kind=full),
-                   LinearSpec("in_proj_qkv", h, la.conv_dim, False, kind=lin),
-                   LinearSpec("in_proj_z", h, la.value_dim, False, kind=lin),
-                   LinearSpec("in_proj_b", h, la.num_value_heads, False, kind=lin),
-                   LinearSpec("in_proj_a", h, la.num_value_heads, False, kind=lin),
+                   *_deltanet_inputs(h, la),
                    LinearSpec("out_proj", la.value_dim, h, False, kind=lin)]
         i = arch.intermediate_size
         if arch.moe is not None:
@@ -117,6 +148,20 @@ def _layer_linears(arch: ModelArch) -> list[LinearSpec]:
         linears.append(LinearSpec("up_proj", h, i, arch.mlp_bias))
     linears.append(LinearSpec("down_proj", i, h, arch.mlp_bias))
     return linears
+
+
+def _deltanet_inputs(h: int, la: LinearAttention) -> list[LinearSpec]:
+    """A Gated DeltaNet's input projections: Qwen3.5's four (modeling_qwen3_5.py), or Qwen3-Next's two fused ones
+    (modeling_qwen3_next.py Qwen3NextGatedDeltaNet: in_proj_qkvz h -> 2 key_dim + 2 value_dim, in_proj_ba h -> 2
+    value heads; the same outputs, interleaved per key head)."""
+    lin = LINEAR_ATTENTION
+    if la.fused_projections:
+        return [LinearSpec("in_proj_qkvz", h, la.conv_dim + la.value_dim, False, kind=lin),
+                LinearSpec("in_proj_ba", h, 2 * la.num_value_heads, False, kind=lin)]
+    return [LinearSpec("in_proj_qkv", h, la.conv_dim, False, kind=lin),
+            LinearSpec("in_proj_z", h, la.value_dim, False, kind=lin),
+            LinearSpec("in_proj_b", h, la.num_value_heads, False, kind=lin),
+            LinearSpec("in_proj_a", h, la.num_value_heads, False, kind=lin)]
 
 
 def expert_params_per_layer(arch: ModelArch) -> int:
@@ -183,6 +228,8 @@ def vision_tensor_numels(v: VisionTower) -> list[int]:
     Gemma3MultiModalProjector): patch conv (weight, bias), position embedding (one row per patch), per layer two
     LayerNorms (weight, bias), q/k/v/out projections and fc1/fc2 with biases, the post LayerNorm, the optional
     attention-pooling head; the projector's RMSNorm weight and its (vision hidden x text hidden) matrix."""
+    if v.model_type == "gemma4_vision":
+        return _gemma4_vision_numels(v)
     hv, iv = v.hidden_size, v.intermediate_size
     tensors = [v.num_channels * v.patch_size ** 2 * hv, hv, v.patches_per_image * hv]
     layer = [hv, hv] * 2 + [hv * hv, hv] * 4 + [hv * iv, iv, iv * hv, hv]
@@ -190,3 +237,18 @@ def vision_tensor_numels(v: VisionTower) -> list[int]:
     if v.use_head:  # SiglipMultiheadAttentionPoolingHead: probe, nn.MultiheadAttention, LayerNorm, MLP
         tensors += [hv, 3 * hv * hv, 3 * hv, hv * hv, hv, hv, hv, hv * iv, iv, iv * hv, hv]
     return tensors + [hv, hv * v.text_hidden_size]
+
+
+def _gemma4_vision_numels(v: VisionTower) -> list[int]:
+    """Gemma 4's vision tower and projector (transformers/models/gemma4/modeling_gemma4.py): Gemma4VisionPatchEmbedder
+    (input_proj, 3 * patch^2 -> hidden, no bias; a (2, position_embedding_size, hidden) position table), per
+    Gemma4VisionEncoderLayer q/k/v/o (no bias), q_norm and k_norm (head_dim; v_norm has no weight), the gated MLP
+    (gate, up, down) and four RMSNorms; no final norm, a parameter-free pooler; Gemma4MultimodalEmbedder's
+    projection (vision hidden -> text hidden; its pre-projection norm has no weight).  Clipped-linear bounds and the
+    standardize bias/scale are buffers, not parameters."""
+    hv, iv = v.hidden_size, v.intermediate_size
+    hd = v.head_dim or hv // v.num_heads
+    q, kv = v.num_heads * hd, (v.num_kv_heads or v.num_heads) * hd
+    tensors = [v.num_channels * v.patch_size ** 2 * hv, 2 * (v.position_embedding_size or 0) * hv]
+    layer = [hv * q, hv * kv, hv * kv, q * hv, hd, hd, hv * iv, hv * iv, iv * hv] + [hv] * 4
+    return tensors + layer * v.num_layers + [hv * v.text_hidden_size]

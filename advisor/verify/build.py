@@ -18,7 +18,8 @@ from ..models.arch import ModelArch
 from ..models.hf_config import to_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-VISION_MODULES = ("vision_tower", "multi_modal_projector")  # frozen in a VLM (see models/arch.py VisionTower)
+# frozen in a VLM (see models/arch.py VisionTower); Gemma 4 names its projector embed_vision (modeling_gemma4.py)
+VISION_MODULES = ("vision_tower", "multi_modal_projector", "embed_vision")
 ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 
 # A function that returns a new tensor of the given shape and dtype on the run's device.

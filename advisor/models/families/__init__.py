@@ -34,3 +34,12 @@ READERS["qwen3_5"] = qwen3_5.read
 READERS["qwen3_5_text"] = qwen3_5.read
 READERS["qwen3_5_moe"] = qwen3_5.read
 READERS["qwen3_5_moe_text"] = qwen3_5.read
+
+from . import qwen3_next  # noqa: E402
+
+READERS["qwen3_next"] = qwen3_next.read
+
+from . import gemma4  # noqa: E402
+
+READERS["gemma4"] = gemma4.read
+READERS["gemma4_text"] = gemma4.read

@@ -78,12 +78,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         # Qwen3_5MoeSparseMoeBlock: a top-k router (a bare weight, probabilities always renormalised over the k),
         # fused 3-D experts, and a shared expert (a dense MLP of shared_expert_intermediate_size, nn.Linear) whose
         # output a sigmoid of shared_expert_gate (h -> 1) scales; the shared expert is read as the layer's dense MLP
-        experts, top_k = _int(cfg, "num_experts", source), _int(cfg, "num_experts_per_tok", source)
-        if top_k > experts:
-            raise ModelConfigError(f"{source}: num_experts_per_tok {top_k} is more than num_experts {experts}",
-                                   "a token is routed to some of the experts, at most all of them", value=source)
-        moe = MoE(num_experts=experts, experts_per_token=top_k,
-                  expert_intermediate_size=_int(cfg, "moe_intermediate_size", source), norm_topk_prob=True)
+        moe = routed_experts(cfg, source, norm_topk_prob=True)
         cfg["intermediate_size"] = _int(cfg, "shared_expert_intermediate_size", source)
     _check_fields({k: v for k, v in cfg.items() if k not in _LINEAR_INTS and k not in _MOE_INTS}, source,
                   "qwen3_5_moe_text" if moe_model else "qwen3_5_text")
@@ -91,21 +86,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     heads = _req(cfg, "num_attention_heads", source)
     kv_heads = _req(cfg, "num_key_value_heads", source)
     check_kv_heads(heads, kv_heads, source)
-    linear = LinearAttention(
-        num_key_heads=_int(cfg, "linear_num_key_heads", source),
-        num_value_heads=_int(cfg, "linear_num_value_heads", source),
-        key_head_dim=_int(cfg, "linear_key_head_dim", source),
-        value_head_dim=_int(cfg, "linear_value_head_dim", source),
-        conv_kernel=_int(cfg, "linear_conv_kernel_dim", source),
-    )
-    if linear.num_value_heads % linear.num_key_heads:
-        # torch_chunk_gated_delta_rule repeats each q/k head over num_v_heads // num_k_heads value heads
-        raise ModelConfigError(f"{source}: linear_num_value_heads {linear.num_value_heads} is not a multiple of "
-                               f"linear_num_key_heads {linear.num_key_heads}", _HINT, value=source)
-    if linear.key_head_dim != linear.value_head_dim:
-        raise ModelConfigError(f"{source}: linear_key_head_dim {linear.key_head_dim} differs from linear_value_head_dim "
-                               f"{linear.value_head_dim}: not in the torch-free memory model",
-                               "every released Qwen3.5 uses 128 for both", value=source)
+    linear = linear_attention(cfg, source)
     layers = _req(cfg, "num_hidden_layers", source)
     layer_types = _layer_types(cfg, layers, source)
     # the text-only model ties per the text config; the composite file's top-level key is what it was saved with
@@ -115,29 +96,70 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     if tie != cfg["tie_word_embeddings"] and "tie_word_embeddings" in text:
         raise ModelConfigError(f"{source}: tie_word_embeddings differs between the file and its text_config",
                                _HINT, value=source)
+    return build_arch(
+        source,
+        name=name,
+        model_type="qwen3_5_moe" if moe_model else "qwen3_5",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=_int(cfg, "head_dim", source),
+        intermediate_size=_req(cfg, "intermediate_size", source),
+        vocab_size=_req(cfg, "vocab_size", source),
+        max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=tie,
+        qkv_bias=bool(cfg["attention_bias"]),
+        o_bias=bool(cfg["attention_bias"]),
+        activation=cfg["hidden_act"],
+        qk_norm=True,
+        layer_types=layer_types,
+        linear_attention=linear,
+        moe=moe,
+        attn_output_gate=True,  # Qwen3_5Attention always builds the gated q_proj (attn_output_gate is not read)
+        hf_config_json=json.dumps(original),
+    )
+
+
+# --- shared with families/qwen3_next.py (Qwen3-Next: the same Gated DeltaNet, gated attention and MoE block)
+
+def linear_attention(cfg: dict[str, Any], source: str, family: str = "Qwen3.5",
+                     fused_projections: bool = False) -> LinearAttention:
+    """The Gated DeltaNet mixer's shapes from linear_* keys (defaults already applied), with the layouts the memory
+    model does not cover refused."""
+    linear = LinearAttention(
+        num_key_heads=_int(cfg, "linear_num_key_heads", source),
+        num_value_heads=_int(cfg, "linear_num_value_heads", source),
+        key_head_dim=_int(cfg, "linear_key_head_dim", source),
+        value_head_dim=_int(cfg, "linear_value_head_dim", source),
+        conv_kernel=_int(cfg, "linear_conv_kernel_dim", source),
+        fused_projections=fused_projections,
+    )
+    if linear.num_value_heads % linear.num_key_heads:
+        # torch_chunk_gated_delta_rule repeats each q/k head over num_v_heads // num_k_heads value heads
+        raise ModelConfigError(f"{source}: linear_num_value_heads {linear.num_value_heads} is not a multiple of "
+                               f"linear_num_key_heads {linear.num_key_heads}", _HINT, value=source)
+    if linear.key_head_dim != linear.value_head_dim:
+        raise ModelConfigError(f"{source}: linear_key_head_dim {linear.key_head_dim} differs from linear_value_head_dim "
+                               f"{linear.value_head_dim}: not in the torch-free memory model",
+                               f"every released {family} uses 128 for both", value=source)
+    return linear
+
+
+def routed_experts(cfg: dict[str, Any], source: str, norm_topk_prob: bool) -> MoE:
+    """The routed experts of a Qwen3.5-MoE / Qwen3-Next sparse block (the shared expert is the arch's dense MLP)."""
+    experts, top_k = _int(cfg, "num_experts", source), _int(cfg, "num_experts_per_tok", source)
+    if top_k > experts:
+        raise ModelConfigError(f"{source}: num_experts_per_tok {top_k} is more than num_experts {experts}",
+                               "a token is routed to some of the experts, at most all of them", value=source)
+    return MoE(num_experts=experts, experts_per_token=top_k,
+               expert_intermediate_size=_int(cfg, "moe_intermediate_size", source), norm_topk_prob=norm_topk_prob)
+
+
+def build_arch(source: str, **fields: Any) -> ModelArch:
+    """ModelArch(**fields), its validation errors worded as a config error naming the file."""
     try:
-        return ModelArch(
-            name=name,
-            model_type="qwen3_5_moe" if moe_model else "qwen3_5",
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=_int(cfg, "head_dim", source),
-            intermediate_size=_req(cfg, "intermediate_size", source),
-            vocab_size=_req(cfg, "vocab_size", source),
-            max_position_embeddings=cfg["max_position_embeddings"],
-            tie_word_embeddings=tie,
-            qkv_bias=bool(cfg["attention_bias"]),
-            o_bias=bool(cfg["attention_bias"]),
-            activation=cfg["hidden_act"],
-            qk_norm=True,
-            layer_types=layer_types,
-            linear_attention=linear,
-            moe=moe,
-            attn_output_gate=True,  # Qwen3_5Attention always builds the gated q_proj (attn_output_gate is not read)
-            hf_config_json=json.dumps(original),
-        )
+        return ModelArch(**fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
