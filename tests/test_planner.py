@@ -28,7 +28,9 @@ def test_default_pack_has_twenty_rules_with_unique_ids():
 def test_llama2_7b_on_a_4090_fits_with_headroom():
     plan, hw = plan_for("llama-2-7b", "rtx4090", seq_len=2048)
     chosen = plan.chosen
-    assert chosen.config.method in ("lora", "qlora") and chosen.config.grad_ckpt
+    # QLoRA fits 2048 tokens without checkpointing since the LoRA branches are modelled under the trainer's autocast
+    # (16-bit input copies, not fp32 ones); either way an adapter method is chosen
+    assert chosen.config.method in ("lora", "qlora")
     assert chosen.need_bytes <= 0.9 * hw.usable_bytes
     assert plan.estimate.peak_device_bytes == chosen.need_bytes
     # full fine-tuning was rejected with its number

@@ -74,6 +74,7 @@ class LayerPlan:
     kv_repeated: bool = False  # ... which cannot use native GQA: k/v repeated to all heads
     linear_mixer: bool = False  # a hybrid's linear-attention layer (Qwen3.5's Gated DeltaNet, ModelArch.linear_attention)
     global_attention: bool = False  # a full-attention layer with its own head width / kv heads (Gemma 4)
+    lora_autocast: bool = False  # fp32 adapters run under autocast: the LoRA branch computes in act_bytes
 
 
 # Linears fed by one tensor (their LoRA branches save it once when they need no cast)
@@ -94,6 +95,13 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
         # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
         # that cast, lora_B keeps lora_A's output.
         ad = plan.adapter_bytes
+        if plan.lora_autocast:
+            # peft/tuners/lora/layer.py Linear.forward: ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` makes an
+            # fp32 copy (kept by nothing), then autocast casts it back to 16 bit for lora_A's matmul, which keeps that
+            # cast: one 16-bit copy per adapted module, and lora_A's output in 16 bit
+            saved.add(f"{name}: LoRA input (autocast 16-bit copy)", plan.act_bytes * in_width)
+            saved.add(f"{name}: LoRA A output", plan.act_bytes * plan.rank)
+            return in_rg or plan.full or name in plan.lora
         if plan.act_bytes == ad:
             # no cast: lora_A saves the Linear's own input, one tensor for the Linears that share it
             if not plan.full and not (input_already_saved and name == "o_proj"):
@@ -397,15 +405,16 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
         windowed = arch.sliding_window is not None and cfg.seq_len >= arch.sliding_window
         masked = attn == "sdpa" and (_image_block_mask(arch, cfg)
                                      or (windowed and layer_type == "sliding_attention"))
-    # FSDP2 with MixedPrecisionPolicy(param_dtype=16-bit) (what accelerate sets for LoRA, see memory/fsdp.py)
-    # all-gathers the fp32 adapters as 16-bit tensors: PEFT's cast of the input to the adapter dtype is then
-    # a no-op and the LoRA branch computes in 16 bit (torch _fsdp_param.py FSDPParam.init_unsharded_param)
-    fsdp_mixed = cfg.fsdp and cfg.gpus > 1 and cfg.offload == "none" and cfg.precision != "fp32"
+    # 16-bit adapters (DeepSpeed, torchtune, FSDP2's param_dtype: TrainConfig.adapters_16bit): PEFT's cast of the
+    # input to the adapter dtype is a no-op and the LoRA branch computes in 16 bit.  fp32 adapters under autocast
+    # (the HF Trainer's bf16 / fp16): PEFT casts the input to fp32, autocast casts it back for lora_A's matmul.
+    adapter_bytes = act if cfg.adapters_16bit else FP32
     return LayerPlan(full=cfg.method == "full", lora=lora_names, rank=cfg.rank, act_bytes=act, eager=attn == "eager",
                      linear_mixer=layer_type == "linear_attention",
                      global_attention=layer_type == "full_attention" and arch.global_head_dim is not None,
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
-                     adapter_bytes=act if fsdp_mixed else FP32)
+                     adapter_bytes=adapter_bytes,
+                     lora_autocast=cfg.lora_autocast(arch))
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:
@@ -464,7 +473,11 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     i = arch.moe.expert_intermediate_size if arch.moe else arch.intermediate_size
     lora = plan.lora
     ad = plan.adapter_bytes
-    lora_out = (a + 2 * ad)  # base output + scaled LoRA output + their sum (adapter dtype), per output
+    # the LoRA branch's outputs are in the adapter dtype, or 16-bit under autocast; its input cast to fp32 (PEFT)
+    # is followed under autocast by the 16-bit copy lora_A's matmul takes (xcast: bytes per input element)
+    lc = a if plan.lora_autocast else ad
+    xcast = ad + (a if plan.lora_autocast else 0)
+    lora_out = (a + 2 * lc)  # base output + scaled LoRA output + their sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     dequant = 2 * h * i if quantized else 0  # one dequantized MLP weight, independent of tokens
     gated = arch.mlp_kind == "gated"
@@ -489,9 +502,9 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
 
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
     base = T * 2 * a * h
-    up_lora = T * (ad * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
+    up_lora = T * (xcast * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
-    down_work = T * (a * i + (ad * i + lora_out * h if "down_proj" in lora else a * h))
+    down_work = T * (a * i + (xcast * i + lora_out * h if "down_proj" in lora else a * h))
     # MoE (transformers' grouped_mm experts, integrations/moe.py grouped_mm_experts_forward): at the un-permute
     # the gathered inputs, the down output, the weighted output and its re-ordered copy (T*k rows each) are alive
     moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0

@@ -122,6 +122,38 @@ class TrainConfig(BaseModel):
         return self.method != "full"
 
     @property
+    def under_autocast(self) -> bool:
+        """Whether the step's forward runs under torch.autocast.  The HF Trainer's bf16 / fp16 flags are
+        accelerate's native AMP (accelerate accelerator.py: ``native_amp`` for bf16/fp16 unless the job runs
+        DeepSpeed or Megatron; ``prepare_model`` wraps the forward in autocast), which every HF-based stack sets for
+        adapters and for fp32 master weights.  Not under DeepSpeed (its engine casts the module to 16 bit instead),
+        torchtune (pure 16-bit recipes), nor in fp32."""
+        if self.precision == "fp32" or self.zero or self.stack == "torchtune":
+            return False
+        return self.master_weights or self.uses_adapters
+
+    def lora_autocast(self, arch) -> bool:
+        """Whether fp32 LoRA adapters compute under autocast in the estimate and its oracle.  A hybrid with
+        linear-attention layers (ModelArch.linear_attention) is the exception: the torch fallback of its gated delta
+        rule under autocast casts every fp32 matmul operand to 16 bit, which is not modelled; its estimate and
+        oracle trace the step without autocast, and the range says so (overheads.unchecked_part)."""
+        return (self.under_autocast and self.uses_adapters and not self.adapters_16bit
+                and getattr(arch, "linear_attention", None) is None)
+
+    @property
+    def adapters_16bit(self) -> bool:
+        """Whether the LoRA adapters are 16-bit parameters while the step runs (else fp32: PEFT's
+        ``autocast_adapter_dtype=True``).  DeepSpeed casts every floating parameter to its 16-bit dtype
+        (deepspeed/runtime/engine.py ``_configure_distributed_model`` -> ``_cast_module_mixed_precision``);
+        torchtune builds the adapters inside ``training.set_default_dtype(self._dtype)``; FSDP2's
+        MixedPrecisionPolicy all-gathers them as 16-bit tensors (torch _fsdp_param.py
+        ``FSDPParam.init_unsharded_param``; accelerate sets param_dtype for LoRA, memory/fsdp.py)."""
+        if self.precision == "fp32":
+            return False
+        fsdp_mixed = self.fsdp and self.gpus > 1 and self.offload == "none"
+        return bool(self.zero) or self.stack == "torchtune" or fsdp_mixed
+
+    @property
     def sharding(self) -> str:
         if self.fsdp:
             return "fsdp"

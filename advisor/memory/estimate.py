@@ -94,9 +94,10 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     masks = attention_masks(arch, cfg, attn)[1]
     held_masks = masks if cfg.grad_ckpt else 0
 
-    # Mixed precision: autocast caches a 16-bit copy of every Linear weight (and lm_head) for the whole
-    # forward; the copies are kept for backward until each Linear's backward has run.
-    cache_layer, cache_head = _autocast_cache(arch) if cfg.master_weights else (0, 0)
+    # Mixed precision: autocast caches a 16-bit copy of every fp32 weight a Linear reads (every Linear and lm_head
+    # over master weights; lora_A and lora_B of the adapted Linears over fp32 adapters) for the whole forward;
+    # the copies are kept for backward until each Linear's backward has run.
+    cache_layer, cache_head = _autocast_cache(arch, cfg, plan.lora_autocast)
     if cfg.grad_ckpt:
         # the forward caches every copy until autocast exits; the backward holds lm_head's copy and the
         # copies of the one layer being recomputed
@@ -240,14 +241,27 @@ def _run_ends(per_layer: list[int]) -> list[int]:
     return sorted(ends)
 
 
-def _autocast_cache(arch: ModelArch) -> tuple[int, int]:
-    """16-bit copies autocast makes of the fp32 weights: (one layer's Linears, lm_head)."""
+def _autocast_cache(arch: ModelArch, cfg: TrainConfig, lora_autocast: bool) -> tuple[int, int]:
+    """16-bit copies autocast makes of fp32 weights: (one layer's, lm_head's).  torch's autocast caches the cast
+    of a leaf tensor that requires grad until the autocast region exits (aten/src/ATen/autocast_mode.cpp
+    cached_cast)."""
     from ..models.params import layer_linears, layers_holding
 
+    if cfg.master_weights:
+        specs = [(spec, rounded(2 * spec.weight_params)) for spec in layer_linears(arch)]
+        head = rounded(2 * arch.vocab_size * arch.hidden_size)
+    elif lora_autocast:
+        # lora_A (r x in) and lora_B (out x r) of each adapted nn.Linear; PEFT's fused-expert adapters are cast
+        # by PEFT itself (a plain .to), which autocast does not cache
+        r = cfg.rank
+        specs = [(spec, spec.per_layer * (rounded(2 * r * spec.in_features) + rounded(2 * r * spec.out_features)))
+                 for spec in lora_linears(arch, cfg) if spec.lora_rank_multiplier == 1]
+        head = 0
+    else:
+        return 0, 0
     # a hybrid's (Qwen3.5) mixers differ by layer kind: their copies averaged over the layers
-    per_layer = sum(rounded(2 * spec.weight_params) * layers_holding(arch, spec.kind)
-                    for spec in layer_linears(arch)) // arch.num_layers
-    return per_layer, rounded(2 * arch.vocab_size * arch.hidden_size)
+    per_layer = sum(size * layers_holding(arch, spec.kind) for spec, size in specs) // arch.num_layers
+    return per_layer, head
 
 
 # The chunked loss is TRL's fused LM head as it runs on a GPU (trl/trainer/utils.py add_fused_lm_head ->

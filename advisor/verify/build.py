@@ -32,9 +32,16 @@ def weight_dtype(cfg: TrainConfig) -> torch.dtype:
     return DTYPES[cfg.precision]
 
 
-def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
-    """Mixed precision: fp32 master weights, compute in the chosen 16-bit dtype under autocast."""
-    return DTYPES[cfg.precision] if cfg.master_weights else None
+def autocast_dtype(cfg: TrainConfig, arch: ModelArch | None = None) -> torch.dtype | None:
+    """The 16-bit dtype the step runs autocast in, as the stack does: the HF Trainer's bf16 / fp16 flags over
+    fp32 master weights or fp32 LoRA adapters (TrainConfig.lora_autocast: not for a linear-attention hybrid,
+    whose estimate traces the step without autocast); None for pure 16-bit steps."""
+    autocast = cfg.master_weights and cfg.under_autocast
+    if arch is None:
+        autocast = autocast or (cfg.under_autocast and cfg.uses_adapters and not cfg.adapters_16bit)
+    else:
+        autocast = autocast or cfg.lora_autocast(arch)
+    return DTYPES[cfg.precision] if autocast else None
 
 
 def lora_targets(cfg: TrainConfig, arch: ModelArch | None = None) -> list[str] | str:
@@ -112,6 +119,9 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
             modules_to_save=["embed_tokens", "lm_head"] if cfg.train_embeddings else None, task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+        if cfg.adapters_16bit:  # DeepSpeed / torchtune: the adapters train in the model's 16-bit dtype
+            for param in trainable_parameters(model):
+                param.data = param.data.to(DTYPES[cfg.precision])
     model.tiled_loss = cfg.loss == "chunked"  # the step computes the loss as TRL's fused LM head (step.py)
     if cfg.grad_ckpt:
         # transformers' default: non-reentrant checkpointing of every decoder layer (what the HF Trainer uses).

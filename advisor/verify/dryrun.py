@@ -225,7 +225,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         for _ in range(steps):
             phase_peaks.clear()
             steady = counter.live
-            train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg), extra)
+            train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg, arch), extra)
     return DryRunResult(
         phase_peaks=dict(phase_peaks),
         weights_bytes=weights,

@@ -1,0 +1,61 @@
+"""Which precision the step really runs in, as the training stack runs it, and what that saves per LoRA module.
+
+The HF Trainer's bf16 / fp16 flags are accelerate's native AMP: the forward runs under torch.autocast (except under
+DeepSpeed, whose engine casts the module to 16 bit instead).  PEFT keeps LoRA adapters in fp32 and casts each
+module's input to fp32; autocast casts it back to 16 bit for lora_A's matmul and keeps that copy.  The oracle
+(tests/test_oracle.py) traces the same step under autocast; these tests pin the contract and the per-module terms.
+"""
+
+import itertools
+
+import pytest
+
+from advisor.export.context import ExportContext
+from advisor.memory import TrainConfig, estimate
+from advisor.memory.activations import layer_plan, layer_saved
+from advisor.models import resolve_model
+
+ARCH = resolve_model("llama-3.2-1b")
+ALL_LINEAR = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+
+
+def _saved(cfg: TrainConfig) -> dict[str, int]:
+    saved, _ = layer_saved(ARCH, layer_plan(ARCH, cfg, ALL_LINEAR, "sdpa"), True)
+    return saved.items
+
+
+@pytest.mark.parametrize("method,zero,stack,precision", itertools.product(
+    ("lora", "qlora", "full"), (0, 2, 3), ("auto", "trl", "axolotl", "torchtune"), ("bf16", "fp16", "fp32")))
+def test_the_estimate_runs_autocast_exactly_when_the_exported_trainer_does(method, zero, stack, precision):
+    if (method == "qlora" and precision == "fp32") or (stack == "torchtune" and zero):
+        pytest.skip("refused combination")
+    cfg = TrainConfig(method=method, zero=zero, stack=stack, precision=precision, gpus=4 if zero == 3 else 1)
+    ctx = ExportContext(arch=ARCH, cfg=cfg, estimate=estimate(ARCH, cfg), model_id="m", effective_batch=1)
+    # the exported trainer's mixed-precision flag turns on accelerate's autocast, except under DeepSpeed (accelerate
+    # accelerator.py: native_amp is never set for DistributedType.DEEPSPEED)
+    trainer_autocast = (ctx.bf16 or ctx.fp16) and not zero and stack != "torchtune"
+    assert cfg.under_autocast == trainer_autocast
+
+
+def test_hf_trainer_lora_keeps_one_16bit_input_copy_per_module():
+    items = _saved(TrainConfig(method="lora", targets=("all-linear",)))
+    h, i = ARCH.hidden_size, ARCH.intermediate_size
+    copies = {k: v for k, v in items.items() if "autocast 16-bit copy" in k}
+    # q, k, v, o, gate and up read h-wide inputs, down reads the i-wide product; 2 bytes each (bf16)
+    assert sum(copies.values()) == 2 * (6 * h + i)
+    assert not any("LoRA fp32 input" in k for k in items)
+
+
+def test_deepspeed_lora_computes_in_16bit_without_copies():
+    items = _saved(TrainConfig(method="lora", targets=("all-linear",), zero=2))
+    assert not any("autocast" in k or "LoRA fp32 input" in k for k in items)
+    # q/k/v share the normed attention input and gate/up the MLP input: lora_A keeps those tensors, no copy
+    assert items["attention input: LoRA input"] == 2 * ARCH.hidden_size
+
+
+def test_autocast_lowers_a_long_unchecked_lora_peak_against_a_pure_fp32_adapter_step():
+    # without checkpointing every layer keeps its LoRA inputs: 16-bit copies (autocast) instead of fp32 ones
+    hf = estimate(ARCH, TrainConfig(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2))
+    tt = estimate(ARCH, TrainConfig(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2,
+                                    stack="torchtune"))
+    assert hf.phases.backward > tt.phases.backward  # torchtune's 16-bit adapters share the base input
