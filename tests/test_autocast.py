@@ -59,3 +59,12 @@ def test_autocast_lowers_a_long_unchecked_lora_peak_against_a_pure_fp32_adapter_
     tt = estimate(ARCH, TrainConfig(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2,
                                     stack="torchtune"))
     assert hf.phases.backward > tt.phases.backward  # torchtune's 16-bit adapters share the base input
+
+
+def test_zero3_keeps_peft_fp32_adapters_unless_the_base_is_4bit():
+    # transformers builds a ZeRO-3 model inside deepspeed.zero.Init (not a quantized one), and DeepSpeed's engine
+    # casts only a model that was not: LoRA keeps PEFT's fp32 adapters and casts each input to fp32 (no autocast)
+    lora = _saved(TrainConfig(method="lora", targets=("all-linear",), zero=3, gpus=4))
+    assert lora["q_proj: LoRA fp32 input"] == 4 * ARCH.hidden_size
+    qlora = _saved(TrainConfig(method="qlora", targets=("all-linear",), zero=3, gpus=4))
+    assert not any("LoRA fp32 input" in k or "autocast" in k for k in qlora)

@@ -136,8 +136,11 @@ class TrainConfig(BaseModel):
         """Whether fp32 LoRA adapters compute under autocast in the estimate and its oracle.  A hybrid with
         linear-attention layers (ModelArch.linear_attention) is the exception: the torch fallback of its gated delta
         rule under autocast casts every fp32 matmul operand to 16 bit, which is not modelled; its estimate and
-        oracle trace the step without autocast, and the range says so (overheads.unchecked_part)."""
-        return (self.under_autocast and self.uses_adapters and not self.adapters_16bit
+        oracle trace the step without autocast, and the range says so (overheads.unchecked_part).  A ZeRO-3 job
+        without a 4-bit base keeps fp32 adapters outside autocast (DeepSpeed runs no autocast): PEFT's fp32 branch."""
+        # FSDP with CPU offload: accelerate's MixedPrecision computes the adapters in 16 bit, which the sharded oracle
+        # does not trace there; its estimate keeps the fp32-adapter terms (the larger of the two)
+        return (self.under_autocast and self.uses_adapters and not self.adapters_16bit and not self.fsdp
                 and getattr(arch, "linear_attention", None) is None)
 
     @property
@@ -149,6 +152,10 @@ class TrainConfig(BaseModel):
         MixedPrecisionPolicy all-gathers them as 16-bit tensors (torch _fsdp_param.py
         ``FSDPParam.init_unsharded_param``; accelerate sets param_dtype for LoRA, memory/fsdp.py)."""
         if self.precision == "fp32":
+            return False
+        if self.zero == 3 and self.method != "qlora":
+            # transformers loads a ZeRO-3 model inside deepspeed.zero.Init (modeling_utils.py get_init_context: not
+            # for a quantized model); the engine skips its cast for such a model, so PEFT's fp32 adapters stay fp32
             return False
         fsdp_mixed = self.fsdp and self.gpus > 1 and self.offload == "none"
         return bool(self.zero) or self.stack == "torchtune" or fsdp_mixed
