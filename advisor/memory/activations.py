@@ -99,10 +99,9 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
             # peft/tuners/lora/layer.py Linear.forward: ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` makes an
             # fp32 copy (kept by nothing), then autocast casts it back to 16 bit for lora_A's matmul, which keeps that
             # cast: one 16-bit copy per adapted module, and lora_A's output in 16 bit
-            saved.add(f"{name}: LoRA input (autocast 16-bit copy)", plan.act_bytes * in_width)
-            saved.add(f"{name}: LoRA A output", plan.act_bytes * plan.rank)
-            return in_rg or plan.full or name in plan.lora
-        if plan.act_bytes == ad:
+            ad = plan.act_bytes
+            saved.add(f"{name}: LoRA input (autocast 16-bit copy)", ad * in_width)
+        elif plan.act_bytes == ad:
             # no cast: lora_A saves the Linear's own input, one tensor for the Linears that share it
             if not plan.full and not (input_already_saved and name == "o_proj"):
                 shared = _SHARED_INPUT.get(name, name)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from ..models.arch import ModelArch
 
 Method = Literal["full", "lora", "qlora", "lora8bit"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -132,16 +135,21 @@ class TrainConfig(BaseModel):
             return False
         return self.master_weights or self.uses_adapters
 
-    def lora_autocast(self, arch) -> bool:
-        """Whether fp32 LoRA adapters compute under autocast in the estimate and its oracle.  A hybrid with
-        linear-attention layers (ModelArch.linear_attention) is the exception: the torch fallback of its gated delta
-        rule under autocast casts every fp32 matmul operand to 16 bit, which is not modelled; its estimate and
-        oracle trace the step without autocast, and the range says so (overheads.unchecked_part).  A ZeRO-3 job
-        without a 4-bit base keeps fp32 adapters outside autocast (DeepSpeed runs no autocast): PEFT's fp32 branch."""
-        # FSDP with CPU offload: accelerate's MixedPrecision computes the adapters in 16 bit, which the sharded oracle
-        # does not trace there; its estimate keeps the fp32-adapter terms (the larger of the two)
-        return (self.under_autocast and self.uses_adapters and not self.adapters_16bit and not self.fsdp
-                and getattr(arch, "linear_attention", None) is None)
+    @property
+    def adapters_under_autocast(self) -> bool:
+        """Whether the trainer runs fp32 LoRA adapters under autocast (what the exported job and the real
+        verification run do)."""
+        return self.under_autocast and self.uses_adapters and not self.adapters_16bit
+
+    def lora_autocast(self, arch: ModelArch) -> bool:
+        """Whether the estimate and its oracle model the fp32 adapters under autocast, as the trainer runs them.
+        Two exceptions keep PEFT's fp32 branch without autocast, and the range says so (overheads.unchecked_part):
+        - a hybrid with linear-attention layers (ModelArch.linear_attention): under autocast the torch fallback of its
+          gated delta rule casts every fp32 matmul operand to 16 bit, which is not modelled;
+        - FSDP with CPU offload: accelerate's MixedPrecision computes the adapters in 16 bit there, which the sharded
+          oracle does not trace; the fp32 terms are the larger of the two.
+        (A ZeRO-3 job without a 4-bit base has no autocast at all: DeepSpeed runs none, its adapters stay fp32.)"""
+        return self.adapters_under_autocast and not self.fsdp and arch.linear_attention is None
 
     @property
     def adapters_16bit(self) -> bool:

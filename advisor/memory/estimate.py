@@ -248,7 +248,7 @@ def _autocast_cache(arch: ModelArch, cfg: TrainConfig, lora_autocast: bool) -> t
     from ..models.params import layer_linears, layers_holding
 
     if cfg.master_weights:
-        specs = [(spec, rounded(2 * spec.weight_params)) for spec in layer_linears(arch)]
+        specs = [(spec, spec.per_layer * rounded(2 * spec.weight_params)) for spec in layer_linears(arch)]
         head = rounded(2 * arch.vocab_size * arch.hidden_size)
     elif lora_autocast:
         # lora_A (r x in) and lora_B (out x r) of each adapted nn.Linear; PEFT's fused-expert adapters are cast

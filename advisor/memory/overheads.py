@@ -112,8 +112,7 @@ def unchecked_part(cfg, arch=None) -> str | None:
         return f"{arch.model_type}'s layers in generic terms"
     if arch is not None and arch.dropout:
         return "dropout (" + ", ".join(arch.dropout) + ")"
-    if arch is not None and arch.linear_attention is not None and cfg.uses_adapters and cfg.under_autocast \
-            and not cfg.adapters_16bit and not cfg.fsdp:
+    if arch is not None and arch.linear_attention is not None and cfg.adapters_under_autocast and not cfg.fsdp:
         return "autocast over the linear-attention layers (TrainConfig.lora_autocast)"
     if cfg.offload != "none":
         return "CPU offload"

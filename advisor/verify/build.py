@@ -33,15 +33,11 @@ def weight_dtype(cfg: TrainConfig) -> torch.dtype:
 
 
 def autocast_dtype(cfg: TrainConfig, arch: ModelArch | None = None) -> torch.dtype | None:
-    """The 16-bit dtype the step runs autocast in, as the stack does: the HF Trainer's bf16 / fp16 flags over
-    fp32 master weights or fp32 LoRA adapters (TrainConfig.lora_autocast: not for a linear-attention hybrid,
-    whose estimate traces the step without autocast); None for pure 16-bit steps."""
-    autocast = cfg.master_weights and cfg.under_autocast
-    if arch is None:
-        autocast = autocast or (cfg.under_autocast and cfg.uses_adapters and not cfg.adapters_16bit)
-    else:
-        autocast = autocast or cfg.lora_autocast(arch)
-    return DTYPES[cfg.precision] if autocast else None
+    """The 16-bit dtype the step runs autocast in: the HF Trainer's bf16 / fp16 flags over fp32 master weights or
+    fp32 LoRA adapters; None for pure 16-bit steps.  With ``arch`` (the oracle) the step the estimate models
+    (TrainConfig.lora_autocast), without it (a real run) what the trainer does."""
+    adapters = cfg.lora_autocast(arch) if arch is not None else cfg.adapters_under_autocast
+    return DTYPES[cfg.precision] if cfg.master_weights or adapters else None
 
 
 def lora_targets(cfg: TrainConfig, arch: ModelArch | None = None) -> list[str] | str:
