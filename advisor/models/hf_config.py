@@ -48,6 +48,16 @@ _NULLABLE = {"head_dim", "num_key_value_heads", "sliding_window", "final_logit_s
 _HINT = "check the values in config.json (is it the model's own, unedited?)"
 
 
+def build_arch(source: str, hint: str = _HINT, **fields: Any) -> ModelArch:
+    """ModelArch(**fields), a validation error worded as a config error naming the file (one line, a hint)."""
+    try:
+        return ModelArch(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ModelConfigError(f"{source}: {where}: {first['msg']}", hint, value=source) from None
+
+
 def _bad(source: str, key: str, expected: str, value: Any) -> ModelConfigError:
     return ModelConfigError(f"{source}: {key}: expected {expected}, got {shown(value)}", _HINT, value=source)
 
@@ -180,36 +190,32 @@ def _read_config(cfg: dict[str, Any], name: str, source: str | None = None) -> M
             experts_per_token=top_k,
             expert_intermediate_size=_req(cfg, "intermediate_size", source),
         )
-    try:
-        return ModelArch(
-            name=name,
-            model_type=model_type,
-            hidden_size=hidden,
-            num_layers=_req(cfg, "num_hidden_layers", source),
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-            intermediate_size=_req(cfg, "intermediate_size", source),
-            vocab_size=_req(cfg, "vocab_size", source),
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)),
-            qkv_bias=qkv_bias,
-            o_bias=o_bias,
-            mlp_bias=bool(cfg.get("mlp_bias", False)) and model_type == "llama",
-            activation=activation,
-            norms_per_layer=4 if model_type == "gemma2" else 2,
-            qk_norm=model_type == "qwen3",
-            fused_qkv=model_type == "phi3",
-            fused_gate_up=model_type == "phi3",
-            final_logit_softcap=cfg.get("final_logit_softcapping") if model_type == "gemma2" else None,
-            attn_logit_softcap=cfg.get("attn_logit_softcapping") if model_type == "gemma2" else None,
-            sliding_window=sliding_window,
-            moe=moe,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", "check the values in config.json", value=source) from None
+    return build_arch(
+        source, hint="check the values in config.json",
+        name=name,
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=_req(cfg, "num_hidden_layers", source),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=_req(cfg, "intermediate_size", source),
+        vocab_size=_req(cfg, "vocab_size", source),
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)),
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)) and model_type == "llama",
+        activation=activation,
+        norms_per_layer=4 if model_type == "gemma2" else 2,
+        qk_norm=model_type == "qwen3",
+        fused_qkv=model_type == "phi3",
+        fused_gate_up=model_type == "phi3",
+        final_logit_softcap=cfg.get("final_logit_softcapping") if model_type == "gemma2" else None,
+        attn_logit_softcap=cfg.get("attn_logit_softcapping") if model_type == "gemma2" else None,
+        sliding_window=sliding_window,
+        moe=moe,
+    )
 
 
 def unsupported_model_type(model_type: Any, source: str) -> ModelConfigError:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...errors import ModelConfigError
 from ..arch import ModelArch, VisionTower
-from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
+from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
 
 # Gemma3TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -128,33 +126,28 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     # the composite model ties lm_head to the language model's embedding per Gemma3Config (default True)
     tie = original.get("tie_word_embeddings", True) if vision is not None else cfg["tie_word_embeddings"]
     sliding = cfg.get("sliding_window")
-    try:
-        return ModelArch(
-            name=name,
-            model_type="gemma3" if vision is not None else "gemma3_text",
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=cfg["head_dim"],
-            intermediate_size=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"],
-            max_position_embeddings=cfg["max_position_embeddings"],
-            tie_word_embeddings=bool(tie),
-            qkv_bias=bool(cfg["attention_bias"]),
-            o_bias=bool(cfg["attention_bias"]),
-            activation=cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh",
-            norms_per_layer=4,
-            qk_norm=True,
-            final_logit_softcap=cfg.get("final_logit_softcapping"),
-            attn_logit_softcap=cfg.get("attn_logit_softcapping"),
-            sliding_window=sliding if "sliding_attention" in layer_types else None,
-            layer_types=layer_types,
-            vision=vision,
-            hf_config_json=json.dumps(original),
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", "check the values in config.json",
-                               value=source) from None
+    return build_arch(
+        source, hint="check the values in config.json",
+        name=name,
+        model_type="gemma3" if vision is not None else "gemma3_text",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=cfg["head_dim"],
+        intermediate_size=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=bool(tie),
+        qkv_bias=bool(cfg["attention_bias"]),
+        o_bias=bool(cfg["attention_bias"]),
+        activation=cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh",
+        norms_per_layer=4,
+        qk_norm=True,
+        final_logit_softcap=cfg.get("final_logit_softcapping"),
+        attn_logit_softcap=cfg.get("attn_logit_softcapping"),
+        sliding_window=sliding if "sliding_attention" in layer_types else None,
+        layer_types=layer_types,
+        vision=vision,
+        hf_config_json=json.dumps(original),
+    )

@@ -31,11 +31,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE, VisionTower
-from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
+from ..hf_config import _bad, _check_fields, _req, build_arch, check_kv_heads
 from .gemma3 import _with_defaults
 
 # Gemma4TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
@@ -182,36 +180,32 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         # post_feedforward_layernorm_1, post_feedforward_layernorm_2, pre_feedforward_layernorm_2 (hidden each), the
         # router's scale (hidden) and per_expert_scale (num_experts); its norm has no weight
         extra = 4 * hidden + moe.num_experts
-    try:
-        return ModelArch(
-            name=name,
-            model_type="gemma4" if multimodal else "gemma4_text",
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-            intermediate_size=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"],
-            max_position_embeddings=cfg["max_position_embeddings"],
-            tie_word_embeddings=bool(tie),
-            qkv_bias=bool(cfg["attention_bias"]),
-            o_bias=bool(cfg["attention_bias"]),
-            activation=cfg.get("hidden_activation") or "gelu_pytorch_tanh",
-            norms_per_layer=4,
-            qk_norm=True,
-            final_logit_softcap=cfg.get("final_logit_softcapping"),
-            sliding_window=cfg["sliding_window"] if "sliding_attention" in layer_types else None,
-            layer_types=layer_types,
-            global_head_dim=global_head_dim,
-            global_kv_heads=global_kv,
-            attention_k_eq_v=cfg["attention_k_eq_v"],
-            moe=moe,
-            extra_layer_params=extra,
-            vision=vision,
-            hf_config_json=json.dumps(original),
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", _HINT, value=source) from None
+    return build_arch(
+        source,
+        name=name,
+        model_type="gemma4" if multimodal else "gemma4_text",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=bool(tie),
+        qkv_bias=bool(cfg["attention_bias"]),
+        o_bias=bool(cfg["attention_bias"]),
+        activation=cfg.get("hidden_activation") or "gelu_pytorch_tanh",
+        norms_per_layer=4,
+        qk_norm=True,
+        final_logit_softcap=cfg.get("final_logit_softcapping"),
+        sliding_window=cfg["sliding_window"] if "sliding_attention" in layer_types else None,
+        layer_types=layer_types,
+        global_head_dim=global_head_dim,
+        global_kv_heads=global_kv,
+        attention_k_eq_v=cfg["attention_k_eq_v"],
+        moe=moe,
+        extra_layer_params=extra,
+        vision=vision,
+        hf_config_json=json.dumps(original),
+    )

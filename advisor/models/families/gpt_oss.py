@@ -20,11 +20,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
+from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
 
 # GptOssConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -80,31 +78,27 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         checkpoint_quant = "mxfp4"
     elif quant is not None:
         raise _bad(source, "quantization_config", "the released checkpoints' mxfp4 (or none)", quant)
-    try:
-        return ModelArch(
-            name=name,
-            model_type="gpt_oss",
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=cfg["head_dim"],
-            intermediate_size=_req(cfg, "intermediate_size", source),
-            vocab_size=_req(cfg, "vocab_size", source),
-            max_position_embeddings=cfg["max_position_embeddings"],
-            tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
-            qkv_bias=bool(cfg["attention_bias"]),
-            o_bias=bool(cfg["attention_bias"]),
-            activation=cfg["hidden_act"],
-            sliding_window=window,
-            layer_types=tuple(layer_types),
-            attention_sinks=True,
-            checkpoint_quant=checkpoint_quant,
-            moe=MoE(num_experts=experts, experts_per_token=top_k, expert_intermediate_size=cfg["intermediate_size"],
-                    norm_topk_prob=True, router_bias=True, expert_bias=True, swiglu_limit=float(limit)),
-            hf_config_json=json.dumps(original),
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", _HINT, value=source) from None
+    return build_arch(
+        source,
+        name=name,
+        model_type="gpt_oss",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=cfg["head_dim"],
+        intermediate_size=_req(cfg, "intermediate_size", source),
+        vocab_size=_req(cfg, "vocab_size", source),
+        max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
+        qkv_bias=bool(cfg["attention_bias"]),
+        o_bias=bool(cfg["attention_bias"]),
+        activation=cfg["hidden_act"],
+        sliding_window=window,
+        layer_types=tuple(layer_types),
+        attention_sinks=True,
+        checkpoint_quant=checkpoint_quant,
+        moe=MoE(num_experts=experts, experts_per_token=top_k, expert_intermediate_size=cfg["intermediate_size"],
+                norm_topk_prob=True, router_bias=True, expert_bias=True, swiglu_limit=float(limit)),
+        hf_config_json=json.dumps(original),
+    )

@@ -20,11 +20,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...errors import ModelConfigError
 from ..arch import LinearAttention, ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
+from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
 
 # Qwen3_5TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -154,13 +152,3 @@ def routed_experts(cfg: dict[str, Any], source: str, norm_topk_prob: bool) -> Mo
                                "a token is routed to some of the experts, at most all of them", value=source)
     return MoE(num_experts=experts, experts_per_token=top_k,
                expert_intermediate_size=_int(cfg, "moe_intermediate_size", source), norm_topk_prob=norm_topk_prob)
-
-
-def build_arch(source: str, **fields: Any) -> ModelArch:
-    """ModelArch(**fields), its validation errors worded as a config error naming the file."""
-    try:
-        return ModelArch(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", _HINT, value=source) from None

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req, check_kv_heads
+from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
 
 # Qwen3MoeConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -73,29 +71,25 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     if not isinstance(norm_topk, bool):
         raise _bad(source, "norm_topk_prob", "true or false", norm_topk)
     sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None  # Qwen3MoeConfig.__post_init__
-    try:
-        return ModelArch(
-            name=name,
-            model_type="qwen3_moe",
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-            intermediate_size=_req(cfg, "intermediate_size", source),  # the dense MLP's (unused without dense layers)
-            vocab_size=_req(cfg, "vocab_size", source),
-            max_position_embeddings=cfg["max_position_embeddings"],
-            tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
-            qkv_bias=bool(cfg["attention_bias"]),
-            o_bias=bool(cfg["attention_bias"]),
-            activation=cfg["hidden_act"],
-            qk_norm=True,
-            sliding_window=sliding,
-            moe=MoE(num_experts=experts, experts_per_token=top_k,
-                    expert_intermediate_size=_int_field(cfg, "moe_intermediate_size", source), norm_topk_prob=norm_topk),
-            hf_config_json=json.dumps(original),
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ModelConfigError(f"{source}: {where}: {first['msg']}", _HINT, value=source) from None
+    return build_arch(
+        source,
+        name=name,
+        model_type="qwen3_moe",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=_req(cfg, "intermediate_size", source),  # the dense MLP's (unused without dense layers)
+        vocab_size=_req(cfg, "vocab_size", source),
+        max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
+        qkv_bias=bool(cfg["attention_bias"]),
+        o_bias=bool(cfg["attention_bias"]),
+        activation=cfg["hidden_act"],
+        qk_norm=True,
+        sliding_window=sliding,
+        moe=MoE(num_experts=experts, experts_per_token=top_k,
+                expert_intermediate_size=_int_field(cfg, "moe_intermediate_size", source), norm_topk_prob=norm_topk),
+        hf_config_json=json.dumps(original),
+    )

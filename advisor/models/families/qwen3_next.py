@@ -32,8 +32,8 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch
-from ..hf_config import _bad, _check_fields, _req, check_kv_heads
-from .qwen3_5 import _LINEAR_INTS, _MOE_INTS, _int, _layer_types, build_arch, linear_attention, routed_experts
+from ..hf_config import _bad, _check_fields, _req, build_arch, check_kv_heads
+from .qwen3_5 import _LINEAR_INTS, _MOE_INTS, _int, _layer_types, linear_attention, routed_experts
 
 # Qwen3NextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
