@@ -8,6 +8,7 @@ import pytest
 
 from tests.configs_2026 import config, config_path  # noqa: E402
 
+from tests.meta_models import meta_model  # noqa: E402
 from advisor.errors import ModelConfigError, UsageError
 from advisor.memory import TrainConfig, estimate
 from advisor.models import count_params, resolve_model
@@ -84,18 +85,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _meta(cfg_dict):
-    cfg = transformers.AutoConfig.for_model(**cfg_dict)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
-    model.tie_weights()
-    return model
-
-
 def test_count_equals_transformers_with_the_tower():
     raw = _raw()
     arch = arch_from_config(raw, "g4")
-    model = _meta(raw)
+    model = meta_model(raw)
     assert type(model).__name__ == "Gemma4ForConditionalGeneration"
     assert count_params(arch).total == sum(p.numel() for p in model.parameters()) == 25_805_933_872
     tower = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n or "embed_vision" in n)
@@ -107,11 +100,11 @@ def test_count_equals_transformers_text_only_and_dense():
     text = {**raw["text_config"], "num_hidden_layers": 6, "layer_types": raw["text_config"]["layer_types"][:6]}
     arch = arch_from_config(text, "text")
     assert arch.model_type == "gemma4_text" and arch.vision is None
-    assert count_params(arch).total == sum(p.numel() for p in _meta(text).parameters())
+    assert count_params(arch).total == sum(p.numel() for p in meta_model(text).parameters())
     dense = {**text, "enable_moe_block": False, "attention_k_eq_v": False}
     arch = arch_from_config(dense, "dense")
     assert arch.moe is None
-    assert count_params(arch).total == sum(p.numel() for p in _meta(dense).parameters())
+    assert count_params(arch).total == sum(p.numel() for p in meta_model(dense).parameters())
 
 
 @pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("q_proj", "v_proj", "down_proj")])
@@ -123,7 +116,7 @@ def test_lora_params_equal_peft(targets):
 
     arch = resolve_model(str(config_path(NAME))).model_copy(update={"num_layers": 6})
     cfg = TrainConfig(method="lora", rank=8, targets=targets)
-    model = _meta(to_hf_config(arch))
+    model = meta_model(to_hf_config(arch))
     model.requires_grad_(False)
     # the regex keeps PEFT out of the vision tower, whose Linears share the language model's names
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg, arch)))

@@ -9,6 +9,7 @@ from tests.configs_2026 import config  # noqa: E402
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tests.meta_models import meta_model  # noqa: E402
 from advisor.errors import ModelConfigError  # noqa: E402
 from advisor.memory import TrainConfig  # noqa: E402
 from advisor.memory.states import param_bytes  # noqa: E402
@@ -25,12 +26,7 @@ def _config(name):
 
 
 def _meta_model(cfg_dict):
-    cfg_dict = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}  # mxfp4: counted dequantized
-    cfg = transformers.AutoConfig.for_model(**cfg_dict)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
-    model.tie_weights()
-    return model
+    return meta_model({k: v for k, v in cfg_dict.items() if k != "quantization_config"})  # mxfp4: counted dequantized
 
 
 @pytest.mark.parametrize("name", QWEN3_MOE + GPT_OSS)

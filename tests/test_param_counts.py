@@ -8,6 +8,7 @@ from tests.configs_2026 import config_path  # noqa: E402
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tests.meta_models import meta_model  # noqa: E402
 from advisor.memory import TrainConfig  # noqa: E402
 from advisor.memory.states import param_bytes  # noqa: E402
 from advisor.models import count_params, resolve_model  # noqa: E402
@@ -87,14 +88,6 @@ def _gemma3_file(name):
     return config_path(name)
 
 
-def _meta_from_dict(cfg_dict):
-    cfg = transformers.AutoConfig.for_model(**cfg_dict)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
-    model.tie_weights()
-    return model
-
-
 @pytest.mark.parametrize("name", GEMMA3)
 def test_gemma3_counts_equal_transformers(name):
     """The whole Gemma3ForConditionalGeneration (vision tower + projector + language model), and the language
@@ -104,7 +97,7 @@ def test_gemma3_counts_equal_transformers(name):
     path = _gemma3_file(name)
     original = json.loads(path.read_text())
     arch = resolve_model(str(path))
-    model = _meta_from_dict(original)
+    model = meta_model(original)
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
     assert count_params(arch).total == sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n)
@@ -114,7 +107,7 @@ def test_gemma3_counts_equal_transformers(name):
     text = {**original["text_config"], "model_type": "gemma3_text"}
     text_arch = arch_from_config(text, name + "-text")
     assert text_arch.vision is None and text_arch.model_type == "gemma3_text"
-    text_model = _meta_from_dict(text)
+    text_model = meta_model(text)
     assert type(text_model).__name__ == "Gemma3ForCausalLM"
     assert count_params(text_arch).total == sum(p.numel() for p in text_model.parameters())
     assert count_params(text_arch).total == count_params(arch).total - vision
@@ -129,7 +122,7 @@ def test_gemma3_lora_params_equal_peft(name, targets):
 
     arch = resolve_model(str(_gemma3_file(name)))
     cfg = TrainConfig(method="lora", rank=8, targets=targets)
-    model = _meta_from_dict(__import__("json").loads(_gemma3_file(name).read_text()))
+    model = meta_model(__import__("json").loads(_gemma3_file(name).read_text()))
     model.requires_grad_(False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg, arch), task_type="CAUSAL_LM"))
     adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
@@ -143,7 +136,7 @@ def test_peft_all_linear_reaches_the_gemma3_vision_tower():
     peft = pytest.importorskip("peft")
     import json
 
-    model = _meta_from_dict(json.loads(_gemma3_file("gemma-3-4b-it").read_text()))
+    model = meta_model(json.loads(_gemma3_file("gemma-3-4b-it").read_text()))
     model.requires_grad_(False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert any("vision_tower" in n and p.requires_grad for n, p in peft_model.named_parameters())
@@ -177,7 +170,7 @@ def test_gemma3_exports_adapt_the_language_model_only(fmt, tmp_path):
                        if isinstance(n, ast.keyword) and n.arg == "target_modules")
     else:
         targets = yaml.safe_load(file.read_text())["lora_target_modules"]
-    model = _meta_from_dict(json.loads(path.read_text()))
+    model = meta_model(json.loads(path.read_text()))
     model.requires_grad_(False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=targets, task_type="CAUSAL_LM"))
     adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
@@ -197,7 +190,7 @@ def test_phi4_counts_equal_transformers_and_peft(targets):
 
     path = _gemma3_file("phi-4")
     arch = resolve_model(str(path))
-    model = _meta_from_dict(json.loads(path.read_text()))
+    model = meta_model(json.loads(path.read_text()))
     assert count_params(arch).total == sum(p.numel() for p in model.parameters()) == 14_659_507_200
     cfg = TrainConfig(method="lora", rank=8, targets=targets)
     model.requires_grad_(False)

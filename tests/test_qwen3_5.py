@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.meta_models import meta_model  # noqa: E402
 from advisor.errors import ModelConfigError
 from advisor.memory import TrainConfig, estimate
 from advisor.models import count_params, resolve_model
@@ -76,9 +77,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _meta(name):
-    cfg = transformers.AutoConfig.for_model(**_config(name))
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(cfg)
+    return meta_model(_config(name))
 
 
 @pytest.mark.parametrize("name", ["qwen3.5-9b", "qwen3.5-27b"])

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.meta_models import meta_model  # noqa: E402
 from advisor.errors import ModelConfigError, UsageError
 from advisor.memory import TrainConfig, estimate
 from advisor.memory.states import param_bytes
@@ -96,13 +97,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _meta(cfg):
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
-
-
 def test_count_equals_transformers():
-    model = _meta(_config())
+    model = meta_model(_config())
     assert type(model).__name__ == "Qwen3NextForCausalLM"
     assert count_params(resolve_model(NAME)).total == sum(p.numel() for p in model.parameters()) == 79_674_391_296
 
@@ -121,7 +117,7 @@ def test_defaults_are_transformers_defaults():
     assert (arch.moe.num_experts, arch.moe.experts_per_token, arch.max_position_embeddings) == \
         (hf.num_experts, hf.num_experts_per_tok, hf.max_position_embeddings)
     assert list(arch.layer_types) == hf.layer_types
-    assert count_params(arch).total == sum(p.numel() for p in _meta(cfg).parameters())
+    assert count_params(arch).total == sum(p.numel() for p in meta_model(cfg).parameters())
 
 
 @pytest.mark.parametrize("targets", [("all-linear",), ("attention",), ("gate_proj", "up_proj", "down_proj"),
@@ -132,7 +128,7 @@ def test_lora_params_equal_peft(targets):
 
     arch = resolve_model(NAME).model_copy(update={"num_layers": 4})
     cfg = TrainConfig(method="lora", rank=8, targets=targets)
-    model = _meta({**json.loads(arch.hf_config_json), "num_hidden_layers": 4})
+    model = meta_model({**json.loads(arch.hf_config_json), "num_hidden_layers": 4})
     model.requires_grad_(False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=lora_targets(cfg), task_type="CAUSAL_LM"))
     assert param_bytes(arch, cfg).trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -140,7 +136,7 @@ def test_lora_params_equal_peft(targets):
 
 def test_peft_refuses_half_of_the_fused_pair_as_we_do():
     peft = pytest.importorskip("peft")
-    model = _meta({**_config(), "num_hidden_layers": 4})
+    model = meta_model({**_config(), "num_hidden_layers": 4})
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="gate_up_proj"):
         peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["gate_proj"], task_type="CAUSAL_LM"))
