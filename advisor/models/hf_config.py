@@ -218,6 +218,18 @@ def _read_config(cfg: dict[str, Any], name: str, source: str | None = None) -> M
     )
 
 
+def checked_layer_types(given: Any, layers: int, kinds: tuple[str, ...], source: str) -> tuple[str, ...]:
+    """A file's ``layer_types``: one of ``kinds`` per layer, refused otherwise (as transformers' config validation)."""
+    if not isinstance(given, list) or len(given) != layers or any(not isinstance(t, str) or t not in kinds for t in given):
+        raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(kinds)}", given)
+    return tuple(given)
+
+
+def periodic_layer_types(layers: int, period: int, kind: str) -> tuple[str, ...]:
+    """What config classes compute without ``layer_types``: every ``period``-th layer full attention, the rest ``kind``."""
+    return tuple(kind if (i + 1) % period else "full_attention" for i in range(layers))
+
+
 def unsupported_model_type(model_type: Any, source: str) -> ModelConfigError:
     """The refusal for a model type the torch-free model does not know (the derived path, models/derive.py,
     catches it when torch and transformers are installed)."""

@@ -24,7 +24,8 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, VisionTower
-from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
+from ..hf_config import (_HINT, _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types,
+                         periodic_layer_types)
 
 # Gemma3TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -64,10 +65,8 @@ def _layer_types(text: dict[str, Any], layers: int, source: str) -> tuple[str, .
         pattern = text.get("sliding_window_pattern", SLIDING_WINDOW_PATTERN)
         if not isinstance(pattern, int) or isinstance(pattern, bool) or not 1 <= pattern <= 1_024:
             raise _bad(source, "sliding_window_pattern", "a whole number from 1 to 1,024", pattern)
-        return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
-    if not isinstance(given, list) or len(given) != layers or any(t not in LAYER_KINDS for t in given):
-        raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_KINDS)}", given)
-    return tuple(given)
+        return periodic_layer_types(layers, pattern, "sliding_attention")
+    return checked_layer_types(given, layers, LAYER_KINDS, source)
 
 
 def _vision(original: dict[str, Any], text_hidden: int, source: str) -> VisionTower:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE, VisionTower
-from ..hf_config import _bad, _check_fields, _req, build_arch, check_kv_heads
+from ..hf_config import _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types, periodic_layer_types
 from .gemma3 import _with_defaults
 
 # Gemma4TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
@@ -77,13 +77,10 @@ def _int(cfg: dict[str, Any], key: str, low: int, high: int, source: str, where:
 def _layer_types(cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ...]:
     given = cfg.get("layer_types")
     if given is None:
-        kinds = ["sliding_attention" if (i + 1) % SLIDING_WINDOW_PATTERN else "full_attention" for i in range(layers)]
-    elif not isinstance(given, list) or len(given) != layers or any(t not in LAYER_KINDS for t in given):
-        raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_KINDS)}", given)
+        kinds = periodic_layer_types(layers, SLIDING_WINDOW_PATTERN, "sliding_attention")
     else:
-        kinds = list(given)
-    kinds[-1] = "full_attention"  # Gemma4TextConfig.__post_init__ forces the last layer to full attention
-    return tuple(kinds)
+        kinds = checked_layer_types(given, layers, LAYER_KINDS, source)
+    return kinds[:-1] + ("full_attention",)  # Gemma4TextConfig.__post_init__ forces the last layer to full attention
 
 
 def _vision(original: dict[str, Any], text_hidden: int, source: str) -> VisionTower:

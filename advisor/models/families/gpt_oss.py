@@ -22,7 +22,8 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
+from ..hf_config import (_HINT, _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types,
+                         periodic_layer_types)
 
 # GptOssConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -62,13 +63,10 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit <= 1e6:
         raise _bad(source, "swiglu_limit", "a number above 0 and at most 1e6", limit)
     layers = _req(cfg, "num_hidden_layers", source)
-    layer_types = cfg["layer_types"]
-    if layer_types is None:  # GptOssConfig.__post_init__: sliding first, then alternating
-        layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
-    if (not isinstance(layer_types, list) or len(layer_types) != layers
-            or not all(isinstance(t, str) and t in LAYER_TYPES for t in layer_types)):
-        raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_TYPES)}",
-                   layer_types)
+    if cfg["layer_types"] is None:  # GptOssConfig.__post_init__: sliding first, then alternating
+        layer_types = periodic_layer_types(layers, 2, "sliding_attention")
+    else:
+        layer_types = checked_layer_types(cfg["layer_types"], layers, LAYER_TYPES, source)
     window = cfg["sliding_window"] if "sliding_attention" in layer_types else None
     if "sliding_attention" in layer_types and window is None:
         raise ModelConfigError(f"{source}: sliding_attention layers without a sliding_window", _HINT, value=source)
@@ -95,7 +93,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         o_bias=bool(cfg["attention_bias"]),
         activation=cfg["hidden_act"],
         sliding_window=window,
-        layer_types=tuple(layer_types),
+        layer_types=layer_types,
         attention_sinks=True,
         checkpoint_quant=checkpoint_quant,
         moe=MoE(num_experts=experts, experts_per_token=top_k, expert_intermediate_size=cfg["intermediate_size"],

@@ -43,15 +43,13 @@ LAYER_KINDS = ("full_attention", "sliding_attention")
 def _layer_types(model_type: str, cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ...] | None:
     """The per-layer attention kinds: the file's (one per layer, refused otherwise, as transformers' config
     validation does), or as the config class computes them when the file has none."""
-    from ..hf_config import _bad
+    from ..hf_config import checked_layer_types, periodic_layer_types
 
     given = cfg.get("layer_types")
     if given is not None:
-        if not isinstance(given, list) or len(given) != layers or any(t not in LAYER_KINDS for t in given):
-            raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_KINDS)}", given)
-        return tuple(given)
+        return checked_layer_types(given, layers, LAYER_KINDS, source)
     if model_type == "olmo3":
-        return tuple("sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers))
+        return periodic_layer_types(layers, 4, "sliding_attention")
     if model_type == "smollm3":
         no_rope = cfg.get("no_rope_layers") if isinstance(cfg.get("no_rope_layers"), list) else []
         sliding = bool(cfg.get("use_sliding_window") and cfg.get("sliding_window"))

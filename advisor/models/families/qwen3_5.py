@@ -22,7 +22,8 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import LinearAttention, ModelArch, MoE
-from ..hf_config import _HINT, _bad, _check_fields, _req, build_arch, check_kv_heads
+from ..hf_config import (_HINT, _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types,
+                         periodic_layer_types)
 
 # Qwen3_5TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -61,10 +62,8 @@ def _layer_types(cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ..
         interval = cfg.get("full_attention_interval", FULL_ATTENTION_INTERVAL)
         if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 1_024:
             raise _bad(source, "full_attention_interval", "a whole number from 1 to 1,024", interval)
-        return tuple("linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers))
-    if not isinstance(given, list) or len(given) != layers or any(t not in LAYER_KINDS for t in given):
-        raise _bad(source, "layer_types", f"a list of {layers} entries, each one of {', '.join(LAYER_KINDS)}", given)
-    return tuple(given)
+        return periodic_layer_types(layers, interval, "linear_attention")
+    return checked_layer_types(given, layers, LAYER_KINDS, source)
 
 
 def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str) -> ModelArch:
