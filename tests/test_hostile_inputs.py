@@ -932,3 +932,12 @@ def test_any_rule_condition_loads_or_gives_one_error(tokens):
         for forbidden in ("$", "=~", "/", "**", "%"):
             assert forbidden not in when.replace("'llama'", "")
     assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("folder,value", [("gemma-3-4b-it", "no"), ("gemma-4-26B-A4B", 1), ("Qwen3.5-27B", "false")])
+def test_vision_language_files_refuse_a_tie_flag_that_is_not_true_or_false(cli, tmp_path, folder, value):
+    # a composite file's top-level tie_word_embeddings decides whether lm_head is counted: "no" must not read as tied
+    from tests.configs_2026 import config
+
+    path = _write(tmp_path / "config.json", {**config(folder), "tie_word_embeddings": value})
+    assert_refused(cli(["estimate", "--model", path, "--gpu", "4090"]), words="tie_word_embeddings")

@@ -218,6 +218,14 @@ def _read_config(cfg: dict[str, Any], name: str, source: str | None = None) -> M
     )
 
 
+def file_bool(config: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    """A true/false key of the file (a vision-language file's top level, which _check_fields does not read)."""
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise _bad(source, key, "true or false", value)
+    return value
+
+
 def checked_layer_types(given: Any, layers: int, kinds: tuple[str, ...], source: str) -> tuple[str, ...]:
     """A file's ``layer_types``: one of ``kinds`` per layer, refused otherwise (as transformers' config validation)."""
     if not isinstance(given, list) or len(given) != layers or any(not isinstance(t, str) or t not in kinds for t in given):

@@ -25,7 +25,7 @@ from typing import Any
 from ...errors import ModelConfigError
 from ..arch import ModelArch, VisionTower
 from ..hf_config import (_HINT, _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types,
-                         periodic_layer_types)
+                         file_bool, periodic_layer_types)
 
 # Gemma3TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -123,7 +123,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     layer_types = _layer_types(cfg, layers, source)
     vision = _vision(original, hidden, source) if original.get("model_type") == "gemma3" else None
     # the composite model ties lm_head to the language model's embedding per Gemma3Config (default True)
-    tie = original.get("tie_word_embeddings", True) if vision is not None else cfg["tie_word_embeddings"]
+    tie = file_bool(original, "tie_word_embeddings", True, source) if vision is not None else cfg["tie_word_embeddings"]
     sliding = cfg.get("sliding_window")
     return build_arch(
         source, hint="check the values in config.json",

@@ -33,7 +33,8 @@ from typing import Any
 
 from ...errors import ModelConfigError
 from ..arch import ModelArch, MoE, VisionTower
-from ..hf_config import _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types, periodic_layer_types
+from ..hf_config import (_bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types, file_bool,
+                         periodic_layer_types)
 from .gemma3 import _with_defaults
 
 # Gemma4TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
@@ -171,7 +172,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
         vision = _vision(original, hidden, source)
     multimodal = original.get("model_type") == "gemma4"
     # the composite model ties lm_head to the language model's embedding per Gemma4Config (default True)
-    tie = original.get("tie_word_embeddings", True) if multimodal else cfg["tie_word_embeddings"]
+    tie = file_bool(original, "tie_word_embeddings", True, source) if multimodal else cfg["tie_word_embeddings"]
     extra = 0
     if moe is not None:
         # post_feedforward_layernorm_1, post_feedforward_layernorm_2, pre_feedforward_layernorm_2 (hidden each), the

@@ -23,7 +23,7 @@ from typing import Any
 from ...errors import ModelConfigError
 from ..arch import LinearAttention, ModelArch, MoE
 from ..hf_config import (_HINT, _bad, _check_fields, _req, build_arch, check_kv_heads, checked_layer_types,
-                         periodic_layer_types)
+                         file_bool, periodic_layer_types)
 
 # Qwen3_5TextConfig's class defaults (transformers 5.25) for the keys a config.json may leave out
 DEFAULTS: dict[str, Any] = {
@@ -87,9 +87,7 @@ def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str)
     layers = _req(cfg, "num_hidden_layers", source)
     layer_types = _layer_types(cfg, layers, source)
     # the text-only model ties per the text config; the composite file's top-level key is what it was saved with
-    tie = original.get("tie_word_embeddings", cfg["tie_word_embeddings"])
-    if not isinstance(tie, bool):
-        raise _bad(source, "tie_word_embeddings", "true or false", tie)
+    tie = file_bool(original, "tie_word_embeddings", cfg["tie_word_embeddings"], source)
     if tie != cfg["tie_word_embeddings"] and "tie_word_embeddings" in text:
         raise ModelConfigError(f"{source}: tie_word_embeddings differs between the file and its text_config",
                                _HINT, value=source)

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "output_router_logits": False, "mlp_only_layers": None, "layer_types": None,
 }
 _ROUTING_KEYS = ("decoder_sparse_step", "mlp_only_layers", "norm_topk_prob", "output_router_logits")
-_ONE_LINE = "every released Qwen3-Next routes every layer (decoder_sparse_step 1, mlp_only_layers [])"
+_RELEASED_LAYOUT = "every released Qwen3-Next routes every layer (decoder_sparse_step 1, mlp_only_layers [])"
 
 
 def _moe_layers(cfg: dict[str, Any], layers: int, source: str) -> None:
@@ -58,7 +58,7 @@ def _moe_layers(cfg: dict[str, Any], layers: int, source: str) -> None:
         # num_experts 0 makes every layer a dense Qwen3NextMLP of intermediate_size; PEFT would still map the MLP's
         # gate/up/down_proj targets onto (absent) fused experts (transformers maps qwen3_next to qwen2_moe's conversion)
         raise ModelConfigError(f"{source}: num_experts 0 (a dense Qwen3-Next) is not in the torch-free memory model",
-                               _ONE_LINE, value=source)
+                               _RELEASED_LAYOUT, value=source)
     step = cfg["decoder_sparse_step"]
     if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= 1_024:
         raise _bad(source, "decoder_sparse_step", "a whole number from 1 to 1,024", step)
@@ -69,7 +69,7 @@ def _moe_layers(cfg: dict[str, Any], layers: int, source: str) -> None:
     if step != 1 or dense_here:
         raise ModelConfigError(
             f"{source}: dense MLP layers among the MoE layers (mlp_only_layers {dense_here}, decoder_sparse_step "
-            f"{step}) are not in the torch-free memory model", _ONE_LINE, value=source)
+            f"{step}) are not in the torch-free memory model", _RELEASED_LAYOUT, value=source)
 
 
 def read(original: dict[str, Any], text: dict[str, Any], name: str, source: str) -> ModelArch:
