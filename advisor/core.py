@@ -642,8 +642,7 @@ def _as_format_trains(sel: Selected, ctx, name: str):
     from dataclasses import replace as replace_fields
 
     cfg = train_config({**sel.cfg.model_dump(), **update})  # validated: the stack decides its loss
-    if cfg.model_dump(exclude={"stack"}) == sel.cfg.model_dump(exclude={"stack"}):
-        return replace_fields(ctx, cfg=cfg)  # same memory: the plan's estimate stands
+    # the stack alone can change memory (TRL's 16-bit QLoRA adapters: TrainConfig.adapters_stored_16bit)
     return replace_fields(ctx, cfg=cfg, estimate=_estimate(sel.arch, cfg, sel.hardware, sel.calibration))
 
 

@@ -69,3 +69,30 @@ def test_zero3_keeps_peft_fp32_adapters_unless_the_base_is_4bit():
     assert lora["q_proj: LoRA fp32 input"] == 4 * ARCH.hidden_size
     qlora = _saved(TrainConfig(method="qlora", targets=("all-linear",), zero=3, gpus=4))
     assert not any("LoRA fp32 input" in k or "autocast" in k for k in qlora)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora8bit"])
+def test_trl_trains_a_quantized_models_adapters_in_bf16_with_bf16_adam_states(method):
+    # TRL's SFTTrainer casts a 4-bit / 8-bit model's trainable params to bf16 (trl 1.16 sft_trainer.py); torch's
+    # AdamW keeps m and v in the param dtype, so weights, grads and states all halve against PEFT's fp32 adapters
+    hf = estimate(ARCH, TrainConfig(method=method, targets=("all-linear",)))
+    trl = estimate(ARCH, TrainConfig(method=method, targets=("all-linear",), stack="trl"))
+    assert hf.trainable_params == trl.trainable_params
+    adapters = hf.trainable_params
+    assert TrainConfig(method=method, stack="trl").adapters_stored_16bit
+    by_name = {c.name: c.bytes for c in trl.components}
+    assert by_name["optimizer_states"] <= 2 * 2 * adapters * 1.01  # m + v in bf16 (allocation rounding aside)
+    hf_states = {c.name: c.bytes for c in hf.components}["optimizer_states"]
+    assert hf_states == pytest.approx(2 * by_name["optimizer_states"], rel=0.01)
+
+
+def test_trl_keeps_fp32_adapters_where_deepspeed_or_fsdp_hold_the_master_copy():
+    # DeepSpeed steps its own fp32 master partition and accelerate's FSDP upcasts trainable params to fp32
+    for sharding in (dict(zero=2), dict(zero=3, gpus=2), dict(fsdp=True, gpus=2)):
+        assert not TrainConfig(method="qlora", stack="trl", **sharding).adapters_stored_16bit
+    # ZeRO-3 without a 4-bit base: TRL passes autocast_adapter_dtype=False, so the adapters are 16-bit there
+    assert TrainConfig(method="lora", stack="trl", zero=3, gpus=2).adapters_16bit
+    assert not TrainConfig(method="lora", zero=3, gpus=2).adapters_16bit
+    # the HF Trainer (and axolotl, LLaMA-Factory) keep PEFT's fp32 adapters
+    for stack in ("auto", "transformers", "axolotl", "llamafactory"):
+        assert not TrainConfig(method="qlora", stack=stack).adapters_stored_16bit

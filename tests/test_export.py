@@ -130,11 +130,13 @@ def test_round_trip_gives_the_same_peak(tmp_path, flags, capsys):
     estimate_flags = flags[:flags.index("--effective-batch")]  # estimate has no effective batch
     assert main(["estimate", "--json", *estimate_flags]) == 0
     direct = json.loads(capsys.readouterr().out)["peak_device_bytes"]
-    # TRL's SFTTrainer always computes its loss in tiles: its file is the chunked-loss configuration
-    assert main(["estimate", "--json", *estimate_flags, "--loss", "chunked"]) == 0
-    chunked = json.loads(capsys.readouterr().out)["peak_device_bytes"]
+    # TRL's SFTTrainer always computes its loss in tiles and makes a 4-bit model's adapters bf16: its file is
+    # TRL's stack (--stack trl), which the exported file's header quotes
+    assert main(["estimate", "--json", *estimate_flags, "--stack", "trl"]) == 0
+    trl = json.loads(capsys.readouterr().out)["peak_device_bytes"]
+    assert f"{trl / 2**30:.2f} GiB device" in (out / "trl_sft.yaml").read_text()
     gpu = flags[flags.index("--gpu") + 1]
-    for name, expected in (("trl_sft.yaml", chunked), ("axolotl.yaml", direct), ("llamafactory.yaml", direct)):
+    for name, expected in (("trl_sft.yaml", trl), ("axolotl.yaml", direct), ("llamafactory.yaml", direct)):
         assert main(["estimate", "--json", "--from", str(out / name), "--gpu", gpu]) == 0  # ZeRO from ds_config.json
         assert json.loads(capsys.readouterr().out)["peak_device_bytes"] == expected, name
 

@@ -36,6 +36,10 @@ CASES = [
     ("phi-3-mini-4k", 3, dict(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2)),  # fused, window mask
     ("mistral-7b-v0.1", 2, dict(method="lora", targets=("q,v",), seq_len=4096)),  # window mask: GQA k/v repeated
     ("llama-3.2-1b", 2, dict(method="full", master_weights=True, seq_len=1024, micro_batch=2)),  # autocast
+    # 16-bit adapters the optimizer holds: TRL's cast of a 4-bit model's adapters, torchtune's model-dtype adapters
+    ("llama-3.2-1b", 4, dict(method="qlora", targets=("all-linear",), rank=64, seq_len=1024, grad_ckpt=True, stack="trl")),
+    ("qwen2.5-0.5b", 4, dict(method="lora", targets=("all-linear",), seq_len=512, micro_batch=2, grad_ckpt=True,
+                             stack="torchtune")),
     ("qwen2.5-0.5b", 4, dict(method="full", master_weights=True, seq_len=1024, micro_batch=2, grad_ckpt=True)),
     # the chunked loss as the exported job runs it: TRL's fused LM head, one logits tile at a time
     ("qwen2.5-0.5b", 4, dict(method="lora", seq_len=2048, loss="chunked")),

@@ -202,3 +202,26 @@ def test_no_gpu_is_an_error_event_not_a_crash(tiny_dir, tmp_path):
 def test_verify_launcher_imports_no_torch():
     code = "import sys, advisor.verify.launch; assert 'torch' not in sys.modules"
     assert run(["-c", code], cwd=ROOT).returncode == 0
+
+
+def test_a_quantized_plans_adapters_are_put_back_to_fp32_after_trls_cast(tiny_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # TRL's SFTTrainer makes a 4-bit model's adapters bf16; the plan (the HF Trainer's stack) counts fp32 ones
+    script = load_script(export(tiny_dir, tmp_path / "q", method="qlora", precision="bf16") / "train.py")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_dir), dtype=torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    for param in model.parameters():
+        if param.requires_grad:  # what SFTTrainer.__init__ does to a quantized model
+            param.data = param.data.to(torch.bfloat16)
+    script.restore_planned_adapters(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    assert "restore_planned_adapters(trainer.model)" in (tmp_path / "q" / "train.py").read_text()
+    # a TRL plan (trl-yaml's stack) counts TRL's bf16 adapters, and a 16-bit base has nothing to put back
+    for name, config in (("t", dict(method="qlora", precision="bf16", stack="trl")), ("l", dict())):
+        assert not hasattr(load_script(export(tiny_dir, tmp_path / name, **config) / "train.py"),
+                           "restore_planned_adapters")

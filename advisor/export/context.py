@@ -126,6 +126,12 @@ class ExportContext:
         return self.cfg.method == "qlora" and (self.cfg.fsdp or self.cfg.zero == 3)
 
     @property
+    def restores_fp32_adapters(self) -> bool:
+        """train.py undoes TRL's bf16 cast of a quantized model's adapters unless the plan is TRL's own stack
+        (TrainConfig.adapters_stored_16bit says what TRL does)."""
+        return self.cfg.method in ("qlora", "lora8bit") and self.cfg.stack != "trl"
+
+    @property
     def fits(self) -> bool | None:
         return None if self.capacity_bytes is None else self.estimate.peak_device_bytes <= self.capacity_bytes
 

@@ -104,6 +104,19 @@ def require_chunked_loss():
 '''
 
 
+# TRL's SFTTrainer casts the trainable parameters of a 4-bit / 8-bit model to bf16 (trl 1.16 sft_trainer.py,
+# "When using QLoRA, the PEFT adapter weights are converted to bf16"); the plan counts PEFT's fp32 adapters
+# (autocast_adapter_dtype=True), as the HF Trainer keeps them, so the script puts them back before training.
+RESTORE_ADAPTERS = '''
+
+def restore_planned_adapters(model):
+    """The plan's fp32 LoRA adapters: TRL's SFTTrainer made a quantized model's trainable parameters bf16."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+'''
+
+
 def render(ctx: ExportContext) -> dict[str, str]:
     cfg = ctx.cfg
     attn = {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")
@@ -175,7 +188,7 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
         max_steps=max_steps,
         use_cpu=use_cpu,{deepspeed}
     )
-{STANDARD_LOSS if not ctx.chunked_loss else CHUNKED_LOSS}
+{STANDARD_LOSS if not ctx.chunked_loss else CHUNKED_LOSS}{RESTORE_ADAPTERS if ctx.restores_fp32_adapters else ""}
 
 class StepPrinter(TrainerCallback):
     """One JSON line per optimizer step on rank 0's stdout, with the keys of `lora-advisor verify`'s step events.
@@ -301,7 +314,7 @@ def main(argv=None):
                  f"{{str(exc).splitlines()[0]}}")
     trainer = TRAINER(model=model, args=training, train_dataset=data, processing_class=tokenizer,
                       peft_config=lora_config(), callbacks=[StepPrinter()])
-    try:
+{"    restore_planned_adapters(trainer.model)" + chr(10) if ctx.restores_fp32_adapters else ""}    try:
         trainer.train()
     except torch.OutOfMemoryError as exc:
         print(json.dumps({{"event": "oom", "step": trainer.state.global_step + 1,

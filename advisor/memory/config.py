@@ -161,12 +161,28 @@ class TrainConfig(BaseModel):
         ``FSDPParam.init_unsharded_param``; accelerate sets param_dtype for LoRA, memory/fsdp.py)."""
         if self.precision == "fp32":
             return False
-        if self.zero == 3 and self.method != "qlora":
+        if self.zero == 3 and self.method != "qlora" and self.stack != "trl":
             # transformers loads a ZeRO-3 model inside deepspeed.zero.Init (modeling_utils.py get_init_context: not
             # for a quantized model); the engine skips its cast for such a model, so PEFT's fp32 adapters stay fp32
+            # (TRL's SFTTrainer passes autocast_adapter_dtype=False there: trl 1.16 sft_trainer.py, "ZeRO-3 + PEFT
+            # for non-quantized models", so its adapters are 16-bit from the start)
             return False
         fsdp_mixed = self.fsdp and self.gpus > 1 and self.offload == "none"
-        return bool(self.zero) or self.stack == "torchtune" or fsdp_mixed
+        return bool(self.zero) or self.adapters_stored_16bit or fsdp_mixed
+
+    @property
+    def adapters_stored_16bit(self) -> bool:
+        """Whether the optimizer holds 16-bit adapter parameters (their grads and a torch optimizer's states follow
+        that dtype).  torchtune builds them in the model dtype; TRL's SFTTrainer casts a 4-bit / 8-bit model's
+        trainable parameters to bf16 (trl 1.16 sft_trainer.py: ``if _is_quantized_model: ... param.data =
+        param.data.to(torch.bfloat16)``, the QLoRA paper's recipe).  Not under DeepSpeed (the engine's fp32 master
+        partition is what the optimizer steps, memory/sharding.py) nor accelerate's FSDP (it upcasts trainable
+        parameters to fp32)."""
+        if self.precision == "fp32" or not self.uses_adapters:
+            return False
+        if self.stack == "torchtune":
+            return True
+        return self.stack == "trl" and self.method in ("qlora", "lora8bit") and not self.zero and not self.fsdp
 
     @property
     def sharding(self) -> str:

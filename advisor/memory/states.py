@@ -127,7 +127,7 @@ def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     """Parameter bytes depend only on the model and the method's fields, not on the batch or the step;
     cached on those fields so the planner's thousands of candidates share them."""
     fields = (arch, cfg.method, cfg.precision, cfg.master_weights, cfg.rank, cfg.alpha, cfg.targets,
-              cfg.train_embeddings, cfg.quant_type, cfg.double_quant)
+              cfg.train_embeddings, cfg.quant_type, cfg.double_quant, cfg.adapters_stored_16bit)
     found = _PARAM_BYTES.get(fields)
     if found is None:  # a config with only these fields set: the cache key of _param_bytes
         if len(_PARAM_BYTES) > 4096:  # bounded like the lru_cache behind it (a long TUI session)
@@ -135,7 +135,7 @@ def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         key = cfg.model_copy(update={"seq_len": 1, "micro_batch": 1, "grad_ckpt": False, "optimizer": "adamw",
                                      "attn": "auto", "loss": "standard", "gpus": 1, "zero": 0, "fsdp": False,
                                      "offload": "none"})
-        found = _PARAM_BYTES[fields] = _param_bytes(arch, key)
+        found = _PARAM_BYTES[fields] = _param_bytes(arch, key, cfg.adapters_stored_16bit)
     return found
 
 
@@ -144,7 +144,9 @@ _PARAM_BYTES: dict[tuple, "ParamBytes"] = {}
 
 
 @lru_cache(maxsize=1024)
-def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
+def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool) -> ParamBytes:
+    """``adapters_stored_16bit``: TrainConfig.adapters_stored_16bit of the whole config (it reads the stack and
+    the sharding, which the cache key drops)."""
     counts = count_params(arch)
     wbytes = 4 if cfg.master_weights else DTYPE_BYTES[cfg.precision]
     L = arch.num_layers
@@ -174,9 +176,11 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
 
     adapter_params = sum(layers_holding(arch, s.kind) * rank(s) * (s.in_features + s.out_features) * s.per_layer
                          for s in lora)
-    adapter_bytes = sum(layers_holding(arch, s.kind) * s.per_layer * (rounded(4 * rank(s) * s.in_features)
-                                                                     + rounded(4 * rank(s) * s.out_features))
-                        for s in lora)  # PEFT keeps adapters in fp32
+    # PEFT keeps adapters in fp32 (autocast_adapter_dtype=True) unless the stack stores them 16-bit
+    adapter_dtype = 2 if adapters_stored_16bit else 4
+    adapter_bytes = sum(layers_holding(arch, s.kind) * s.per_layer
+                        * (rounded(adapter_dtype * rank(s) * s.in_features) + rounded(adapter_dtype * rank(s) * s.out_features))
+                        for s in lora)
     copies, copy_params = 0, 0
     if cfg.train_embeddings:
         # PEFT modules_to_save keeps the original frozen module and trains a copy of it.
@@ -211,7 +215,7 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
         trainable_params=adapter_params + copy_params,
         total_params=counts.total,
         adapter_params=adapter_params,
-        trainable_dtype_bytes=4,
+        trainable_dtype_bytes=adapter_dtype,
         largest_layer_params=largest_layer,
     )
 
