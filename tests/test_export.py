@@ -208,3 +208,46 @@ def test_qlora_under_fsdp_gets_bf16_storage_and_loading_flags(tmp_path):
     fsdp = yaml.safe_load((out / "accelerate.yaml").read_text())["fsdp_config"]
     assert fsdp["fsdp_version"] == 1 and fsdp["fsdp_use_orig_params"] is False and fsdp["fsdp_cpu_ram_efficient_loading"]
     assert ClusterConfig.from_yaml_file(str(out / "accelerate.yaml")).distributed_type.value == "FSDP"
+
+
+def test_ds_config_bucket_settings_read_back(tmp_path, capsys):
+    """reduce_bucket_size / overlap_comm / contiguous_gradients come from the ds_config.json a YAML names, with
+    DeepSpeed's defaults where a key is absent (overlap_comm only for stage 3); 5e8 is a JSON float."""
+    flags = ["--model", "llama-3.1-8b", "--method", "lora", "--grad-ckpt", "--gpu", "a100-80gb", "--zero", "2",
+             "--effective-batch", "8"]
+    out = export(tmp_path, flags, "axolotl")
+    capsys.readouterr()
+
+    def read_back(**zero):
+        ds = json.loads((out / "ds_config.json").read_text())
+        ds["zero_optimization"] = {"stage": 2, **zero}
+        (out / "ds_config.json").write_text(json.dumps(ds))
+        code = main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "a100-80gb"])
+        captured = capsys.readouterr()
+        return code, (json.loads(captured.out) if code == 0 else captured.err)
+
+    _, exported = read_back(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size="auto")
+    assert {k: exported["config"][k] for k in ("reduce_bucket_size", "overlap_comm", "contiguous_gradients")} == \
+        {"reduce_bucket_size": None, "overlap_comm": True, "contiguous_gradients": True}
+    _, defaults = read_back(reduce_bucket_size=5e8)
+    assert defaults["config"]["reduce_bucket_size"] == 500_000_000 and defaults["config"]["overlap_comm"] is False
+    # one 1 GB bf16 bucket in the backward instead of two hidden^2 ones
+    assert defaults["phases"]["backward"] > exported["phases"]["backward"] + 0.9e9
+    for bad in ("big", 1.5, -1, True):
+        code, err = read_back(reduce_bucket_size=bad)
+        assert code == 2 and "reduce_bucket_size" in err and err.count("\n") == 1
+
+
+def test_llamafactory_norms_stay_16bit_and_an_fp32_norm_file_is_refused(tmp_path, capsys):
+    """upcast_layernorm makes the norms fp32, and a 4-bit Linear returns its input's dtype: fp32 activations the
+    estimate does not count.  The export leaves it at LLaMA-Factory's default; a file that sets it is refused."""
+    out = export(tmp_path, QLORA_8B, "llamafactory")
+    data = yaml.safe_load((out / "llamafactory.yaml").read_text())
+    assert not data.get("upcast_layernorm")
+    capsys.readouterr()
+    assert main(["estimate", "--from", str(out / "llamafactory.yaml"), "--gpu", "4090"]) == 0
+    capsys.readouterr()
+    (out / "llamafactory.yaml").write_text(yaml.safe_dump({**data, "upcast_layernorm": True}))
+    assert main(["estimate", "--from", str(out / "llamafactory.yaml"), "--gpu", "4090"]) == 2
+    err = capsys.readouterr().err
+    assert "upcast_layernorm" in err and "fp32" in err and err.count("\n") == 1

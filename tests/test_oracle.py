@@ -32,6 +32,9 @@ CASES = [
     ("gemma-2-2b", 3, dict(method="lora", targets=("all-linear",), seq_len=512)),  # eager, soft-capped
     ("gemma-2-2b", 3, dict(method="full", attn="flash", seq_len=512, grad_ckpt=True)),
     ("llama-2-7b", 2, dict(method="lora", targets=("all-linear",), train_embeddings=True, seq_len=256)),
+    # a tied embedding: PEFT trains two untied copies (embed_tokens and lm_head), each with its own grad and states
+    ("llama-3.2-1b", 2, dict(method="lora", targets=("all-linear",), train_embeddings=True, seq_len=512)),
+    ("qwen2.5-0.5b", 2, dict(method="qlora", targets=("all-linear",), train_embeddings=True, seq_len=512, grad_ckpt=True)),
     ("tinyllama-1.1b", 3, dict(method="lora", targets=("all-linear",), seq_len=1024, micro_batch=2, attn="eager")),
     ("phi-3-mini-4k", 3, dict(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2)),  # fused, window mask
     ("mistral-7b-v0.1", 2, dict(method="lora", targets=("q,v",), seq_len=4096)),  # window mask: GQA k/v repeated

@@ -73,3 +73,54 @@ def test_zero_on_one_gpu_changes_the_estimate():
     p = plain.total_params
     # AdamW states go from bf16 (4 B) to fp32 (8 B), plus the 4 B master and the 4 B fp32 grads in the step
     assert zero2.phases.optimizer - plain.phases.optimizer == pytest.approx(12 * p + 2 * p, rel=0.02)
+
+
+def _ds2_bucket_bytes(elements: int, overlap: bool, contiguous: bool = True) -> int:
+    """The buffers DeepSpeed's own ZeRO-2 code allocates at the start of a backward (stage_1_and_2.py
+    DeepSpeedZeroOptimizer.setup_buckets), run on a stand-in optimizer with the config's values."""
+    import types
+
+    import torch
+
+    bucket = types.SimpleNamespace(buffer=[], index=0)
+    opt = types.SimpleNamespace(ready_for_gradients=False, micro_step_id=0, contiguous_gradients=contiguous,
+                                overlap_comm=overlap, reduce_bucket_size=elements, ipg_buckets={torch.bfloat16: bucket},
+                                _gradient_reduction_buffer_dtype=lambda: torch.bfloat16)
+    ds2.DeepSpeedZeroOptimizer.setup_buckets(opt)
+    return sum(t.numel() * t.element_size() for t in bucket.buffer)
+
+
+@pytest.mark.parametrize("overlap,contiguous", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_zero2_gradient_bucket_is_deepspeeds_on_any_gpu_count(method, overlap, contiguous):
+    """ZeRO-2 allocates its reduce bucket(s) at each backward's start, however few params train and on one GPU
+    too; "auto" is transformers' hidden_size^2 (integrations/deepspeed.py trainer_config_finalize)."""
+    from advisor.memory import estimate
+
+    def phases(**ds):
+        return estimate(ARCH, TrainConfig(method=method, seq_len=512, grad_ckpt=True, zero=2, overlap_comm=overlap,
+                                          contiguous_gradients=contiguous, **ds)).phases
+
+    auto, big = phases(), phases(reduce_bucket_size=500_000_000)
+    h2 = ARCH.hidden_size**2
+    expected = _ds2_bucket_bytes(500_000_000, overlap, contiguous) - _ds2_bucket_bytes(h2, overlap, contiguous)
+    assert big.backward - auto.backward == pytest.approx(expected, rel=1e-4)
+    assert (big.forward, big.optimizer) == (auto.forward, auto.optimizer)  # freed when the backward ends
+    assert (expected > 0) == contiguous
+    for gpus in (1, 4):
+        cfg = TrainConfig(method=method, zero=2, gpus=gpus, overlap_comm=overlap, contiguous_gradients=contiguous)
+        pb = param_bytes(ARCH, cfg)
+        assert per_gpu_states(ARCH, cfg, pb, optimizer_bytes(ARCH, cfg, pb)).grad_buckets == pytest.approx(
+            _ds2_bucket_bytes(h2, overlap, contiguous), rel=1e-4)
+
+
+def test_zero3_gradient_bucket_is_held_through_every_phase():
+    """ZeRO-3 allocates one reduce_bucket_size buffer when its optimizer is built (stage3.py) and keeps it."""
+    from advisor.memory import estimate
+
+    def phases(bucket):
+        return estimate(ARCH, TrainConfig(method="lora", seq_len=512, zero=3, gpus=2, reduce_bucket_size=bucket)).phases
+
+    small, big = phases(1_000_000), phases(101_000_000)
+    for phase in ("forward", "backward", "optimizer"):
+        assert getattr(big, phase) - getattr(small, phase) == pytest.approx(2 * 100_000_000, rel=1e-4)  # one bf16 buffer

@@ -24,7 +24,7 @@ _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "n
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
                "deepspeed", "lora_dropout", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
                "fsdp", "lora_modules_to_save",
-               "upcast_layernorm", "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
+               "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
 
 
 class _File:
@@ -165,10 +165,23 @@ def _deepspeed_fields(ds_path: Path) -> dict:
         return {}
     config = _File(ds_path, {"zero_optimization": zero})
     zero = config.mapping("zero_optimization")
-    stage = _File(ds_path, zero).int("stage", 0, 3, 0)
+    settings = _File(ds_path, zero)
+    stage = settings.int("stage", 0, 3, 0)
     fields: dict = {"zero": stage}
+    # the gradient buckets (memory/sharding.py deepspeed_bucket_bytes): "auto" is transformers' hidden_size^2;
+    # DeepSpeed's defaults when a key is absent: overlap_comm only for stage 3, contiguous_gradients on
+    # (deepspeed/runtime/zero/config.py overlap_comm_valid, contiguous_gradients)
+    bucket = zero.get("reduce_bucket_size")
+    if bucket is not None and bucket != "auto":
+        # JSON writes 5e8 as a float: a whole number of elements either way
+        if (isinstance(bucket, bool) or not isinstance(bucket, (int, float)) or not math.isfinite(bucket)
+                or bucket != int(bucket) or not 1 <= bucket <= 1 << 40):
+            raise settings.error("reduce_bucket_size", '"auto" or a whole number of elements from 1 to 2^40', bucket)
+        fields["reduce_bucket_size"] = int(bucket)
+    fields["overlap_comm"] = settings.bool("overlap_comm", stage == 3)
+    fields["contiguous_gradients"] = settings.bool("contiguous_gradients", True)
     for key, offload in (("offload_param", "params"), ("offload_optimizer", "optimizer")):
-        device = _File(ds_path, zero).mapping(key).get("device")
+        device = settings.mapping(key).get("device")
         if device in ("cpu", "nvme"):
             fields["offload"] = offload
             break
@@ -308,7 +321,15 @@ def _axolotl(file: _File) -> ReadBack:
 def _llamafactory(file: _File) -> ReadBack:
     data = file.data
     used: set = {"quantization_bit", "finetuning_type", "lora_target", "disable_gradient_checkpointing",
-                 "quantization_type", "double_quantization", "additional_target"}
+                 "quantization_type", "double_quantization", "additional_target", "upcast_layernorm"}
+    if file.bool("upcast_layernorm", False):
+        # fp32 norm weights make every norm's output fp32, and bitsandbytes casts each 4-bit Linear's output back to
+        # its input's dtype (Linear4bit.forward: ``.to(inp_dtype)``): the activations of a quantized model turn
+        # fp32 (LLaMA-Factory model_utils/checkpointing.py prepare_model_for_training), which is not modelled
+        raise ExportError(f"{file.path}: upcast_layernorm: true keeps the norms in fp32, which turns the activations "
+                          "fp32 (not modelled: the estimate would read low)",
+                          "set upcast_layernorm: false (LLaMA-Factory's default) to estimate this file",
+                          field=FIELD, value=str(file.path))
     bits = file.int("quantization_bit", 4, 8)
     if bits not in (None, 4, 8):
         raise file.error("quantization_bit", "4 or 8", bits)

@@ -155,8 +155,10 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
         if cfg.train_embeddings:
             data["additional_target"] = "embed_tokens,lm_head"
     if cfg.method == "qlora":
+        # no upcast_layernorm (its default, false): fp32 norms would turn a 4-bit model's activations fp32, which
+        # the estimate does not count (bitsandbytes' Linear4bit returns its input's dtype)
         data.update({"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": cfg.quant_type,
-                     "double_quantization": cfg.double_quant, "upcast_layernorm": True})
+                     "double_quantization": cfg.double_quant})
     elif cfg.method == "lora8bit":
         data.update({"quantization_bit": 8, "quantization_method": "bnb"})
     data.update(_deepspeed_file(ctx))

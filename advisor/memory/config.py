@@ -64,6 +64,14 @@ class TrainConfig(BaseModel):
     offload: Offload = Field("none", description="CPU offload of optimizer states, or of states and params.")
     stack: Stack = Field("auto", description="The training stack that runs the job (auto = transformers' Trainer). "
                          "trl always computes a chunked (tiled) loss; torchtune trains pure 16-bit.")
+    # DeepSpeed's gradient buffers, as its JSON config sets them (our exported ds_config.json: "auto", overlap on)
+    reduce_bucket_size: int | None = Field(None, gt=0, le=1 << 40, description="DeepSpeed zero_optimization."
+                                           "reduce_bucket_size in elements; None = \"auto\", which transformers "
+                                           "fills with hidden_size^2.")
+    overlap_comm: bool = Field(True, description="DeepSpeed zero_optimization.overlap_comm: ZeRO-2 double-buffers "
+                               "its gradient bucket.")
+    contiguous_gradients: bool = Field(True, description="DeepSpeed zero_optimization.contiguous_gradients: the "
+                                       "gradient bucket buffers exist only with it.")
 
     @model_validator(mode="before")
     @classmethod

@@ -87,7 +87,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"))
     grads = gradient_timeline(arch, cfg, pb)
     grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
-    steady = gpu.params + gpu.states
+    steady = gpu.params + gpu.states + gpu.held_buffers
 
     # Attention masks live while the decoder runs; checkpointing keeps them (a layer input) until the
     # backward pass has recomputed every layer.
@@ -321,8 +321,9 @@ def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_
                       s.name for s in lora_linears(arch, cfg))} if not full else {}),
         Component(name="gathered_params", label="gathered params (ZeRO-3/FSDP)", bytes=gpu.gathered,
                   formula="2 layers gathered whole + embeddings", inputs={"largest_layer_params": pb.largest_layer_params}),
-        Component(name="gradients", label="gradients", bytes=gpu.grads + gpu.grad_buckets,
-                  formula="trainable params x their dtype" + (" (+ communication buckets)" if gpu.grad_buckets else ""),
+        Component(name="gradients", label="gradients", bytes=gpu.grads + gpu.grad_buckets + gpu.held_buffers,
+                  formula="trainable params x their dtype"
+                  + (" (+ communication buckets)" if gpu.grad_buckets or gpu.held_buffers else ""),
                   inputs={"trainable_params": pb.trainable_params}),
         Component(name="optimizer_states", label="optimizer states", bytes=gpu.states, formula=opt_formula,
                   inputs={"optimizer": cfg.optimizer, "sharding": gpu.formula}),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..models.arch import ModelArch
 from .config import TrainConfig
 from .fsdp import FsdpTerms, fsdp_terms
-from .states import DTYPE_BYTES, OptimizerBytes, ParamBytes
+from .states import DTYPE_BYTES, OptimizerBytes, ParamBytes, rounded
 
 # DeepSpeed keeps host-side buffers ~1.5x the offloaded bytes (its own estimator's factor).
 HOST_BUFFER_FACTOR = 1.5
@@ -30,6 +30,7 @@ class PerGpuStates:
     host_ram: int  # for the whole job (all GPUs' processes on the node)
     formula: str
     fsdp: FsdpTerms | None = None  # FSDP2 units and buffers: estimate walks the step with them (memory/fsdp.py)
+    held_buffers: int = 0  # communication buffers allocated once and held through every phase (ZeRO-3's bucket)
 
 
 def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: OptimizerBytes) -> PerGpuStates:
@@ -56,10 +57,10 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
             params = params // n
             formula += "params/N + 2 gathered layers + embeddings, "
         if shard_grads:
-            # reduce-scatter buckets (HF 'auto' reduce_bucket_size = hidden^2 elements) before sharding
-            buckets = min(grads - grads // n, arch.hidden_size**2 * pb.trainable_dtype_bytes)
+            # reduce-scatter buckets before sharding (FSDP1's; DeepSpeed's own buffers are below)
+            buckets = min(grads - grads // n, arch.hidden_size**2 * pb.trainable_dtype_bytes) if cfg.fsdp else 0
             grads = grads // n
-            formula += "grads/N + a reduce bucket, "
+            formula += "grads/N + a reduce bucket, " if cfg.fsdp else "grads/N, "
         if shard_states:
             states, temps = states // n, temps // n
             formula += "optimizer states/N"
@@ -86,6 +87,15 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
     if cfg.zero and cfg.precision != "fp32" and pb.trainable_params:
         params, grads, states, temps, note = _deepspeed_mixed_precision(cfg, pb, opt, params, grads, states, temps)
         formula += note
+    held = 0
+    if cfg.zero >= 2 and pb.trainable_params:
+        bucket = deepspeed_bucket_bytes(arch, cfg)
+        if cfg.zero == 3:
+            held = bucket
+        else:
+            buckets = bucket
+        formula += (f"; DeepSpeed's gradient bucket: {bucket / 2**20:.0f} MiB"
+                    + (" held throughout" if cfg.zero == 3 else " during backward") if bucket else "")
     if cfg.offload != "none" and cfg.zero:
         # DeepSpeed's CPU optimizer keeps fp32 master params, fp32 grads and Adam's m and v on the host: 16 B per
         # trainable param, x1.5 for its buffers (its own estimator: stage_1_and_2.py
@@ -108,7 +118,26 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         host += pb.total + pb.trainable + opt.states
         params = grads = states = temps = 0
         formula += "; parameters, gradients and optimizer states offloaded to CPU (FSDP CPU offload)"
-    return PerGpuStates(params, gathered, grads, buckets, states, temps, host, formula, fsdp)
+    return PerGpuStates(params, gathered, grads, buckets, states, temps, host, formula, fsdp, held)
+
+
+def deepspeed_bucket_bytes(arch: ModelArch, cfg: TrainConfig) -> int:
+    """DeepSpeed's contiguous-gradient (IPG) buffers, whatever the number of GPUs and however few params train:
+    - ZeRO-2 (deepspeed/runtime/zero/stage_1_and_2.py ``setup_buckets``): ``torch.empty(reduce_bucket_size)`` at the
+      start of each backward, a second one with overlap_comm (double buffering), freed when the backward ends
+      (``_release_ipg_buffers``); in the gradient dtype, the module's 16 bits;
+    - ZeRO-3 (stage3.py, after ``initialize_optimizer_states``): one ``reduce_bucket_size`` buffer per gradient
+      dtype, allocated when the optimizer is built and held for the whole run.
+    Both only with contiguous_gradients.  "auto" is what transformers fills in: hidden_size^2 elements
+    (transformers integrations/deepspeed.py ``trainer_config_finalize``: ``fill_only("zero_optimization.
+    reduce_bucket_size", hidden_size * hidden_size)``).  ZeRO-1 with bf16 runs DeepSpeed's BF16_Optimizer
+    (engine.py ``_do_optimizer_sanity_check``), whose buffers are not modelled here."""
+    if cfg.zero < 2 or not cfg.contiguous_gradients:
+        return 0
+    elements = cfg.reduce_bucket_size or arch.hidden_size**2
+    dtype = DTYPE_BYTES[cfg.precision]
+    copies = 2 if cfg.overlap_comm and cfg.zero == 2 else 1
+    return copies * rounded(elements * dtype)
 
 
 def _deepspeed_mixed_precision(cfg: TrainConfig, pb: ParamBytes, opt: OptimizerBytes, params: int, grads: int,

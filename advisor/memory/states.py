@@ -183,8 +183,9 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
                         for s in lora)
     copies, copy_params = 0, 0
     if cfg.train_embeddings:
-        # PEFT modules_to_save keeps the original frozen module and trains a copy of it.
-        embed_like = [counts.embedding] + ([counts.lm_head] if counts.lm_head else [])
+        # PEFT modules_to_save keeps the original frozen module and trains a copy of it: one copy per module named,
+        # so a tied model gets two untied trainable copies (LoraConfig.ensure_weight_tying is False by default)
+        embed_like = [counts.embedding, counts.lm_head or counts.embedding]
         copies, copy_params = stored(embed_like), sum(embed_like)
     if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
         # the checkpoint quantized every decoder-layer Linear (MoE routers and fused experts aside, as for
@@ -282,16 +283,14 @@ def gradient_timeline(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes) -> Grad
     per_layer = (pb.trainable - _copies_bytes(arch, cfg)) // L
     if not cfg.train_embeddings:
         return GradientBytes(0, per_layer, pb.trainable, 0)
-    copies = _copies_bytes(arch, cfg)
-    head = copies if arch.tie_word_embeddings else copies // 2
-    transient = 2 * copies if arch.tie_word_embeddings else rounded(cfg.tokens * DTYPE_BYTES[cfg.precision] * arch.hidden_size)
+    # the lm_head copy's grad first; the embedding copy's at the end, while the embedding output's grad is alive
+    head = _copies_bytes(arch, cfg) // 2
+    transient = rounded(cfg.tokens * DTYPE_BYTES[cfg.precision] * arch.hidden_size)
     return GradientBytes(head, per_layer, pb.trainable, transient)
 
 
 def _copies_bytes(arch: ModelArch, cfg: TrainConfig) -> int:
-    """modules_to_save copies (embedding, and lm_head when untied) trained in full."""
+    """modules_to_save copies of embed_tokens and lm_head trained in full (two, tied or not: param_bytes)."""
     if not cfg.train_embeddings:
         return 0
-    wbytes = DTYPE_BYTES[cfg.precision]
-    n = 1 if arch.tie_word_embeddings else 2
-    return n * rounded(arch.vocab_size * arch.hidden_size * wbytes)
+    return 2 * rounded(arch.vocab_size * arch.hidden_size * DTYPE_BYTES[cfg.precision])
