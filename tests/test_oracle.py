@@ -36,6 +36,11 @@ CASES = [
     ("llama-3.2-1b", 2, dict(method="lora", targets=("all-linear",), train_embeddings=True, seq_len=512)),
     ("qwen2.5-0.5b", 2, dict(method="qlora", targets=("all-linear",), train_embeddings=True, seq_len=512, grad_ckpt=True)),
     ("tinyllama-1.1b", 3, dict(method="lora", targets=("all-linear",), seq_len=1024, micro_batch=2, attn="eager")),
+    # eager attention where its s x s scores outgrow the MLP: the checkpointed forward's softmax working set (16-bit
+    # scores, their fp32 copy, the fp32 output) and the softmax backward (two fp32 grads beside the kept output)
+    ("llama-2-7b", 2, dict(method="lora", targets=("all-linear",), seq_len=4096, grad_ckpt=True, attn="eager")),
+    ("llama-2-7b", 2, dict(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2, attn="eager")),
+    ("llama-3.2-1b", 3, dict(method="qlora", targets=("all-linear",), seq_len=4096, grad_ckpt=True, attn="eager")),
     ("phi-3-mini-4k", 3, dict(method="lora", targets=("all-linear",), seq_len=2048, micro_batch=2)),  # fused, window mask
     ("mistral-7b-v0.1", 2, dict(method="lora", targets=("q,v",), seq_len=4096)),  # window mask: GQA k/v repeated
     ("llama-3.2-1b", 2, dict(method="full", master_weights=True, seq_len=1024, micro_batch=2)),  # autocast

@@ -37,6 +37,7 @@ class SavedTensors:
     layer_bytes: int = 0  # kept once per layer whatever the tokens (PEFT's merged MoE expert weights)
     chunk: int = 0  # tokens per chunk when the layer pads each sequence to whole chunks (Gated DeltaNet: 64)
     padded_bytes: int = 0  # of ``total``, the bytes per token that padding to whole chunks adds for padded positions
+    after_attention: int = 0  # of ``total``, the bytes per token kept after the attention (o_proj onward)
 
     def add(self, name: str, bytes_per_token: int) -> None:
         if bytes_per_token:
@@ -187,10 +188,13 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         # Qwen3.5: attn_output.reshape(...).contiguous() * torch.sigmoid(gate): the mul keeps the attention output's
         # copy and the sigmoid output (which the sigmoid's backward reuses); o_proj reads their product, a new tensor
         saved.add("gated attention: output copy + sigmoid(gate)", 2 * a * q_dim)
+    through_attention = saved.total
     o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager and not arch.attn_output_gate)
     if gemma and arch.norms_per_layer == 4:
         o_rg = _rmsnorm(saved, "post-attention norm", h, norm_act, o_rg, plan.full, gemma)
-    return _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
+    saved, out_rg = _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
+    saved.after_attention = saved.total - through_attention
+    return saved, out_rg
 
 
 def _mlp_block(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool, o_rg: bool, norm_act: int,
@@ -464,8 +468,12 @@ class Transients:
     attention_backward: int = 0
 
 
-def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantized: bool) -> Transients:
-    """The MLP is where a layer peaks (it is the widest part); the terms follow its data flow:
+def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantized: bool,
+                     after_attention: int = 0) -> Transients:
+    """The MLP is where a layer peaks (it is the widest part), or eager attention's s x s scores at long sequences;
+    ``after_attention``: the bytes the layer keeps after its attention (SavedTensors.after_attention x tokens), not
+    yet there while the attention runs forward and already released when its backward runs.  The MLP's terms
+    follow its data flow:
     ``down(act(gate(x)) * up(x))`` with PEFT's LoRA branch ``result + B(A(x.float())) * scale`` computed
     in fp32 next to the 16-bit base output, and bitsandbytes dequantizing a whole 4-bit weight per matmul."""
     a, h, T = plan.act_bytes, arch.hidden_size, cfg.tokens
@@ -522,8 +530,24 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
         # back by the un-permute), its product with the weights (fp32) and that cast to 16 bit, next to the fp32
         # gradient of the experts' output (.to(hidden_states.dtype)) and the branch gradients (16-bit, T rows)
         moe_bwd = T * (2 * FP32 * kh + a * kh + FP32 * h + 2 * a * h)
+    # eager attention (transformers' eager_attention_forward): the (b, heads, s, s) scores pass through new tensors
+    # op by op.  ``softmax(w, dtype=float32)`` on 16-bit scores first converts them to fp32 (torch SoftMax.cpp: the
+    # half_to_float kernel only for fp16 on CUDA), so at the softmax the masked 16-bit scores (still bound to w), their
+    # fp32 copy and the fp32 output are alive; ``.to(q.dtype)`` then makes the 16-bit probs.  With saving, the fp32
+    # output and the probs are kept (scores_bytes): at the softmax the masked scores and the copy are extra and the
+    # probs do not exist yet; without, all of it is working set, next to q and the GQA-repeated k and v.  Its
+    # backward, at the softmax's: the fp32 grad (the .to's backward) and the fp32 input grad _softmax_backward_data
+    # returns, beside the kept fp32 output (the probs were released by probs @ v's backward).
+    scores = cfg.micro_batch * arch.num_heads * cfg.seq_len * cfg.seq_len if plan.eager and not arch.attention_sinks \
+        else 0
+    fp32_copy = 0 if cfg.precision == "fp16" else FP32
+    attn_unsaved = base + T * 3 * a * arch.q_dim + scores * (a + fp32_copy + FP32) if scores else 0
+    attn_saved = scores * fp32_copy - after_attention
+    attn_backward = T * a * h + scores * (2 * FP32 - a) - after_attention
+    forward = max(forward, attn_saved)
     forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
                        + expert_factor_cast_bytes(arch, plan))
+    forward_unsaved = max(forward_unsaved, attn_unsaved)
     la = arch.linear_attention
     if la is not None:
         # Qwen3.5's linear-attention layers (the oracle's torch fallback of the chunked gated delta rule): inside the
@@ -556,7 +580,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
     # terms are already released by then: the same excess over the layer's saved bytes as in the forward
     backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra, moe_bwd)
-    backward = max(backward, linear_bwd)
+    backward = max(backward, linear_bwd, attn_backward if scores else 0)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
     norm_backward = T * (4 * FP32 * h + 2 * a * h)

@@ -84,7 +84,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # output, its gradient and the gradient of its input.  Soft-capping keeps its tanh output too.
     loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains)
 
-    tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"))
+    tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"),
+                          after_attention=rounded(T * saved.after_attention))
     grads = gradient_timeline(arch, cfg, pb)
     grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
     steady = gpu.params + gpu.states + gpu.held_buffers
