@@ -1,11 +1,16 @@
-"""The estimate against published real GPU measurements (../shared/data/public-measurements.csv).
+"""The estimate against published real GPU memory measurements (../shared/data/public-*.csv).
 
-    python benchmarks/public_measurements.py [--csv PATH]
+    python benchmarks/public_measurements.py [--csv PATH] [--throughput-csv PATH]
+
+Two sources: public-measurements.csv (rows `pm:N`, N its row index) and the rows of public-throughput.csv
+that publish a memory number (rows `tp:ROW_ID`).
 
 No GPU is lent to most sessions, so these rows are the only real-run ground truth at hand.  Only rows whose
 setup maps onto a configuration of ours are compared; each mapping is written out below with what is
 assumed, and every other row is listed with the reason it is not comparable (encoder-decoder models,
-torchtune's fused optimizer step or activation offload, totals from blog posts, missing flags).  The
+torchtune's fused optimizer step or activation offload, totals from blog posts, missing flags).  A
+throughput row that is the same run as a public-measurements row (same repository, model, method, and
+sequence length, batch and number where both state them) is listed as such, not compared twice.  The
 measured number is read from the CSV, never copied here.  Which level a number is (torch's peak
 allocated, reserved, or nvidia-smi) decides which of our three peaks it is compared with.
 
@@ -32,6 +37,7 @@ from advisor.memory import TrainConfig, estimate  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "public-measurements.csv"
+DEFAULT_THROUGHPUT_CSV = ROOT.parent / "shared" / "data" / "public-throughput.csv"
 LEVELS = {"allocated": "peak_allocated_bytes", "reserved": "peak_reserved_bytes", "device": "peak_device_bytes"}
 
 # row index -> (catalog model, our config, GPU, level the number is, what is assumed)
@@ -68,12 +74,61 @@ REASONS = {2: "torchtune with torch.compile and its chunked CE (neither modelled
            27: "memory after model init only", 63: "an Ascend NPU, not a GPU", 64: "a fits-on claim, not a measurement"}
 
 
+# public-throughput.csv row_id -> a mapping as in MAPPED.  None yet: no row with a memory number that is not
+# already in public-measurements.csv is known well enough (the reasons below say what is missing).
+TP_MAPPED: dict[int, tuple] = {}
+
+# why the throughput rows of each source are not compared (Unsloth, torch.compile and an unnamed model are
+# added by _tp_reason); TP_ROW_REASONS for the rows their source's reason would misdescribe
+TP_REASONS = {
+    "llamafactory_tgs": "cutoff 1024 only: variable-length batches padded to the longest, dataset and lengths not "
+                        "published; LoRA targets and the level of the (whole-GB) number not stated",
+    "unsloth_readme": "benchmark notebook: sequence length and batch not stated",
+    "unsloth_readme_epoch": "Alpaca batches padded to the longest, lengths not published",
+    "torchtitan_2024": "selective per-op activation checkpointing not modelled (torchtitan pretraining, FSDP2)",
+    "axolotl_llama4": "MoE Llama 4 Scout: not in the catalog, no config in model-configs; 4-bit AdamW not modelled",
+    "litgpt_config_hub": "litgpt's own model and LoRA implementation (fused qkv, bf16-true adapters and optimizer "
+                         "states, its chunked CE): a stack we do not model",
+    "ms_swift_benchmark": "Qwen-1 remote-code model not in the catalog",
+}
+TP_ROW_REASONS = {382: "MoE Llama 4 Scout: not in the catalog, no config in model-configs; activation offload "
+                       "(gradient_checkpointing: offload) and 4-bit AdamW not modelled",
+                  451: "Qwen-1 remote-code model not in the catalog; one number per GPU of a 2-GPU run, split not stated",
+                  534: "Unsloth kernels; sequence lengths not stated"}
+
+
+def _number(text: str) -> float | None:
+    match = re.match(r"\s*([\d.]+)", text)
+    return float(match.group(1)) if match else None
+
+
 def _measured_bytes(row: dict) -> int | None:
     number = re.fullmatch(r"\s*([\d.]+)\s*", row["measured_peak_gb"])
     if not number:
         return None
     unit = 2**30 if "unit=GiB" in row["notes"] else 10**9
     return int(float(number.group(1)) * unit)
+
+
+def _tp_measured_bytes(row: dict) -> int | None:
+    """The memory number of a throughput row in the unit its source prints (GiB, GB, MiB, MB)."""
+    match = re.match(r"\s*([\d.]+)\s*(GiB|GB|MiB|MB)\b", row["memory_published"])
+    if not match:
+        return None
+    return int(float(match.group(1)) * {"GiB": 2**30, "GB": 10**9, "MiB": 2**20, "MB": 10**6}[match.group(2)])
+
+
+def _same_run(pm: dict, tp: dict) -> bool:
+    """Whether a throughput row restates a public-measurements row: same repository, model and method, and the
+    same sequence length, micro batch and number wherever both rows state them."""
+    def repo(text):
+        match = re.search(r"github(?:\.com/|:)([\w.-]+/[\w.-]+)", text)
+        return match and match.group(1)
+    pairs = [(pm["seq_len"], tp["seq_len"]), (pm["micro_batch"], tp["micro_batch_per_gpu"]),
+             (pm["measured_peak_gb"], tp["memory_published"])]
+    return (repo(pm["source"]) is not None and repo(pm["source"]) == repo(tp["source_ref"])
+            and tp["model"].lower() in pm["model"].lower() and pm["method"].split()[0] == tp["method"]
+            and all(a is None or b is None or a == b for a, b in ((_number(x), _number(y)) for x, y in pairs)))
 
 
 def _unmapped_reason(row: dict) -> str:
@@ -91,44 +146,91 @@ def _unmapped_reason(row: dict) -> str:
     return "hardware or model outside the catalog"
 
 
+def _tp_reason(row: dict, pm_rows: list[dict]) -> str:
+    same = next((i for i, pm in enumerate(pm_rows) if _same_run(pm, row)), None)
+    if same is not None:
+        return f"same run as public-measurements row {same}"
+    row_id = int(row["row_id"])
+    if row_id in TP_ROW_REASONS:
+        return TP_ROW_REASONS[row_id]
+    reason = TP_REASONS.get(row["source_key"], "not reviewed: no mapping or reason written for this row")
+    if "unsloth" in (row["attention_impl"] + row["framework_and_opts"]).lower():
+        reason = "Unsloth kernels; " + reason
+    if "unspecified" in row["model"]:
+        reason = "model not named; " + reason
+    if "compile" in row["framework_and_opts"]:
+        reason += "; torch.compile"
+    return reason
+
+
+def _compare(label: str, source_model: str, setup: str, measured: int, mapping: tuple) -> tuple[str, tuple]:
+    """One mapped row: its table line, and (error %, inside the range, range width %)."""
+    model, fields, gpu, level, assumed = mapping
+    est = estimate(resolve_model(model), TrainConfig(**fields), hardware_for(gpu))
+    predicted = getattr(est, LEVELS[level])
+    err = 100.0 * (predicted - measured) / measured
+    # the range is of the device peak; at a lower level the same terms' spread applies, minus what only the
+    # device level has (the CUDA context and NCCL): shift it by the difference of the expected values
+    low, high = (bound - (est.peak_device_bytes - predicted) for bound in est.peak_device_range_bytes)
+    inside = low <= measured <= high
+    line = (f"| {label} | {source_model} | {setup} | {level} | {measured / 2**30:.1f} | {predicted / 2**30:.1f} | "
+            f"{low / 2**30:.1f}-{high / 2**30:.1f} | {err:+.1f} | {'yes' if inside else 'NO'} | {assumed} |")
+    return line, (err, inside, 100.0 * (high - low) / predicted)
+
+
+def _summary(what: str, results: list[tuple], total: int | str) -> str:
+    if not results:
+        return f"{what}: 0 comparable rows of {total}"
+    errors, inside, widths = zip(*results)
+    return (f"{what}: {len(errors)} comparable rows of {total}: median error {statistics.median(errors):+.1f} %, "
+            f"median |error| {statistics.median(abs(e) for e in errors):.1f} %, range {min(errors):+.1f} % .. "
+            f"{max(errors):+.1f} %; inside the estimate's range: {sum(inside)} of {len(inside)}; median range width "
+            f"{statistics.median(widths):.1f} % of the expected value")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="public-measurements.csv")
+    parser.add_argument("--throughput-csv", type=Path, default=DEFAULT_THROUGHPUT_CSV,
+                        help="public-throughput.csv (its rows with a memory_published number)")
     args = parser.parse_args()
-    if not args.csv.exists():
-        print(f"error: {args.csv} not found (hint: pass --csv PATH)", file=sys.stderr)
-        return 2
+    for path, flag in ((args.csv, "--csv"), (args.throughput_csv, "--throughput-csv")):
+        if not path.exists():
+            print(f"error: {path} not found (hint: pass {flag} PATH)", file=sys.stderr)
+            return 2
     rows = list(csv.DictReader(args.csv.open(encoding="utf-8")))
+    tp_rows = [row for row in csv.DictReader(args.throughput_csv.open(encoding="utf-8"))
+               if row["memory_published"].strip()]
     lines = ["| row | source model | setup | level | measured GiB | estimate GiB | range GiB | error % | in range | assumed |",
-             "|---:|---|---|---|---:|---:|---|---:|:-:|---|"]
-    errors, inside, widths = [], [], []
-    for index, (model, fields, gpu, level, assumed) in MAPPED.items():
+             "|---|---|---|---|---:|---:|---|---:|:-:|---|"]
+    pm_results, tp_results = [], []
+    for index, mapping in MAPPED.items():
         row = rows[index]
-        measured = _measured_bytes(row)
-        hw = hardware_for(gpu)
-        est = estimate(resolve_model(model), TrainConfig(**fields), hw)
-        predicted = getattr(est, LEVELS[level])
-        err = 100.0 * (predicted - measured) / measured
-        errors.append(err)
-        # the range is of the device peak; at a lower level the same terms' spread applies, minus what only the
-        # device level has (the CUDA context and NCCL): shift it by the difference of the expected values
-        low, high = (bound - (est.peak_device_bytes - predicted) for bound in est.peak_device_range_bytes)
-        inside.append(low <= measured <= high)
-        widths.append(100.0 * (high - low) / predicted)
         setup = f"{row['method']} r{row['rank'] or '-'} seq {row['seq_len']} mb {row['micro_batch']} {row['gpus']}"
-        lines.append(f"| {index} | {row['model']} | {setup} | {level} | {measured / 2**30:.1f} | {predicted / 2**30:.1f} | "
-                     f"{low / 2**30:.1f}-{high / 2**30:.1f} | {err:+.1f} | {'yes' if inside[-1] else 'NO'} | {assumed} |")
-    skipped = ["", "| row | source model | not compared because |", "|---:|---|---|"]
-    skipped += [f"| {i} | {row['model']} | {REASONS.get(i) or _unmapped_reason(row)} |"
+        line, result = _compare(f"pm:{index}", row["model"], setup, _measured_bytes(row), mapping)
+        lines.append(line)
+        pm_results.append(result)
+    for row in tp_rows:
+        if int(row["row_id"]) in TP_MAPPED:
+            setup = (f"{row['method']} {row['peft_config'] or ''} seq {row['seq_len']} mb {row['micro_batch_per_gpu']} "
+                     f"{row['n_gpus']}x {row['gpu']}")
+            line, result = _compare(f"tp:{row['row_id']}", row["model"], setup, _tp_measured_bytes(row),
+                                    TP_MAPPED[int(row["row_id"])])
+            lines.append(line)
+            tp_results.append(result)
+    skipped = ["", "| row | source model | not compared because |", "|---|---|---|"]
+    skipped += [f"| pm:{i} | {row['model']} | {REASONS.get(i) or _unmapped_reason(row)} |"
                 for i, row in enumerate(rows) if i not in MAPPED]
-    summary = (f"\n{len(errors)} comparable rows of {len(rows)}: median error {statistics.median(errors):+.1f} %, "
-               f"median |error| {statistics.median(abs(e) for e in errors):.1f} %, range {min(errors):+.1f} % .. {max(errors):+.1f} %; "
-               f"inside the estimate's range: {sum(inside)} of {len(inside)}; median range width "
-               f"{statistics.median(widths):.1f} % of the expected value")
+    skipped += [f"| tp:{row['row_id']} | {row['model']} | {_tp_reason(row, rows)} |"
+                for row in tp_rows if int(row["row_id"]) not in TP_MAPPED]
+    summary = "\n".join(["", _summary("all mapped rows", pm_results + tp_results, f"{len(rows)} + {len(tp_rows)}"),
+                         _summary(f"pm ({args.csv.name})", pm_results, len(rows)),
+                         _summary(f"tp ({args.throughput_csv.name}, rows with a memory number)", tp_results,
+                                  len(tp_rows))])
     text = "\n".join(lines) + "\n" + summary + "\n" + "\n".join(skipped)
     print(text)
     out = write_result(default_path("public-measurements"), "The estimate against published GPU measurements", text,
-                       about=f"; data: {args.csv.name}")
+                       about=f"; data: {args.csv.name}, {args.throughput_csv.name}")
     print(f"wrote {out}")
     return 0
 
