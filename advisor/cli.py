@@ -30,7 +30,7 @@ FLAG_FOR_FIELD = {
     "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
-    "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner",
+    "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner", "ds_config": "--ds-config",
     "dataset_tokens": "--dataset-tokens", "samples": "--samples", "epochs": "--epochs",
     "price_per_gpu_hour": "--price-per-gpu-hour",
     "images_per_sample": "--images-per-sample", "image_size": "--image-size", "image_tokens": "--image-tokens",
@@ -244,6 +244,9 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--loss", choices=get_args(train_fields.LossKind), default=d("loss"),
                    help="chunked = Liger's fused linear cross-entropy")
     g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d("zero"), help="DeepSpeed ZeRO stage")
+    g.add_argument("--ds-config", dest="ds_config", default=None if defaults else argparse.SUPPRESS,
+                   help="a DeepSpeed JSON: its ZeRO stage, offload and gradient bucket sizes (reduce_bucket_size, "
+                        "overlap_comm)")
     g.add_argument("--fsdp", action="store_true", default=d("fsdp"), help="FSDP full shard")
     g.add_argument("--offload", choices=get_args(train_fields.Offload), default=d("offload"))
     g.add_argument("--stack", choices=get_args(train_fields.Stack), default=d("stack"),
@@ -319,6 +322,11 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     fields["seq_len"] = args.seq_len
     fields.update(_image_fields(args))
     model, batch = args.model, args.effective_batch
+    if getattr(args, "ds_config", None):  # the DeepSpeed JSON the job runs with, over --zero / --offload
+        from .export.readback import deepspeed_fields
+
+        fields.update(deepspeed_fields(Path(args.ds_config), field="ds_config",
+                                       hint="give the DeepSpeed JSON your training job passes to --deepspeed"))
     if args.from_file:
         back = _read_from(args)
         model = back.model
@@ -332,7 +340,7 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
 
 
 def _by_hand(args: argparse.Namespace) -> bool:
-    return bool(args.from_file) or any(hasattr(args, name) for name in CONFIG_FIELDS)
+    return bool(args.from_file) or any(hasattr(args, name) for name in (*CONFIG_FIELDS, "ds_config"))
 
 
 def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanResult | None]:

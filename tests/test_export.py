@@ -251,3 +251,23 @@ def test_llamafactory_norms_stay_16bit_and_an_fp32_norm_file_is_refused(tmp_path
     assert main(["estimate", "--from", str(out / "llamafactory.yaml"), "--gpu", "4090"]) == 2
     err = capsys.readouterr().err
     assert "upcast_layernorm" in err and "fp32" in err and err.count("\n") == 1
+
+
+def test_ds_config_flag_sets_the_stage_and_buckets_and_the_export_writes_them_back(tmp_path, capsys):
+    """--ds-config reads the DeepSpeed JSON a job runs with; the exported ds_config.json carries its bucket
+    settings, so reading the export back gives the same estimate."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": 2e8, "overlap_comm": False}}))
+    flags = ["--model", "llama-3.1-8b", "--method", "lora", "--grad-ckpt", "--gpu", "a100-80gb"]
+    assert main(["estimate", "--json", *flags, "--ds-config", str(ds)]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["config"]["zero"] == 2 and given["config"]["reduce_bucket_size"] == 200_000_000
+    assert given["config"]["overlap_comm"] is False
+    out = export(tmp_path / "out", [*flags, "--ds-config", str(ds), "--effective-batch", "8"], "axolotl")
+    written = json.loads((out / "ds_config.json").read_text())["zero_optimization"]
+    assert (written["reduce_bucket_size"], written["overlap_comm"]) == (200_000_000, False)
+    capsys.readouterr()
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "a100-80gb"]) == 0
+    assert json.loads(capsys.readouterr().out)["peak_device_bytes"] == given["peak_device_bytes"]
+    assert main(["estimate", *flags, "--ds-config", str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: --ds-config:")

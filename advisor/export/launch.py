@@ -16,7 +16,9 @@ def deepspeed_config(ctx: ExportContext) -> dict:
     if not cfg.zero:
         raise ExportError("the deepspeed format applies to DeepSpeed ZeRO configurations only",
                           "this configuration uses no ZeRO stage")
-    zero: dict = {"stage": cfg.zero, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
+    # the gradient buckets the estimate counted (memory/sharding.py deepspeed_bucket_bytes); "auto" = hidden_size^2
+    zero: dict = {"stage": cfg.zero, "overlap_comm": cfg.overlap_comm, "contiguous_gradients": cfg.contiguous_gradients,
+                  "reduce_bucket_size": cfg.reduce_bucket_size or "auto"}
     if cfg.zero == 3:
         zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
                      # filled only by accelerate when "auto": give it explicitly (see the reference, rule 6)

@@ -31,12 +31,12 @@ class _File:
     """The settings of one file with typed reads: each value must be what its key holds, or the read is refused
     naming the file, the key, what was expected and what was found (never coerced: '8' is not 8)."""
 
-    def __init__(self, path: Path, data: dict) -> None:
-        self.path, self.data = path, data
+    def __init__(self, path: Path, data: dict, field: str = FIELD) -> None:
+        self.path, self.data, self.field = path, data, field
 
     def error(self, key: str, expected: str, value: Any) -> ExportError:
         return ExportError(f"{self.path}: {key}: expected {expected}, got {shown(value)}",
-                           "fix the value in the file", field=FIELD, value=str(self.path))
+                           "fix the value in the file", field=self.field, value=str(self.path))
 
     def int(self, key: str, low: int, high: int, default: Any = None) -> Any:
         value = self.data.get(key)
@@ -134,7 +134,7 @@ def _companions(path: Path, file: _File) -> dict:
         raise file.error("deepspeed", "the path of a DeepSpeed JSON", ds)
     if isinstance(ds, str) and ds:
         ds_path = (path.parent / ds) if not Path(ds).is_absolute() else Path(ds)
-        fields.update(_deepspeed_fields(ds_path))
+        fields.update(deepspeed_fields(ds_path))
     accel = path.parent / "accelerate.yaml"
     if accel.is_file() and accel != path:
         where = str(accel)
@@ -156,16 +156,17 @@ def _companions(path: Path, file: _File) -> dict:
     return fields
 
 
-def _deepspeed_fields(ds_path: Path) -> dict:
-    hint = "keep ds_config.json next to the YAML that names it"
-    text = read_text(ds_path, MAX_FILE_BYTES, what="DeepSpeed config", hint=hint, error=ExportError, field=FIELD)
-    ds = load_json(text, str(ds_path), what="DeepSpeed config", hint=hint, error=ExportError, field=FIELD)
+def deepspeed_fields(ds_path: Path, field: str = FIELD,
+                     hint: str = "keep ds_config.json next to the YAML that names it") -> dict:
+    """The TrainConfig fields a DeepSpeed JSON sets: the ZeRO stage, offload and the gradient buckets."""
+    text = read_text(ds_path, MAX_FILE_BYTES, what="DeepSpeed config", hint=hint, error=ExportError, field=field)
+    ds = load_json(text, str(ds_path), what="DeepSpeed config", hint=hint, error=ExportError, field=field)
     zero = ds.get("zero_optimization") if isinstance(ds, dict) else None
     if zero is None:
         return {}
-    config = _File(ds_path, {"zero_optimization": zero})
+    config = _File(ds_path, {"zero_optimization": zero}, field)
     zero = config.mapping("zero_optimization")
-    settings = _File(ds_path, zero)
+    settings = _File(ds_path, zero, field)
     stage = settings.int("stage", 0, 3, 0)
     fields: dict = {"zero": stage}
     # the gradient buckets (memory/sharding.py deepspeed_bucket_bytes): "auto" is transformers' hidden_size^2;
