@@ -88,14 +88,14 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
         params, grads, states, temps, note = _deepspeed_mixed_precision(cfg, pb, opt, params, grads, states, temps)
         formula += note
     held = 0
-    if cfg.zero >= 2 and pb.trainable_params:
-        bucket = deepspeed_bucket_bytes(arch, cfg)
+    bucket = deepspeed_bucket_bytes(arch, cfg) if pb.trainable_params else 0
+    if bucket:
+        when = "held throughout" if cfg.zero == 3 else "during backward"
+        formula += f"; DeepSpeed's gradient bucket: {bucket / 2**20:.0f} MiB {when}"
         if cfg.zero == 3:
             held = bucket
         else:
             buckets = bucket
-        formula += (f"; DeepSpeed's gradient bucket: {bucket / 2**20:.0f} MiB"
-                    + (" held throughout" if cfg.zero == 3 else " during backward") if bucket else "")
     if cfg.offload != "none" and cfg.zero:
         # DeepSpeed's CPU optimizer keeps fp32 master params, fp32 grads and Adam's m and v on the host: 16 B per
         # trainable param, x1.5 for its buffers (its own estimator: stage_1_and_2.py
