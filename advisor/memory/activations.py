@@ -540,7 +540,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # returns, beside the kept fp32 output (the probs were released by probs @ v's backward).
     scores = cfg.micro_batch * arch.num_heads * cfg.seq_len * cfg.seq_len if plan.eager and not arch.attention_sinks \
         else 0
-    fp32_copy = 0 if cfg.precision == "fp16" else FP32
+    fp32_copy = FP32 if cfg.precision == "bf16" else 0  # fp16: torch's half-to-float kernel; fp32: nothing to convert
     attn_unsaved = base + T * 3 * a * arch.q_dim + scores * (a + fp32_copy + FP32) if scores else 0
     attn_saved = scores * fp32_copy - after_attention
     attn_backward = T * a * h + scores * (2 * FP32 - a) - after_attention
