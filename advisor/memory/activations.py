@@ -464,7 +464,7 @@ class Transients:
     backward: int
     norm_backward: int
     # the attention's own backward peak above the layer's saved bytes and incoming gradient, reached after the
-    # layer's MLP grads exist (gpt-oss's sink softmax; 0 where the MLP is the peak)
+    # layer's MLP grads exist (gpt-oss's sink softmax, eager attention's softmax; 0 where the MLP is the peak)
     attention_backward: int = 0
 
 
@@ -486,14 +486,20 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     xcast = ad + (a if plan.lora_autocast else 0)
     lora_out = (a + 2 * lc)  # base output + scaled LoRA output + their sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
-    dequant = 2 * h * i if quantized else 0  # one dequantized MLP weight, independent of tokens
+    fused = arch.fused_gate_up  # Phi-3: one gate_up_proj (2i x h), its output chunked into gate and up views
+    dequant = 2 * h * i * (2 if fused else 1) if quantized else 0  # one dequantized MLP weight, independent of tokens
     gated = arch.mlp_kind == "gated"
-    up_name = "gate_up_proj" if arch.fused_gate_up else "up_proj"
+    up_name = "gate_up_proj" if fused else "up_proj"
 
     # -- with saving: at up_proj (act is alive, up's LoRA branch computing; act/up outputs and down's
     # cast are not saved yet) and at down_proj (prod alive unless saved, down's LoRA branch computing)
     at_up = T * (ad * i if up_name in lora else 0)
-    at_down = T * (a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h))
+    # PEFT's cast of down's input to the fp32 adapters' dtype (x = self._cast_input_dtype(x, lora_A.weight.dtype)) is a
+    # local of the LoRA forward until it returns: not saved (lora_A keeps the 16-bit copy under autocast), but alive
+    down_cast = ad * i if "down_proj" in lora and ad != a else 0
+    # the MLP's input (its forward's argument x) is alive until the MLP returns, saved or not (+ a * h)
+    at_down = T * (2 * a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h)
+                   + down_cast)
     forward = max(at_up, at_down)
     sink_scores = sink_tail = sink_extra = moe_bwd = 0
     if arch.attention_sinks and plan.eager:
@@ -512,6 +518,10 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     up_lora = T * (xcast * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
     down_work = T * (a * i + (xcast * i + lora_out * h if "down_proj" in lora else a * h))
+    if fused:
+        # Phi3MLP.forward keeps ``gate`` (a view of the 2i-wide gate_up output) until it returns: that whole output is
+        # alive at the product and through down_proj
+        at_mul, down_work = T * 4 * a * i, down_work + T * 2 * a * i
     # MoE (transformers' grouped_mm experts, integrations/moe.py grouped_mm_experts_forward): at the un-permute
     # the gathered inputs, the down output, the weighted output and its re-ordered copy (T*k rows each) are alive
     moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0
@@ -536,14 +546,15 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # fp32 copy and the fp32 output are alive; ``.to(q.dtype)`` then makes the 16-bit probs.  With saving, the fp32
     # output and the probs are kept (scores_bytes): at the softmax the masked scores and the copy are extra and the
     # probs do not exist yet; without, all of it is working set, next to q and the GQA-repeated k and v.  Its
-    # backward, at the softmax's: the fp32 grad (the .to's backward) and the fp32 input grad _softmax_backward_data
-    # returns, beside the kept fp32 output (the probs were released by probs @ v's backward).
+    # backward, at the softmax's: the fp32 grad (the .to's backward) and the input grad _softmax_backward_data
+    # returns (fp32 after the copy, else 16-bit), beside the kept fp32 output (the probs were released by probs @ v's
+    # backward); by then the layer's MLP and o_proj grads exist (Transients.attention_backward).
     scores = cfg.micro_batch * arch.num_heads * cfg.seq_len * cfg.seq_len if plan.eager and not arch.attention_sinks \
         else 0
     fp32_copy = FP32 if cfg.precision == "bf16" else 0  # fp16: torch's half-to-float kernel; fp32: nothing to convert
     attn_unsaved = base + T * 3 * a * arch.q_dim + scores * (a + fp32_copy + FP32) if scores else 0
     attn_saved = scores * fp32_copy - after_attention
-    attn_backward = T * a * h + scores * (2 * FP32 - a) - after_attention
+    attn_backward = scores * (FP32 + (FP32 if fp32_copy else a) - a) - after_attention if scores else 0
     forward = max(forward, attn_saved)
     forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
                        + expert_factor_cast_bytes(arch, plan))
@@ -580,8 +591,9 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
     # terms are already released by then: the same excess over the layer's saved bytes as in the forward
     backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra, moe_bwd)
-    backward = max(backward, linear_bwd, attn_backward if scores else 0)
+    backward = max(backward, linear_bwd)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
     norm_backward = T * (4 * FP32 * h + 2 * a * h)
-    return Transients(forward, forward_unsaved, backward, norm_backward, attention_backward=sink_extra)
+    return Transients(forward, forward_unsaved, backward, norm_backward,
+                      attention_backward=max(sink_extra, attn_backward))

@@ -107,7 +107,10 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         fwd_cache = bwd_cache = L * cache_layer + cache_head
 
     # --- forward: the peak is in the loss region at the end, or inside the last layer's MLP
-    in_layer = masks + ((L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt else (stored_acts + tr.forward))
+    # without checkpointing the model's forward still holds the embedding output (its local inputs_embeds) while the
+    # layers run; with it, that tensor is the first checkpoint
+    in_layer = masks + ((L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt
+                        else (stored_acts + tr.forward + rounded(T * a * h)))
     forward = steady + gpu.gathered + shared + fwd_cache + max(stored_acts + final + loss_fwd + held_masks, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
@@ -115,6 +118,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     candidates = [stored_acts + shared + final + loss_bwd + held_masks + bwd_cache]
     head_grads = int(grads.head * grad_share)
     layer_grads = int(grads.per_layer * grad_share)
+    # the final norm's backward (fp32 temporaries, as a layer's input norm) comes right after the loss's, with every
+    # layer's saved activations still held
+    candidates.append(stored_acts + shared + final + held_masks + bwd_cache + head_grads + tr.norm_backward)
     prefix = [0, *itertools.accumulate(per_layer)]  # prefix[l] = saved by the layers below l
     # Every term below is linear in l between layers whose saved bytes change, so its maximum lies at the
     # ends of those runs: evaluating those layers gives the same peak as walking all of them.
