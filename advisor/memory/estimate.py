@@ -291,9 +291,11 @@ def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bo
     held = copy + rounded(n * FP32) + copy  # the saved copy, the log-sum-exp, the input gradient
     backward = held + buf + rounded(rows * h * a)
     if head_trains:  # lm_head's gradient accumulates in fp32 and is handed back in its own dtype
+        # (chunked_logprob.py backward returns ``grad_weight.to(weight.dtype)`` while its locals mm_buf / tile, the
+        # tile buffer, are still alive)
         weight_grad = rounded(V * h * FP32)
         backward = max(backward + weight_grad + rounded(cols * h * a) + rounded(cols * h * FP32),
-                       held + weight_grad + rounded(V * h * a))
+                       held + weight_grad + rounded(V * h * a) + buf)
     return forward, backward
 
 
