@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from _results import default_path, write_result  # noqa: E402  (benchmarks/, the script's own folder)
 from advisor.memory import TrainConfig, estimate  # noqa: E402
+from advisor.memory.targets import effective_attention  # noqa: E402
 from advisor.models import resolve_model  # noqa: E402
 
 MODELS = ("llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b", "tinyllama-1.1b", "gemma-2-2b", "phi-3-mini-4k",
@@ -52,11 +53,12 @@ def sample(rng: random.Random) -> tuple[str, int, dict]:
     return rng.choice(MODELS), rng.choice((1, 2, 3, 4)), settings
 
 
-def oracle_limit(model: str, settings: dict) -> str | None:
-    """Why the CPU oracle does not trace what the GPU runs for this config (None: it does)."""
-    if settings["precision"] == "fp16" and settings["attn"] == "eager":
+def oracle_limit(model: str, settings: dict, attn: str) -> str | None:
+    """Why the CPU oracle does not trace what the GPU runs for this config (None: it does); ``attn``: the kernel
+    transformers runs (targets.effective_attention: Gemma 2's auto is eager)."""
+    if settings["precision"] == "fp16" and attn == "eager":
         return "fp16 eager softmax (CPU copies to fp32)"
-    if settings["attn"] == "flash" and model in ("mistral-7b-v0.1", "gemma-2-2b", "gemma-3-1b-it", "phi-3-mini-4k"):
+    if attn == "flash" and model in ("mistral-7b-v0.1", "gemma-2-2b", "gemma-3-1b-it", "phi-3-mini-4k"):
         return "FlashAttention-2 with a window (CPU runs SDPA + mask)"
     return None
 
@@ -89,7 +91,7 @@ def main() -> int:
         errors = {p: 100.0 * (getattr(est.phases, p) - oracle.phase_peaks[p]) / oracle.phase_peaks[p] for p in PHASES}
         worst = max(errors.values(), key=abs)
         row = (worst, model, layers, settings, errors, oracle.peak_ops)
-        (limited if oracle_limit(model, settings) else rows).append(row)
+        (limited if oracle_limit(model, settings, effective_attention(arch, cfg)) else rows).append(row)
 
     lines = [f"{len(rows) + len(limited)} configurations traced ({refused} refused, {len(limited)} where the CPU oracle "
              f"does not trace the GPU's kernels), seed {args.seed}, {time.time() - started:.0f} s.", ""]

@@ -51,8 +51,10 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     head_trains = full or cfg.train_embeddings
 
     # --- saved activations, layer by layer: what requires grad changes after the first layer (for LoRA
-    # the first layer's input comes from a frozen embedding), then every layer is the same
-    in_rg = head_trains
+    # the first layer's input comes from a frozen embedding), then every layer is the same.  With checkpointing the
+    # embedding's output requires grad whatever trains: transformers turns on enable_input_require_grads for a PEFT
+    # model (modeling_utils.py _activation_checkpointing_enable), as TRL and LLaMA-Factory do themselves
+    in_rg = head_trains or cfg.grad_ckpt
     per_layer: list[int] = []
     first_layer: dict[str, int] = {}
     for l in range(L):
