@@ -269,5 +269,8 @@ def test_ds_config_flag_sets_the_stage_and_buckets_and_the_export_writes_them_ba
     capsys.readouterr()
     assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "a100-80gb"]) == 0
     assert json.loads(capsys.readouterr().out)["peak_device_bytes"] == given["peak_device_bytes"]
-    assert main(["estimate", *flags, "--ds-config", str(tmp_path / "missing.json")]) == 2
-    assert capsys.readouterr().err.startswith("error: --ds-config:")
+    for bad in (tmp_path / "missing.json", tmp_path / "list.json"):
+        (tmp_path / "list.json").write_text("[1, 2]")
+        assert main(["estimate", *flags, "--ds-config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --ds-config:") and err.count("\n") == 1

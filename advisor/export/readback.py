@@ -161,7 +161,10 @@ def deepspeed_fields(ds_path: Path, field: str = FIELD,
     """The TrainConfig fields a DeepSpeed JSON sets: the ZeRO stage, offload and the gradient buckets."""
     text = read_text(ds_path, MAX_FILE_BYTES, what="DeepSpeed config", hint=hint, error=ExportError, field=field)
     ds = load_json(text, str(ds_path), what="DeepSpeed config", hint=hint, error=ExportError, field=field)
-    zero = ds.get("zero_optimization") if isinstance(ds, dict) else None
+    if not isinstance(ds, dict):
+        raise ExportError(f"{ds_path}: expected a JSON object of DeepSpeed settings", hint, field=field,
+                          value=str(ds_path))
+    zero = ds.get("zero_optimization")
     if zero is None:
         return {}
     config = _File(ds_path, {"zero_optimization": zero}, field)
