@@ -59,6 +59,9 @@ CASES = [
                                stack="torchtune")),
     ("mistral-7b-v0.1", 1, dict(method="full", attn="eager", seq_len=2048, optimizer="sgd")),
     ("phi-3-mini-4k", 3, dict(method="qlora", seq_len=2048, grad_ckpt=True, loss="chunked")),
+    # fp32 training: the loss's logits.float() is the same tensor, no copy
+    ("qwen2.5-0.5b", 2, dict(method="lora", seq_len=1024, precision="fp32")),
+    ("tinyllama-1.1b", 2, dict(method="full", seq_len=512, micro_batch=2, precision="fp32")),
     # the chunked loss as the exported job runs it: TRL's fused LM head, one logits tile at a time
     ("qwen2.5-0.5b", 4, dict(method="lora", seq_len=2048, loss="chunked")),
     ("llama-3.2-1b", 3, dict(method="lora", seq_len=2048, micro_batch=2, grad_ckpt=True, loss="chunked")),

@@ -309,8 +309,10 @@ def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) ->
     tv = T * V
     softcap = rounded(tv * a) if arch.final_logit_softcap else 0
     hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * arch.hidden_size)
-    forward = rounded(tv * a) + 2 * rounded(tv * FP32) + softcap + hidden_alive
-    backward = 3 * rounded(tv * FP32) + softcap
+    # the loss's ``logits.float()`` copies 16-bit logits; on fp32 logits it is the same tensor (no copy)
+    upcast = rounded(tv * FP32) if a != FP32 else 0
+    forward = rounded(tv * a) + upcast + rounded(tv * FP32) + softcap + hidden_alive
+    backward = 3 * rounded(tv * FP32) + softcap  # the log-softmax output, its gradient and its input's gradient
     return forward, backward
 
 
