@@ -2,6 +2,7 @@
 dishonest state), or what the issue asks instead (adopt any option, say which card, inline errors)."""
 
 import os
+import threading
 import time
 
 import pytest
@@ -249,20 +250,24 @@ async def test_while_planning_the_panels_say_so(monkeypatch):
     from advisor import core
 
     real = core.plan
+    release = threading.Event()
 
-    def slow_plan(*args, **kwargs):
-        time.sleep(0.5)
+    def held_plan(*args, **kwargs):
+        # the plan worker (a thread) waits until the test has looked: on a slow machine a timed sleep could end first
+        release.wait(10)
         return real(*args, **kwargs)
 
     async with app(model="llama-3.2-1b").run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        monkeypatch.setattr(core, "plan", slow_plan)
+        monkeypatch.setattr(core, "plan", held_plan)
         field = pilot.app.query_one("#seq_len", Input)
         field.focus()
         field.value = "4096"
         await pilot.press("enter")
+        await pilot.pause()
         assert "planning" in text_of(pilot.app.query_one("#plan-summary"))
         assert pilot.app.query_one("#right").has_class("stale")
+        release.set()
         await settle(pilot)
         assert not pilot.app.query_one("#right").has_class("stale") and pilot.app.state == "planned"
 
