@@ -14,6 +14,7 @@ shift
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
+  rm -rf /tmp/site  # a warm machine keeps the last call's installs
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
