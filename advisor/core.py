@@ -712,7 +712,13 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
         return ExportedRun(directory, sel.cfg.gpus, steps, random_init=sel.cfg.method not in ("qlora", "lora8bit"))
     from .verify.runner import VerifyRun
 
-    return VerifyRun(sel.arch, sel.cfg, mode, steps)
+    workspace = None
+    if mode == "dry" and sel.cfg.gpus == 1:
+        # one GPU's allocations are traced in order, so they also replay through the caching allocator
+        from .memory.overheads import cublas_workspace_bytes
+
+        workspace = cublas_workspace_bytes(sel.hardware.compute_capability if sel.hardware else None)
+    return VerifyRun(sel.arch, sel.cfg, mode, steps, workspace_bytes=workspace)
 
 
 def verify_report(sel: Selected, mode: str, events: list[dict], save_calibration: bool = True):

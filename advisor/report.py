@@ -193,6 +193,12 @@ class VerifyReport(BaseModel):
             elif kind == "result" and mode == "dry":
                 for phase, measured in event["phase_peaks"].items():
                     report.checks.append(_check(phase, getattr(predicted.phases, phase), measured))
+                # the traced allocations played through the caching allocator (advisor/memory/allocator.py)
+                levels = event.get("replayed_levels") or {}
+                for level, predicted_bytes in (("allocated", predicted.peak_allocated_bytes),
+                                               ("reserved", predicted.peak_reserved_bytes)):
+                    if levels.get(level):
+                        report.checks.append(_check(level, predicted_bytes, levels[level]))
         # real runs: step 1 creates the optimizer states, so compare from step 2 on
         later = report.steps[1:] or report.steps
         if mode == "cuda" and later:

@@ -41,10 +41,15 @@ class Overheads:
     outside_torch: int  # NCCL, paged optimizer states
 
 
+def cublas_workspace_bytes(compute_capability: tuple[int, int] | None) -> int:
+    """One cuBLAS handle's workspace on a GPU of this compute capability (None: not Hopper)."""
+    hopper = compute_capability is not None and tuple(compute_capability) >= (9, 0)
+    return CUBLAS_WORKSPACE_HOPPER_BYTES if hopper else CUBLAS_WORKSPACE_BYTES
+
+
 def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] | None,
               paged_bytes: int = 0) -> Overheads:
-    hopper = compute_capability is not None and compute_capability >= (9, 0)
-    workspace = CUBLAS_WORKSPACES_PER_STEP * (CUBLAS_WORKSPACE_HOPPER_BYTES if hopper else CUBLAS_WORKSPACE_BYTES)
+    workspace = CUBLAS_WORKSPACES_PER_STEP * cublas_workspace_bytes(compute_capability)
     fragmentation = int((tensor_peak + workspace) * FRAGMENTATION)
     outside = paged_bytes + (NCCL_BYTES if gpus > 1 else 0)
     return Overheads(workspace, fragmentation, CUDA_CONTEXT_BYTES, outside)

@@ -38,6 +38,10 @@ class DryRunResult:
     steady_bytes: int  # live between steps: weights + optimizer states
     seconds: float = 0.0
     peak_ops: dict[str, str] = field(default_factory=dict)  # op running at each phase's peak
+    # the traced allocations played through PyTorch's caching allocator (advisor/memory/allocator.py) with
+    # the cuBLAS workspaces added; None unless run_dry was given workspace_bytes
+    replayed_peak_allocated: int | None = None
+    replayed_reserved: int | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -48,12 +52,14 @@ class _StorageCounter:
     """Counts live storages by identity.  Python keeps one object per storage, so a weakref tells us
     when autograd, the optimizer or the user code let go of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: list | None = None) -> None:
         self.live = 0
         self.peak = 0
         self.current_op = ""
         self.peak_op = ""  # the op during which the peak was reached (for diagnosing a mismatch)
         self._seen: dict[int, weakref.ref] = {}
+        # every allocation (key, bytes) and free (key, None) in order, for the allocator replay
+        self.log = log
 
     def add(self, tensor) -> None:
         import torch
@@ -66,6 +72,8 @@ class _StorageCounter:
         if ref is not None and ref() is storage:
             return
         nbytes = _round(storage.nbytes())
+        if self.log is not None and nbytes:
+            self.log.append((key, storage.nbytes()))
         self.live += nbytes
         if self.live > self.peak:
             self.peak, self.peak_op = self.live, self.current_op
@@ -74,6 +82,8 @@ class _StorageCounter:
     def _drop(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
         self._seen.pop(key, None)
+        if self.log is not None and nbytes:
+            self.log.append((key, None))
 
 
 @contextlib.contextmanager
@@ -156,8 +166,30 @@ def image_batch(arch: ModelArch, cfg: TrainConfig, input_ids):
     return input_ids, {"pixel_values": pixel_values, "token_type_ids": token_type_ids}
 
 
-def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
-    """Trace ``steps`` training steps on fake CPU tensors; return the last step's phase peaks."""
+MATMUL_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm")
+
+
+def replay_allocator(log: list) -> tuple[int, int]:
+    """(peak allocated, peak reserved) of the last step when the traced allocations run through the caching
+    allocator; ``log`` holds (storage key, bytes) allocations, (key, None) frees and ("step", None) marks."""
+    from ..memory.allocator import CachingAllocator
+
+    allocator, blocks = CachingAllocator(), {}
+    for key, size in log:
+        if key == "step":
+            allocator.reset_peaks()  # the verify run's reset_peak_memory_stats at each step's start
+        elif size is not None:
+            blocks[key] = allocator.malloc(size)
+        elif key in blocks:
+            allocator.free(blocks.pop(key))
+    return allocator.peak_allocated, allocator.peak_reserved
+
+
+def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: int | None = None) -> DryRunResult:
+    """Trace ``steps`` training steps on fake CPU tensors; return the last step's phase peaks.
+    ``workspace_bytes`` (one cuBLAS workspace: advisor/memory/overheads.py) also replays the allocations
+    through the caching allocator, with a workspace allocated at the first matrix product of the forward
+    and of the backward (two cuBLAS handles: the caller's thread and autograd's)."""
     if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
         from ..errors import UsageError
 
@@ -180,11 +212,18 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
     from .step import make_optimizer, train_step
 
     started = time.perf_counter()
-    counter = _StorageCounter()
+    log: list | None = [] if workspace_bytes is not None else None
+    counter = _StorageCounter(log)
+    workspaces: set[str] = set()
 
     class _Track(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             counter.current_op = str(func)
+            phase = current[0]
+            if log is not None and phase in ("forward", "backward") and phase not in workspaces \
+                    and counter.current_op.startswith(MATMUL_OPS):
+                workspaces.add(phase)
+                log.append((("cublas workspace", phase), workspace_bytes))
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
                 counter.add(t)
@@ -223,10 +262,15 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2) -> DryRunResult:
         input_ids = torch.zeros((cfg.micro_batch, cfg.seq_len), dtype=torch.long)
         input_ids, extra = image_batch(arch, cfg, input_ids)
         for _ in range(steps):
+            if log is not None:
+                log.append(("step", None))
             phase_peaks.clear()
             steady = counter.live
             train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg, arch), extra)
+    replayed = replay_allocator(log) if log is not None else (None, None)
     return DryRunResult(
+        replayed_peak_allocated=replayed[0],
+        replayed_reserved=replayed[1],
         phase_peaks=dict(phase_peaks),
         weights_bytes=weights,
         trainable_params=sum(p.numel() for p in params),

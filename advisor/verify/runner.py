@@ -20,12 +20,14 @@ CANCEL_GRACE_S = 2.0
 class VerifyRun:
     """One worker process.  ``events()`` yields its JSON events; ``cancel()`` ends it within ~2 s."""
 
-    def __init__(self, arch: ModelArch, cfg: TrainConfig, mode: str, steps: int = 10, sample_hz: float = 10.0) -> None:
+    def __init__(self, arch: ModelArch, cfg: TrainConfig, mode: str, steps: int = 10, sample_hz: float = 10.0,
+                 workspace_bytes: int | None = None) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "advisor.verify.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, bufsize=1)
         request = {"arch": arch.model_dump(), "config": cfg.model_dump(), "mode": mode, "steps": steps,
-                   "sample_hz": sample_hz}
+                   "sample_hz": sample_hz,
+                   "workspace_bytes": workspace_bytes}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.close()
         self._stderr: list[str] = []

@@ -109,12 +109,16 @@ def _environment(device: str) -> dict:
     return env
 
 
-def run_dry_event(arch, cfg) -> None:
+def run_dry_event(arch, cfg, workspace_bytes: int | None = None) -> None:
     from .dryrun import run_dry
 
-    result = run_dry(arch, cfg)
+    result = run_dry(arch, cfg, workspace_bytes=workspace_bytes)
+    # the allocator replay (dryrun.replay_allocator): the allocated and reserved levels a real run reads
+    replayed = ({"allocated": result.replayed_peak_allocated, "reserved": result.replayed_reserved}
+                if result.replayed_reserved is not None else {})
     emit("result", mode="dry", phase_peaks=result.phase_peaks, peak_bytes=result.peak_bytes,
-         weights_bytes=result.weights_bytes, trainable_params=result.trainable_params, seconds=result.seconds)
+         weights_bytes=result.weights_bytes, trainable_params=result.trainable_params, seconds=result.seconds,
+         replayed_levels=replayed)
 
 
 def main() -> int:
@@ -129,7 +133,7 @@ def main() -> int:
     emit("start", mode=mode, pid=__import__("os").getpid())
     try:
         if mode == "dry":
-            run_dry_event(arch, cfg)
+            run_dry_event(arch, cfg, request.get("workspace_bytes"))
         else:
             run_real(arch, cfg, mode, int(request.get("steps", 10)), float(request.get("sample_hz", 10)))
     except AdvisorError as err:
