@@ -24,11 +24,18 @@ CUBLAS_WORKSPACES_PER_STEP = 2
 
 # reserved / allocated with fixed shapes and the default allocator: published triples give 1.001-1.03
 # (5,959 / 5,964 MB; 37.36 / 37.43 GiB; 75.31 / 77.14 GiB at OOM); 5% covers the 2-10% range reported for
-# steady training.  Variable sequence lengths need far more (30-100%).
+# steady training.  Variable sequence lengths need far more (30-100%).  Measured on an H200 (2026-12-04,
+# Llama-3.2-1B): 1.144 (LoRA, ckpt, 512 tokens), 1.072 (LoRA, 2048, no ckpt), 1.045 (full FT, 512).  The
+# allocator replay (allocator.py over the oracle's trace) reproduces those to 0.04 % and shows 5 % is low
+# for small models with a large vocabulary (benchmarks/results/allocator-replay-2026-12-04.md); a
+# replacement term should be checked against that replay.
 FRAGMENTATION = 0.05
 
 # CUDA context with lazy module loading: ~250-450 MiB at first use, growing as kernels load; measured
-# non-PyTorch memory of a training process is 0.8-1 GiB.  Multi-GPU jobs add NCCL (0.5-1.6 GB reported).
+# non-PyTorch memory of a training process is 0.8-1 GiB.  Measured on an H200 (torch 2.11 + CUDA 13.0,
+# driver 580; benchmarks/results/gpu-h200-2026-12-04): 619 MiB at the first tensor, 767 MiB once cuBLAS,
+# SDPA and AdamW kernels are loaded, and 767 MiB (device minus reserved) in three training runs.
+# Multi-GPU jobs add NCCL (0.5-1.6 GB reported).
 CUDA_CONTEXT_BYTES = 768 * MiB
 NCCL_BYTES = 1024 * MiB
 
