@@ -168,7 +168,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     peak_phase = max(by_phase, key=by_phase.__getitem__)
     tensor_peak = by_phase[peak_phase]
     paged = gpu.states if cfg.optimizer == "paged_adamw_8bit" else 0
-    over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged)
+    # the standard loss's fp32 tokens x vocabulary blocks fragment the allocator's cache (overheads.py)
+    loss_block = rounded(T * arch.vocab_size * FP32) if cfg.loss != "chunked" else 0
+    over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged, loss_block)
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
     reserved = allocated + over.fragmentation
     device = reserved + over.context + over.outside_torch
@@ -184,7 +186,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
     span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch),
-                        cfg.offload == "params", calibrated_context)
+                        cfg.offload == "params", calibrated_context, loss_block, cfg.method == "full")
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
                      optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,

@@ -40,6 +40,32 @@ CUDA_CONTEXT_BYTES = 768 * MiB
 NCCL_BYTES = 1024 * MiB
 
 
+# The loss's vocabulary-sized blocks fragment the cache beyond the flat share (allocator replay,
+# benchmarks/results/allocator-replay-2026-12-04.md): `logits.float()`, the log-softmax and its gradient are
+# fp32 blocks of tokens x vocabulary x 4 B (L), allocated at different moments in segments of their own
+# size; best fit splits them for smaller requests, so the next one needs a new segment.  While L is small
+# next to the rest the cache holds about two of them beyond the live set; once L is large its segments serve
+# the layers' activations too and about 0.6 L stays unused.  min(2 L, 0.6 L + 0.3 GiB) fits the replay of
+# Qwen2.5-0.5B and Llama-3.2-1B LoRA / QLoRA (256-4096 tokens) and reads the held-out Llama-3.2-3B LoRA rows
+# within -2.4 % .. +0.8 % of reserved; the H200 run (Llama-3.2-1B, LoRA, ckpt, 512 tokens: reserved 1.144 x
+# allocated) is one of them.  Full fine-tuning at long sequences fragments more (the backward's loss
+# segments stay cached under the optimizer step: up to 44 %); that is not covered.
+LOSS_BLOCKS_SMALL = 2.0
+LOSS_BLOCKS_LARGE = 0.6
+LOSS_BLOCKS_OFFSET = 300 * MiB
+# Full fine-tuning's high end: the optimizer creates its states lazily at the first step, after the backward,
+# and best fit places them in the loss's cached segments; the second step then reserves the loss's blocks
+# again (two fp32 blocks and the 16-bit logits, 2.5 L).  The replay shows it for Llama-3.2-1B with
+# checkpointing at 2048-4096 tokens (fragmentation 25-44 %); it is not in the expected value, whose
+# mechanism depends on how the layers' segments are reused (no checkpointing reads 2-13 %).
+FULL_FT_LOSS_BLOCKS_HIGH = 2.5
+
+
+def loss_fragmentation(loss_block: int) -> int:
+    """Cached bytes the loss's fp32 vocabulary-sized blocks (``loss_block`` bytes each) leave unusable."""
+    return int(min(LOSS_BLOCKS_SMALL * loss_block, LOSS_BLOCKS_LARGE * loss_block + LOSS_BLOCKS_OFFSET))
+
+
 @dataclass(frozen=True)
 class Overheads:
     workspace: int
@@ -55,9 +81,10 @@ def cublas_workspace_bytes(compute_capability: tuple[int, int] | None) -> int:
 
 
 def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] | None,
-              paged_bytes: int = 0) -> Overheads:
+              paged_bytes: int = 0, loss_block: int = 0) -> Overheads:
+    """``loss_block``: one fp32 tokens x vocabulary block of the standard loss (0 for a chunked loss)."""
     workspace = CUBLAS_WORKSPACES_PER_STEP * cublas_workspace_bytes(compute_capability)
-    fragmentation = int((tensor_peak + workspace) * FRAGMENTATION)
+    fragmentation = max(int((tensor_peak + workspace) * FRAGMENTATION), loss_fragmentation(loss_block))
     outside = paged_bytes + (NCCL_BYTES if gpus > 1 else 0)
     return Overheads(workspace, fragmentation, CUDA_CONTEXT_BYTES, outside)
 
@@ -93,10 +120,14 @@ class DeviceRange:
 
 
 def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, unchecked: str | None,
-                 offloaded_params: bool, calibrated_context: int | None = None) -> DeviceRange:
+                 offloaded_params: bool, calibrated_context: int | None = None, loss_block: int = 0,
+                 states_after_loss: bool = False) -> DeviceRange:
     """Low and high device peak around the expected one.  ``unchecked`` names the part of the config the
     oracle cannot trace (None when it traces all of it); ``calibrated_context``: the context a real run on
-    this GPU measured (its allocator ratio is already in ``tensor_peak``)."""
+    this GPU measured (its allocator ratio is already in ``tensor_peak``); ``loss_block`` as in overheads():
+    the loss's fragmentation is added to the high end's (the replay reads up to 5 % above the fitted term);
+    ``states_after_loss``: full fine-tuning, whose large optimizer states can take the loss's cached
+    segments (FULL_FT_LOSS_BLOCKS_HIGH)."""
     tensor_high = OFFLOADED_PARAMS_HIGH if offloaded_params else UNCHECKED_TENSOR_HIGH if unchecked else TENSOR_SPREAD
     low_tensors = int(tensor_peak * (1 - TENSOR_SPREAD)) + workspace
     high_tensors = int(tensor_peak * (1 + tensor_high)) + workspace
@@ -105,7 +136,9 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
         high = int(high_tensors * (1 + FRAGMENTATION + CALIBRATED_FRAGMENTATION)) + calibrated_context + CALIBRATED_CONTEXT
     else:
         low = int(low_tensors * (1 + FRAGMENTATION_LOW)) + CONTEXT_LOW
-        high = int(high_tensors * (1 + FRAGMENTATION_HIGH)) + CONTEXT_HIGH
+        loss_high = loss_fragmentation(loss_block) + int(states_after_loss * FULL_FT_LOSS_BLOCKS_HIGH * loss_block)
+        high = high_tensors + max(int(high_tensors * FRAGMENTATION_HIGH),
+                                  loss_high + int(high_tensors * FRAGMENTATION)) + CONTEXT_HIGH
     if gpus > 1:
         low, high = low + NCCL_LOW, high + NCCL_HIGH
     low, high = low + paged_bytes, high + paged_bytes
