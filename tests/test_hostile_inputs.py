@@ -766,7 +766,10 @@ def test_no_driver_costs_nothing(monkeypatch):
 
 
 _HUNG_DRIVER = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # a command started from a terminal receives Ctrl-C; one started in the background of a script (pytest run
+    # as `cmd &`, nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {root!r})
     from tests.fake_pynvml import FakeGpu, make_fake_pynvml
     nv = make_fake_pynvml([FakeGpu()])
@@ -781,15 +784,13 @@ _HUNG_DRIVER = textwrap.dedent("""
 """)
 
 
-def _interrupt_hung_probe(directory: Path, argv: list[str]):
-    """Start the command over a hung NVML probe, Ctrl-C it once the probe is up; (proc, probe pid, stderr), or
-    (proc, probe pid, None) with the process's signal state when it did not end within 20 s."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pidfile = directory / "probe.pid"
+@pytest.mark.parametrize("argv", [["gpus"], ["plan", "--model", "llama-3.2-1b"]], ids=["gpus", "plan"])
+def test_ctrl_c_during_a_hung_probe_ends_it(tmp_path, argv):
+    pidfile = tmp_path / "probe.pid"
     script = _HUNG_DRIVER.format(root=str(ROOT), pidfile=str(pidfile), argv=argv)
     env = {**os.environ, "LORA_ADVISOR_NVML_TIMEOUT": "60", "LORA_ADVISOR_CACHE_DIR": "off",
-           "LORA_ADVISOR_DATA_DIR": str(directory)}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=directory, env=env, stdout=subprocess.PIPE,
+           "LORA_ADVISOR_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -797,32 +798,10 @@ def _interrupt_hung_probe(directory: Path, argv: list[str]):
             time.sleep(0.05)
         child = int(pidfile.read_text())
         proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            return proc, child, None, " ".join(line for line in status.splitlines()
-                                               if line.startswith(("State", "Threads", "Sig")))
+        out, err = proc.communicate(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    return proc, child, err, ""
-
-
-@pytest.mark.parametrize("argv", [["gpus"], ["plan", "--model", "llama-3.2-1b"]], ids=["gpus", "plan"])
-def test_ctrl_c_during_a_hung_probe_ends_it(tmp_path, argv):
-    proc, child, err, state = _interrupt_hung_probe(tmp_path / "first", argv)
-    if err is None:
-        # Twice in full-suite runs on a 2-core machine (never alone) the command did not end within 20 s; the
-        # cause is not known.  One more try tells a flake from a command that ignores Ctrl-C; the state
-        # read from /proc is kept for whoever looks next.
-        try:
-            os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc, child, err, second = _interrupt_hung_probe(tmp_path / "second", argv)
-        assert err is not None, f"Ctrl-C did not end the command twice: {state} / {second}"
     assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted", err
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # the probe went with the command: no orphan left holding the driver
