@@ -76,3 +76,17 @@ def test_verify_parent_never_imports_torch(tiny):
             "assert rc == 0, rc; assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_steps_of_varying_length_keep_the_tensors_and_grow_the_allocator_cache(tiny):
+    """Unpacked data: one traced step per length.  The last step's live tensors and allocated peak are the
+    fixed shape's (tensors do not remember earlier steps); the allocator's cache does."""
+    from advisor.verify.dryrun import run_dry
+
+    arch = resolve_model(str(tiny))
+    cfg = TrainConfig(method="lora", seq_len=256, micro_batch=2, attn="sdpa")
+    fixed = run_dry(arch, cfg, workspace_bytes=8 * 2**20)
+    varying = run_dry(arch, cfg, workspace_bytes=8 * 2**20, seq_lens=[64, 200, 96, 256])
+    assert varying.phase_peaks == fixed.phase_peaks
+    assert varying.replayed_peak_allocated == fixed.replayed_peak_allocated
+    assert varying.replayed_reserved >= varying.replayed_peak_allocated

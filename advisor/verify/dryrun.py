@@ -185,11 +185,14 @@ def replay_allocator(log: list) -> tuple[int, int]:
     return allocator.peak_allocated, allocator.peak_reserved
 
 
-def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: int | None = None) -> DryRunResult:
+def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: int | None = None,
+            seq_lens: list[int] | None = None) -> DryRunResult:
     """Trace ``steps`` training steps on fake CPU tensors; return the last step's phase peaks.
     ``workspace_bytes`` (one cuBLAS workspace: advisor/memory/overheads.py) also replays the allocations
     through the caching allocator, with a workspace allocated at the first matrix product of the forward
-    and of the backward (two cuBLAS handles: the caller's thread and autograd's)."""
+    and of the backward (two cuBLAS handles: the caller's thread and autograd's).  ``seq_lens``: one step per
+    length instead (unpacked data of varying length; the replay then shows what the changing shapes leave
+    in the allocator's cache)."""
     if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
         from ..errors import UsageError
 
@@ -259,9 +262,10 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: 
         weights = counter.live
         params = trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
-        input_ids = torch.zeros((cfg.micro_batch, cfg.seq_len), dtype=torch.long)
-        input_ids, extra = image_batch(arch, cfg, input_ids)
-        for _ in range(steps):
+        input_ids = extra = None
+        for length in seq_lens or [cfg.seq_len] * steps:
+            if input_ids is None or input_ids.shape[1] != length:  # a new batch only when the shape changes
+                input_ids, extra = image_batch(arch, cfg, torch.zeros((cfg.micro_batch, length), dtype=torch.long))
             if log is not None:
                 log.append(("step", None))
             phase_peaks.clear()
