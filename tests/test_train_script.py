@@ -225,3 +225,25 @@ def test_a_quantized_plans_adapters_are_put_back_to_fp32_after_trls_cast(tiny_di
     for name, config in (("t", dict(method="qlora", precision="bf16", stack="trl")), ("l", dict())):
         assert not hasattr(load_script(export(tiny_dir, tmp_path / name, **config) / "train.py"),
                            "restore_planned_adapters")
+
+
+def test_a_flash_attention_plan_stops_with_a_hint_when_flash_attn_is_missing(tiny_dir, tmp_path, monkeypatch):
+    """A plan for FlashAttention-2 on a machine without flash-attn (the lent H200 had none): one line and a hint
+    before the model loads, not transformers' ImportError traceback; --cpu still smoke-tests the script."""
+    out = export(tiny_dir, tmp_path / "job", attn="flash")
+    smoke = run(["train.py", "--cpu", "--synthetic", "--random-init", "--max-steps", "1"], cwd=out)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    assert len(json_lines(smoke.stdout, "step")) == 1
+    spec = importlib.util.spec_from_file_location("exported_train", out / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    with pytest.raises(SystemExit) as stop:
+        module.attention_for(cpu=False)
+    assert "pip install flash-attn" in str(stop.value) and "--attn sdpa" in str(stop.value)
+    assert module.ATTENTION == "flash_attention_2"
+
+
+def test_an_sdpa_plan_has_no_flash_check(tiny_dir, tmp_path):
+    text = (export(tiny_dir, tmp_path / "job", attn="sdpa") / "train.py").read_text()
+    assert "attention_for" not in text and "ATTENTION = 'sdpa'" in text

@@ -104,6 +104,22 @@ def require_chunked_loss():
 '''
 
 
+REQUIRE_FLASH = '''
+
+def attention_for(cpu):
+    """The plan's FlashAttention-2, or stop with a hint before loading anything (transformers would end in an
+    ImportError traceback).  A --cpu smoke run checks the script, not the plan: SDPA there (flash is CUDA only)."""
+    if cpu:
+        return "sdpa"
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        sys.exit("this plan uses FlashAttention-2 and the flash-attn package is not installed: pip install flash-attn "
+                 "(CUDA builds only), or export again with --attn sdpa (lora-advisor estimates that setup too)")
+    return ATTENTION
+'''
+
+
 # TRL's SFTTrainer casts the trainable parameters of a 4-bit / 8-bit model to bf16 (trl 1.16 sft_trainer.py,
 # "When using QLoRA, the PEFT adapter weights are converted to bf16"); the plan counts PEFT's fp32 adapters
 # (autocast_adapter_dtype=True), as the HF Trainer keeps them, so the script puts them back before training.
@@ -188,7 +204,7 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
         max_steps=max_steps,
         use_cpu=use_cpu,{deepspeed}
     )
-{STANDARD_LOSS if not ctx.chunked_loss else CHUNKED_LOSS}{RESTORE_ADAPTERS if ctx.restores_fp32_adapters else ""}
+{STANDARD_LOSS if not ctx.chunked_loss else CHUNKED_LOSS}{RESTORE_ADAPTERS if ctx.restores_fp32_adapters else ""}{REQUIRE_FLASH if attn == "flash_attention_2" else ""}
 
 class StepPrinter(TrainerCallback):
     """One JSON line per optimizer step on rank 0's stdout, with the keys of `lora-advisor verify`'s step events.
@@ -226,9 +242,9 @@ class StepPrinter(TrainerCallback):
                               **self.memory}}), flush=True)
 
 
-def load_model(source, random_init):
+def load_model(source, random_init, attention=ATTENTION):
     """The model to train: from a checkpoint, or (--random-init) built from its config with random weights."""
-    kwargs = {{"dtype": DTYPE, "attn_implementation": ATTENTION}}
+    kwargs = {{"dtype": DTYPE, "attn_implementation": attention}}
     if random_init:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), **kwargs)
     else:
@@ -303,7 +319,7 @@ def main(argv=None):
     # loading (zero.Init), so each GPU only ever holds its shard of the weights.
     training = training_args(args.output_dir, max_steps=max_steps, use_cpu=args.cpu)
     try:
-        model = load_model(args.model, args.random_init)
+        model = load_model(args.model, args.random_init{", attention_for(args.cpu)" if attn == "flash_attention_2" else ""})
         if args.synthetic:
             rows = max_steps * MICRO_BATCH * GRAD_ACCUM * training.world_size
             data, tokenizer = synthetic_dataset(model.config.get_text_config().vocab_size, rows), stand_in_tokenizer()
