@@ -80,13 +80,25 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[dict] = []
     started = time.perf_counter()
+    if args.rescore and not args.rescore.is_file():
+        print(f"error: {args.rescore} is not a file (hint: a result written by --out)", file=sys.stderr)
+        return 2
+    models = args.models.split(",") if args.models else MODELS
+    from advisor.errors import AdvisorError
+
+    try:
+        for model in models:
+            resolve_model(model)
+    except AdvisorError as err:
+        print(f"error: {err.message} (hint: {err.hint})", file=sys.stderr)
+        return 2
     if args.rescore:
         for m in ROW.finditer(args.rescore.read_text()):
             rows.append(score(m[1], m[2], m[3] == "ckpt", int(m[4]), int(m[5]), float(m[6]), float(m[7])))
     else:
         from advisor.verify.dryrun import run_dry
 
-        for model, method, ckpt, seq, micro in configs(args.models.split(",") if args.models else MODELS):
+        for model, method, ckpt, seq, micro in configs(models):
             result = run_dry(resolve_model(model), config(method, ckpt, seq, micro),
                              workspace_bytes=CUBLAS_WORKSPACE_HOPPER_BYTES)
             rows.append(score(model, method, ckpt, seq, micro, result.replayed_peak_allocated / GiB,

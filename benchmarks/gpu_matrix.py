@@ -105,6 +105,9 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    if args.hf_configs and not args.hf_configs.is_dir():
+        print(f"error: {args.hf_configs} is not a folder (hint: a folder of <Model>/config.json)", file=sys.stderr)
+        return 2
     if args.hf_configs:
         cache = Path(env.get("HF_HOME", "/tmp/lora-advisor-hf")) / "hub"
         print("offline hub cache:", ", ".join(seed_hub_cache(args.hf_configs, cache)) or "nothing seeded", flush=True)

@@ -52,6 +52,10 @@ def main() -> int:
         print("error: --steps must be 2 or more (hint: 12 shows the cache growing)", file=sys.stderr)
         return 2
     rows = list(csv.DictReader(args.csv.open(encoding="utf-8")))
+    if len(rows) <= max(ROWS) or "measured_peak_gb" not in rows[0]:
+        print(f"error: {args.csv} has {len(rows)} rows; rows {ROWS[0]}-{ROWS[-1]} of public-measurements.csv are "
+              "needed (hint: pass --csv PATH)", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     lines = ["| row | config | measured GiB | estimate GiB (fixed shape) | replay fixed GiB | replay varying GiB | "
              "varying error % |", "|---|---|---:|---:|---:|---:|---:|"]
