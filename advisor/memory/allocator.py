@@ -66,7 +66,6 @@ class CachingAllocator:
         self._next_addr = itertools.count(0x7F0000000000, 1 << 40).__next__  # segments never touch
         self.allocated = self.reserved = 0
         self.peak_allocated = self.peak_reserved = 0
-        self.segments = 0
 
     def reset_peaks(self) -> None:
         self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
@@ -81,7 +80,6 @@ class CachingAllocator:
         else:
             segment = allocation_size(size)
             block = _Block(self._next_addr(), segment, small)
-            self.segments += 1
             self.reserved += segment
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         rest = block.size - size

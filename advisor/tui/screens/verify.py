@@ -208,9 +208,8 @@ class VerifyScreen(ModalScreen[None]):
             self.query_one(ProgressBar).update(progress=self.query_one(ProgressBar).total)
             # a dry run's verdict is the oracle's: the phases and the allocated level; its reserved level is
             # the allocator replay against the estimate's fragmentation term, shown but not judged
-            judged = [c for c in report.checks if not (self.mode == "dry" and c.phase == "reserved")]
-            worst = max((abs(c.error_percent) for c in judged), default=None)
-            replay = next((c for c in report.checks if c.phase == "reserved" and c not in judged), None)
+            replay = next((c for c in report.checks if self.mode == "dry" and c.phase == "reserved"), None)
+            worst = max((abs(c.error_percent) for c in report.checks if c is not replay), default=None)
             if replay is not None and abs(replay.error_percent) > PASS_PERCENT:
                 lines.append(f"reserved is the allocator replay: the estimate's fragmentation term reads "
                              f"{replay.error_percent:+.1f}% against it (not part of the verdict)\n", style="dim")
