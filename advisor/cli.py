@@ -33,7 +33,7 @@ FLAG_FOR_FIELD = {
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner", "ds_config": "--ds-config",
     "dataset_tokens": "--dataset-tokens", "samples": "--samples", "epochs": "--epochs",
     "price_per_gpu_hour": "--price-per-gpu-hour",
-    "images_per_sample": "--images-per-sample", "image_size": "--image-size", "image_tokens": "--image-tokens",
+    "lengths": "--lengths", "images_per_sample": "--images-per-sample", "image_size": "--image-size", "image_tokens": "--image-tokens",
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
@@ -211,6 +211,10 @@ def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     g.add_argument("--rules", action="append", default=[], help="a YAML rule file that adds rules or overrides them by id")
     g.add_argument("--host-ram", type=_size, default=None,
                    help="CPU RAM for offload (64GiB); default: this machine's when planning for its own GPUs")
+    g.add_argument("--lengths", choices=get_args(train_fields.Lengths), default="fixed",
+                   help="fixed: every batch at --seq-len (packed data, or padded to it); variable: unpacked data "
+                        "padded per batch to its longest sequence (the frameworks' default; --seq-len is the "
+                        "cutoff): the same peak, but the allocator's cache grows, so the range's high end rises")
     g.add_argument("--image-size", type=_at_most(1 << 15), default=None,
                    help="vision-language models: each sequence has images of this side (pixels); 1 per sample "
                         "unless --images-per-sample; their tokens count inside --seq-len")
@@ -289,10 +293,10 @@ def _file_batch(back, args: argparse.Namespace) -> int:
     return back.fields.get("micro_batch", 1) * back.grad_accum * (args.gpus or back.fields.get("gpus", 1))
 
 
-def _image_fields(args: argparse.Namespace) -> dict:
-    """--image-size / --images-per-sample / --image-tokens as TrainConfig fields."""
-    return {"image_size": getattr(args, "image_size", None), "images_per_sample": getattr(args, "images_per_sample", 0),
-            "image_tokens": getattr(args, "image_tokens", None)}
+def _data_fields(args: argparse.Namespace) -> dict:
+    """--lengths / --image-size / --images-per-sample / --image-tokens as TrainConfig fields."""
+    return {"lengths": getattr(args, "lengths", "fixed"), "image_size": getattr(args, "image_size", None),
+            "images_per_sample": getattr(args, "images_per_sample", 0), "image_tokens": getattr(args, "image_tokens", None)}
 
 
 def _need_model(model: str | None) -> str:
@@ -303,16 +307,17 @@ def _need_model(model: str | None) -> str:
 
 def plan_request(args: argparse.Namespace) -> core.PlanRequest:
     model, method = args.model, args.method or "auto"
-    seq_len, batch = args.seq_len, args.effective_batch
-    if args.from_file:  # plan for what the file trains: its model, sequence length, method and batch
+    seq_len, batch, data = args.seq_len, args.effective_batch, _data_fields(args)
+    if args.from_file:  # plan for what the file trains: its model, sequence length, lengths, method and batch
         back = _read_from(args)
         model, method = back.model, back.fields.get("method", "auto")
         seq_len = back.fields.get("seq_len", seq_len)
+        data["lengths"] = back.fields.get("lengths", data["lengths"])
         batch = _file_batch(back, args)
     return core.PlanRequest(model=_need_model(model), hardware=_gpu_request(args), seq_len=seq_len,
                             effective_batch=batch, method=method, prefer=args.prefer, rules=tuple(args.rules or ()),
                             host_ram=args.host_ram, calibration=not args.no_calibration, **_job_fields(args),
-                            **_image_fields(args))
+                            **data)
 
 
 def config_request(args: argparse.Namespace) -> core.ConfigRequest:
@@ -320,7 +325,7 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     fields = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
     fields["method"] = args.method if args.method not in (None, "auto") else "lora"
     fields["seq_len"] = args.seq_len
-    fields.update(_image_fields(args))
+    fields.update(_data_fields(args))
     model, batch = args.model, args.effective_batch
     if getattr(args, "ds_config", None):  # the DeepSpeed JSON the job runs with, over --zero / --offload
         from .export.readback import deepspeed_fields

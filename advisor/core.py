@@ -85,6 +85,7 @@ class PlanRequest:
     images_per_sample: int = 0  # a vision-language model's images per sequence (their tokens inside seq_len)
     image_size: int | None = None
     image_tokens: int | None = None
+    lengths: str = "fixed"  # fixed (packed or padded to seq_len) or variable (unpacked: padded per batch)
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def _goals(req: PlanRequest, hardware: Hardware | None):
     return Goals(seq_len=req.seq_len, effective_batch=req.effective_batch, method=req.method, prefer=req.prefer, gpus=gpus,
                  dataset_tokens=req.dataset_tokens, samples=req.samples, epochs=req.epochs,
                  price_per_gpu_hour=req.price_per_gpu_hour, images_per_sample=req.images_per_sample,
-                 image_size=req.image_size, image_tokens=req.image_tokens)
+                 image_size=req.image_size, image_tokens=req.image_tokens, lengths=req.lengths)
 
 
 MAX_DATASET_TOKENS = 10**15

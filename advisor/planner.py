@@ -19,6 +19,7 @@ from .engine.rules import Rule
 from .hardware import Hardware
 from .limits import fit_limits
 from .memory import TrainConfig, estimate
+from .memory.config import Lengths
 from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
@@ -50,12 +51,20 @@ class Goals(BaseModel):
     images_per_sample: int = Field(0, ge=0, le=1024, description="Images per sequence (vision-language models).")
     image_size: int | None = Field(None, gt=0, le=1 << 15, description="Image side in pixels (images present).")
     image_tokens: int | None = Field(None, gt=0, le=1 << 24, description="Image tokens per sequence, given directly.")
+    lengths: Lengths = Field("fixed", description="fixed: every batch at seq_len (packed); variable: unpacked data "
+                             "padded per batch, seq_len its cutoff (memory/config.py).")
 
     @property
     def image_fields(self) -> dict:
         """The TrainConfig fields that describe the images of every sequence (none for text)."""
         return {"images_per_sample": self.images_per_sample, "image_size": self.image_size,
                 "image_tokens": self.image_tokens}
+
+    @property
+    def data_fields(self) -> dict:
+        """The TrainConfig fields that describe the data every candidate trains on: its batches' lengths and
+        images."""
+        return {"lengths": self.lengths, **self.image_fields}
 
     @property
     def job(self) -> Job:
@@ -181,7 +190,7 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
             for offload, master in itertools.product(offloads, masters):
                 out.append(TrainConfig(method=method, rank=rank, targets=(target,), grad_ckpt=ckpt, optimizer=optimizer,
                                        micro_batch=micro, seq_len=goals.seq_len, gpus=goals.gpus, offload=offload, loss=loss,
-                                       master_weights=master, **_sharding_fields(sharding), **goals.image_fields,
+                                       master_weights=master, **_sharding_fields(sharding), **goals.data_fields,
                                        **fixed))
     return out
 

@@ -32,7 +32,7 @@ for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "
 python3 -m advisor gpus --json > "$out/gpus.json" 2> "$out/gpus.stderr"
 dry=0
 for arg in "$@"; do [[ "$arg" == "--dry-run" ]] && dry=1; done
-if [[ $dry == 0 ]]; then
+if [[ $dry == 0 && "${GPU_CHECK_CONTEXT:-1}" == 1 ]]; then  # GPU_CHECK_CONTEXT=0: skip the context probe
   python3 benchmarks/gpu_context.py --out "$out/context.jsonl" > /dev/null 2> "$out/context.txt"
   cat "$out/context.txt"
 fi

@@ -49,6 +49,19 @@ def test_cpu_smoke_run_trains(tiny):
     assert events[-1]["event"] == "result"
 
 
+def test_unpacked_data_trains_each_step_at_its_own_length(tiny):
+    """--lengths variable: every step is padded to its own batch's longest sequence, the last at the cutoff,
+    and the dry run traces the same lengths (so a real run and its replay can be compared step by step)."""
+    arch = resolve_model(str(tiny))
+    cfg = TrainConfig(method="lora", seq_len=64, lengths="variable")
+    steps = [e for e in run_to_end(arch, cfg, "cpu", steps=5) if e["event"] == "step"]
+    lengths = [s["seq_len"] for s in steps]
+    assert lengths == cfg.step_lengths(5) and lengths[-1] == 64 and len(set(lengths)) > 1
+    assert all(8 <= n <= 64 for n in lengths)
+    fixed = [e for e in run_to_end(arch, TrainConfig(method="lora", seq_len=64), "cpu", steps=3) if e["event"] == "step"]
+    assert [s["seq_len"] for s in fixed] == [64, 64, 64]
+
+
 def test_cancel_ends_the_child_quickly(tiny):
     arch = resolve_model(str(tiny)).model_copy(update={"num_layers": 8, "hidden_size": 512, "intermediate_size": 2048})
     run = VerifyRun(arch, TrainConfig(method="full", seq_len=512, micro_batch=4), "cpu", steps=10_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,6 +26,11 @@ LossKind = Literal["standard", "chunked"]
 # logits (only the fp32 upcast is chunked), so it is not the tiled `chunked` loss: --loss standard bounds it.
 # DeepSpeed and FSDP are the sharding engines under any of them (zero, fsdp).
 Stack = Literal["auto", "transformers", "trl", "axolotl", "llamafactory", "torchtune"]
+# How long each batch is.  fixed: every batch holds seq_len tokens per sequence (packed data, or padded to the
+# cutoff); variable: unpacked data padded per batch to its longest sequence, the frameworks' default
+# (TRL packing=False, LLaMA-Factory packing unset, axolotl sample_packing off).  The step's tensors at the
+# longest batch are the same; what differs is the caching allocator's cache (memory/overheads.py).
+Lengths = Literal["fixed", "variable"]
 STACK_LOSS = {"trl": "chunked"}
 
 TARGET_PRESETS = ("all-linear", "attention", "q,v")
@@ -48,6 +54,10 @@ class TrainConfig(BaseModel):
     seq_len: int = Field(2048, gt=0, le=1 << 24, description="Tokens per sequence.")
     micro_batch: int = Field(1, gt=0, le=1 << 16, description="Sequences per forward pass on each GPU.")
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
+    lengths: Lengths = Field("fixed", description="fixed = every batch at seq_len (packed, or padded to it); "
+                             "variable = unpacked data padded per batch to its longest sequence (seq_len is the "
+                             "cutoff): the peak is the same at the longest batch, but the allocator caches "
+                             "segments of every size it sees, so reserved memory grows over the first steps.")
     images_per_sample: int = Field(0, ge=0, le=1024, description="Images in each sequence (vision-language models); "
                                    "their tokens are counted inside seq_len.")
     image_size: int | None = Field(None, gt=0, le=1 << 15, description="Side of the images in pixels; the processor "
@@ -118,6 +128,16 @@ class TrainConfig(BaseModel):
     def accumulation(self, effective_batch: int) -> int:
         """Gradient accumulation steps that reach ``effective_batch`` sequences per optimizer step (at least)."""
         return max(1, -(-effective_batch // (self.micro_batch * self.gpus)))
+
+    def step_lengths(self, steps: int, seed: int = 0) -> list[int]:
+        """Sequence length of each of ``steps`` steps: seq_len throughout for fixed lengths; for variable
+        lengths a seeded draw, uniform in [seq_len / 8, seq_len], whose last step is at the cutoff (a run
+        reaches its longest batch sooner or later, and the cache it grows on the way is what varying lengths
+        add).  One list for the dry run, the real verify run and the benchmarks, so they replay the same."""
+        if self.lengths == "fixed" or steps < 2:
+            return [self.seq_len] * steps
+        draw = random.Random(seed)
+        return [draw.randint(max(1, self.seq_len // 8), self.seq_len) for _ in range(steps - 1)] + [self.seq_len]
 
     @property
     def tokens(self) -> int:

@@ -42,6 +42,7 @@ class DryRunResult:
     # the cuBLAS workspaces added; None unless run_dry was given workspace_bytes
     replayed_peak_allocated: int | None = None
     replayed_reserved: int | None = None
+    replayed_reserved_by_step: list[int] = field(default_factory=list)  # each step's peak reserved, in order
 
     @property
     def peak_bytes(self) -> int:
@@ -169,20 +170,25 @@ def image_batch(arch: ModelArch, cfg: TrainConfig, input_ids):
 MATMUL_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm")
 
 
-def replay_allocator(log: list) -> tuple[int, int]:
+def replay_allocator(log: list) -> tuple[int, int, list[int]]:
     """(peak allocated, peak reserved) of the last step when the traced allocations run through the caching
-    allocator; ``log`` holds (storage key, bytes) allocations, (key, None) frees and ("step", None) marks."""
+    allocator, and each step's peak reserved in order; ``log`` holds (storage key, bytes) allocations,
+    (key, None) frees and ("step", None) marks."""
     from ..memory.allocator import CachingAllocator
 
-    allocator, blocks = CachingAllocator(), {}
+    allocator, blocks, by_step, steps = CachingAllocator(), {}, [], 0
     for key, size in log:
         if key == "step":
+            if steps:
+                by_step.append(allocator.peak_reserved)
+            steps += 1
             allocator.reset_peaks()  # the verify run's reset_peak_memory_stats at each step's start
         elif size is not None:
             blocks[key] = allocator.malloc(size)
         elif key in blocks:
             allocator.free(blocks.pop(key))
-    return allocator.peak_allocated, allocator.peak_reserved
+    by_step.append(allocator.peak_reserved)
+    return allocator.peak_allocated, allocator.peak_reserved, by_step
 
 
 def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: int | None = None,
@@ -263,7 +269,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: 
         params = trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
         input_ids = extra = None
-        for length in seq_lens or [cfg.seq_len] * steps:
+        for length in seq_lens or cfg.step_lengths(steps):
             if input_ids is None or input_ids.shape[1] != length:  # a new batch only when the shape changes
                 input_ids, extra = image_batch(arch, cfg, torch.zeros((cfg.micro_batch, length), dtype=torch.long))
             if log is not None:
@@ -271,10 +277,11 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: 
             phase_peaks.clear()
             steady = counter.live
             train_step(model, optimizer, input_ids, input_ids, on_phase, autocast_dtype(cfg, arch), extra)
-    replayed = replay_allocator(log) if log is not None else (None, None)
+    replayed = replay_allocator(log) if log is not None else (None, None, [])
     return DryRunResult(
         replayed_peak_allocated=replayed[0],
         replayed_reserved=replayed[1],
+        replayed_reserved_by_step=replayed[2],
         phase_peaks=dict(phase_peaks),
         weights_bytes=weights,
         trainable_params=sum(p.numel() for p in params),

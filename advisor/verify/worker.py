@@ -59,9 +59,11 @@ def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
         with torch.no_grad():
             materialize(model, factory, cfg)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
-        tokens = cfg.micro_batch * cfg.seq_len
-        ids = torch.randint(0, arch.vocab_size, (cfg.micro_batch, cfg.seq_len), device=device)
-        for step in range(1, steps + 1):
+        ids = None
+        for step, length in enumerate(cfg.step_lengths(steps), start=1):
+            if ids is None or ids.shape[1] != length:  # unpacked data: each batch padded to its own longest
+                ids = torch.randint(0, arch.vocab_size, (cfg.micro_batch, length), device=device)
+            tokens = cfg.micro_batch * length
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 torch.cuda.synchronize()
@@ -75,7 +77,8 @@ def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
                 memory = {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved(),
                           "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
                           "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
-            emit("step", step=step, loss=float(loss), seconds=seconds, tokens_per_s=tokens / seconds, **memory)
+            emit("step", step=step, seq_len=length, loss=float(loss), seconds=seconds, tokens_per_s=tokens / seconds,
+                 **memory)
         emit("result", mode=device, steps=steps, environment=_environment(device))
     except torch.OutOfMemoryError as exc:
         memory = {}
