@@ -46,6 +46,9 @@ class EstimateReport(BaseModel):
     headroom_bytes: int | None = None
     notes: list[str] = Field(default_factory=list)
     calibration: dict | None = Field(None, description="The calibration point applied (from a real run), if any.")
+    unpacked_cache_bytes: int | None = Field(None, description="lengths variable only: what each batch longer than "
+                                             "all before it leaves cached on a card with room (not in the peak: the "
+                                             "allocator frees it when memory runs short).")
     speed: Speed | None = Field(None, description="Tokens/s and step time of exactly this config; with a job's size "
                                 "(--dataset-tokens or --samples, --epochs, --price-per-gpu-hour) its time, GPU-hours and cost.")
 
@@ -59,7 +62,8 @@ class EstimateReport(BaseModel):
             **est.model_dump(include={"peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_phase",
                                       "peak_device_range_bytes", "range_basis",
                                       "phases", "components", "host_ram_bytes", "tokens_per_micro_batch",
-                                      "capacity_bytes", "fits", "fit", "headroom_bytes", "notes", "calibration"}),
+                                      "capacity_bytes", "fits", "fit", "headroom_bytes", "notes", "calibration",
+                                      "unpacked_cache_bytes"}),
         )
 
 

@@ -174,6 +174,7 @@ LAUNCH = {launch!r}
 DTYPE = torch.{ctx.load_dtype}  # the planned weight dtype (fp32 master weights for mixed-precision full FT)
 ATTENTION = {attn!r}
 SEQ_LEN = {cfg.seq_len}
+LENGTHS = {cfg.lengths!r}  # fixed: every batch padded to SEQ_LEN; variable: each padded to its longest (unpacked)
 MICRO_BATCH = {cfg.micro_batch}
 GRAD_ACCUM = {ctx.grad_accum}
 
@@ -190,6 +191,8 @@ def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
     return SFTConfig(
         output_dir=output_dir,
         max_length=SEQ_LEN,
+        packing=False,
+        pad_to_multiple_of=SEQ_LEN if LENGTHS == "fixed" else None,  # the batch shapes the plan assumed
         per_device_train_batch_size=MICRO_BATCH,
         gradient_accumulation_steps=GRAD_ACCUM,
         gradient_checkpointing={cfg.grad_ckpt},
@@ -259,11 +262,18 @@ def load_model(source, random_init, attention=ATTENTION):
 
 
 def synthetic_dataset(vocab_size, rows):
-    """Random token ids of the planned length: measures the plan with no dataset and no tokenizer."""
+    """Random token ids of the planned length (variable lengths: each row from SEQ_LEN / 8 to SEQ_LEN, the last
+    at SEQ_LEN): measures the plan with no dataset and no tokenizer."""
     from datasets import Dataset
 
-    ids = torch.randint(0, vocab_size, (rows, SEQ_LEN), generator=torch.Generator().manual_seed(0))
-    return Dataset.from_dict({{"input_ids": ids.tolist()}})
+    generator = torch.Generator().manual_seed(0)
+    lengths = [SEQ_LEN] * rows
+    if LENGTHS == "variable":
+        low = max(1, SEQ_LEN // 8)
+        lengths = torch.randint(low, SEQ_LEN + 1, (rows,), generator=generator).tolist()
+        lengths[-1] = SEQ_LEN
+    ids = [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in lengths]
+    return Dataset.from_dict({{"input_ids": ids}})
 
 
 def stand_in_tokenizer():

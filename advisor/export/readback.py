@@ -292,6 +292,42 @@ def _read(file: _File, fmt: str, model_key: str, **specific) -> ReadBack:
     return _finish(file, used, model.strip(), fields, fmt)
 
 
+# How long each batch is (memory/config.py Lengths), as each framework says it.  Unpacked data padded per
+# batch is every framework's default: "variable" unless a key packs the data or pads every batch to the cutoff.
+def _axolotl_lengths(file: _File, used: set) -> str:
+    """axolotl: sample_packing packs to sequence_len; pad_to_sequence_len pads every batch to it ("constant
+    sized buffers", axolotl's config reference)."""
+    used.update({"sample_packing", "pad_to_sequence_len"})
+    packed = file.bool("sample_packing", False) or file.bool("pad_to_sequence_len", False)
+    return "fixed" if packed else "variable"
+
+
+def _llamafactory_lengths(file: _File, used: set) -> str:
+    """LLaMA-Factory: packing (on by default for stage pt, DataArguments.packing) or neat_packing packs to
+    cutoff_len."""
+    used.update({"packing", "neat_packing"})
+    packing = file.bool("packing", None)
+    if packing is None:
+        packing = file.data.get("stage") == "pt"
+    return "fixed" if packing or file.bool("neat_packing", False) else "variable"
+
+
+def _trl_lengths(file: _File, used: set, max_length: int | None) -> tuple[str, int | None]:
+    """TRL: packing packs to max_length; pad_to_multiple_of >= max_length pads every (truncated) batch to one
+    length, pad_to_multiple_of itself (SFTConfig; DataCollatorForLanguageModeling).  Returns the lengths and the
+    sequence length the batches have when that differs from max_length."""
+    used.update({"packing", "pad_to_multiple_of", "padding_free"})
+    if file.bool("packing", False):
+        return "fixed", None
+    multiple = file.data.get("pad_to_multiple_of")
+    if isinstance(multiple, str) and multiple.lower() in ("auto", "none", "null"):
+        return "variable", None
+    multiple = file.int("pad_to_multiple_of", 1, MAX_SEQ_LEN)
+    if multiple is not None and max_length is not None and multiple >= max_length:
+        return "fixed", multiple if multiple != max_length else None
+    return "variable", None
+
+
 def _quant(file: _File, mapping: dict, key: str, default: str) -> str:
     value = mapping.get(key, default)
     if value not in ("nf4", "fp4"):
@@ -319,7 +355,7 @@ def _axolotl(file: _File) -> ReadBack:
     return _read(file, "axolotl", "base_model", _used=used, method=method, targets=targets, _autocast_fp32_master=master,
                  grad_ckpt=bool(file.bool("gradient_checkpointing", False, also=("unsloth", "offload"))),
                  quant_type=_quant(file, bnb, "bnb_4bit_quant_type", "nf4"), double_quant=double,
-                 train_embeddings=bool(data.get("lora_modules_to_save")))
+                 train_embeddings=bool(data.get("lora_modules_to_save")), lengths=_axolotl_lengths(file, used))
 
 
 def _llamafactory(file: _File) -> ReadBack:
@@ -347,7 +383,7 @@ def _llamafactory(file: _File) -> ReadBack:
                  grad_ckpt=not file.bool("disable_gradient_checkpointing", False),
                  quant_type=_quant(file, data, "quantization_type", "nf4"),
                  double_quant=file.bool("double_quantization", True),
-                 train_embeddings=bool(data.get("additional_target")))
+                 train_embeddings=bool(data.get("additional_target")), lengths=_llamafactory_lengths(file, used))
 
 
 def _trl(file: _File) -> ReadBack:
@@ -359,11 +395,14 @@ def _trl(file: _File) -> ReadBack:
                                       "lora8bit" if file.bool("load_in_8bit", False) else "lora")
     targets = file.targets("lora_target_modules", "all-linear", ("all-linear",))
     master = bool(data.get("bf16") or data.get("fp16")) and data.get("dtype") == "float32"
+    lengths, padded_len = _trl_lengths(file, used, file.int("max_length", 1, MAX_SEQ_LEN))
     back = _read(file, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
                  _autocast_fp32_master=master,
                  grad_ckpt=file.bool("gradient_checkpointing", True),
                  quant_type=_quant(file, data, "bnb_4bit_quant_type", "nf4"),
                  double_quant=file.bool("use_bnb_nested_quant", True),
-                 train_embeddings=bool(data.get("lora_modules_to_save")))
+                 train_embeddings=bool(data.get("lora_modules_to_save")), lengths=lengths)
+    if padded_len is not None:  # every batch padded past max_length, to pad_to_multiple_of
+        back.fields["seq_len"] = padded_len
     back.fields["stack"] = "trl"  # its SFTTrainer computes the loss with its fused LM head, whatever the file says
     return back

@@ -18,7 +18,7 @@ from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_
                           layer_saved, layer_transients)
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
-from .overheads import device_range, overheads, unchecked_part
+from .overheads import device_range, overheads, unchecked_part, unpacked_cache, unpacked_note
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
@@ -205,7 +205,11 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
         tokens_per_micro_batch=T, notes=notes, activation_bytes=stored_acts + shared + final,
         optimizer_state_bytes=gpu.states, calibration=calibration.model_dump() if calibration else None,
+        unpacked_cache_bytes=None,
     )
+    if cfg.lengths == "variable":
+        result.unpacked_cache_bytes = unpacked_cache(tensor_peak, steady)
+        result.notes.append(unpacked_note(result.unpacked_cache_bytes))
     if hardware is not None:
         result.capacity_bytes = hardware.usable_bytes
         result.fits = device <= hardware.usable_bytes
@@ -355,7 +359,7 @@ def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_
         Component(name="cublas_workspace", label="cuBLAS workspaces", bytes=over.workspace,
                   formula="2 x 8.125 MiB (32 MiB on Hopper)"),
         Component(name="allocator_fragmentation", label="allocator fragmentation", bytes=over.fragmentation,
-                  formula="5% of allocated (fixed shapes, default allocator)"),
+                  formula="max(5% of allocated, the cached segments of the loss's fp32 blocks); default allocator"),
         Component(name="cuda_context", label="CUDA context + outside torch", bytes=over.context + over.outside_torch,
                   formula="768 MiB context (+1 GiB NCCL with several GPUs, + paged optimizer states)"),
     ]

@@ -48,6 +48,11 @@ class MemoryEstimate(BaseModel):
     optimizer_state_bytes: int = Field(0, description="Optimizer states resident on one GPU.")
     notes: list[str] = Field(default_factory=list)
     calibration: dict | None = Field(None, description="The calibration point applied, if any.")
+    unpacked_cache_bytes: int | None = Field(
+        None, description="Unpacked data (lengths variable) only: what the caching allocator keeps cached, on a card "
+        "with room, each time a batch is longer than every one before it (one step's transient bytes).  Not part "
+        "of the peak: the allocator frees those segments and retries when memory runs short, so they change what "
+        "nvidia-smi reads, not what fits.")
     capacity_bytes: int | None = Field(None, description="One GPU's usable memory, when known.")
     fits: bool | None = Field(None, description="peak_device_bytes <= capacity_bytes, when a capacity is known.")
     fit: str | None = Field(None, description="With the range: 'fits' (the high end is under the card), 'tight' "
