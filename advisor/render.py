@@ -179,10 +179,12 @@ def verify_text(report) -> str:
         lines.append(f"{'':<12}{'predicted':>14}{'measured':>14}{'error':>9}")
         for check in report.checks:
             lines.append(f"{check.phase:<12}{format_bytes(check.predicted_bytes):>14}{format_bytes(check.measured_bytes):>14}"
-                         f"{check.error_percent:>+8.2f}%")
+                         f"{check.error_percent:>+8.2f}%" + ("  (not judged)" if not check.judged else ""))
         if report.mode == "dry" and any(check.phase == "reserved" for check in report.checks):
             lines.append("(dry run: allocated and reserved are the traced allocations replayed through PyTorch's "
                          "caching allocator)")
+        for why in dict.fromkeys(c.not_judged_because for c in report.checks if not c.judged):
+            lines.append(f"(not judged: {why})")
     if report.steps:
         last = report.steps[-1]
         lines.append(f"{len(report.steps)} steps · last loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s")
