@@ -159,3 +159,25 @@ def test_full_fine_tuning_range_holds_the_replayed_reserved_of_a_long_sequence()
     assert replay.replayed_reserved > 1.2 * replay.replayed_peak_allocated
     low, high = estimate(arch, cfg, _h200()).peak_device_range_bytes
     assert low <= replay.replayed_reserved + CUDA_CONTEXT_BYTES <= high
+
+
+def test_replay_follows_an_h200_step_by_step_through_unpacked_batches():
+    """Qwen2.5-0.5B LoRA on unpacked data (12 steps of lengths from TrainConfig.step_lengths, the last at the
+    cutoff), measured on an H200 through the bare step: the replay of the same lengths gives each step's
+    reserved peak, the cache growing at the one batch longer than the first.  (Llama-3.2-1B LoRA and full
+    fine-tuning matched to the MiB as well: results/gpu-h200-2026-12-04b/README.md.)"""
+    from advisor.core import resolve_model
+    from advisor.memory.config import TrainConfig
+    from advisor.memory.overheads import CUBLAS_WORKSPACE_HOPPER_BYTES
+    from advisor.verify.dryrun import run_dry
+
+    runs = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "gpu-h200-2026-12-04b" /
+                                          "results.jsonl").read_text().splitlines()]
+    run = next(r for r in runs if r["model"] == "qwen2.5-0.5b" and r["report"]["config"]["lengths"] == "variable")
+    cfg = TrainConfig.model_validate(run["report"]["config"])
+    steps = run["report"]["steps"]
+    assert [s["seq_len"] for s in steps] == cfg.step_lengths(len(steps))
+    result = run_dry(resolve_model(run["model"]), cfg, steps=len(steps), workspace_bytes=CUBLAS_WORKSPACE_HOPPER_BYTES)
+    measured = [s["peak_reserved_bytes"] for s in steps]
+    assert result.replayed_reserved_by_step == pytest.approx(measured, rel=0.002)
+    assert measured[-1] > 1.5 * measured[0]  # the growth the replay has to follow

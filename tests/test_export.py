@@ -21,13 +21,14 @@ AXOLOTL_KEYS = {"base_model", "sequence_len", "micro_batch_size", "gradient_accu
                 "optimizer", "learning_rate", "lr_scheduler", "warmup_ratio", "bf16", "fp16", "attn_implementation",
                 "num_epochs", "output_dir", "datasets", "adapter", "lora_r", "lora_alpha",
                 "lora_dropout", "lora_target_linear", "lora_target_modules", "lora_modules_to_save", "load_in_4bit",
-                "load_in_8bit", "bnb_config_kwargs", "fsdp_version", "fsdp_config", "deepspeed"}
+                "load_in_8bit", "bnb_config_kwargs", "fsdp_version", "fsdp_config", "deepspeed",
+                "pad_to_sequence_len"}
 LLAMAFACTORY_KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "dataset", "template", "cutoff_len",
                      "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                      "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "optim", "bf16", "fp16", "flash_attn",
                      "disable_gradient_checkpointing", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
                      "additional_target", "quantization_bit", "quantization_method", "quantization_type",
-                     "double_quantization", "upcast_layernorm", "deepspeed"}
+                     "double_quantization", "upcast_layernorm", "deepspeed", "packing", "neat_packing"}
 LLAMAFACTORY_CHOICES = {"finetuning_type": {"full", "lora", "freeze", "oft"}, "quantization_method": {"bnb", "hqq", "eetq"},
                         "quantization_type": {"nf4", "fp4"}, "flash_attn": {"auto", "disabled", "sdpa", "fa2", "fa3"}}
 

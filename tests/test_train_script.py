@@ -81,6 +81,24 @@ def test_one_gpu_script_trains_on_cpu(tiny_dir, tmp_path):
     assert json_lines(proc.stdout, "start")[0]["world_size"] == 1
 
 
+def test_an_unpacked_plan_trains_varying_lengths_and_a_fixed_plan_pads_to_seq_len(tiny_dir, tmp_path):
+    """The batch shapes the plan assumed: LENGTHS = 'variable' pads each batch to its longest row (the
+    synthetic rows vary, the last at SEQ_LEN); 'fixed' pads every batch to SEQ_LEN through TRL's
+    pad_to_multiple_of."""
+    unpacked = load_script(export(tiny_dir, tmp_path / "unpacked", lengths="variable") / "train.py")
+    rows = unpacked.synthetic_dataset(256, 6)["input_ids"]
+    lengths = [len(row) for row in rows]
+    assert lengths[-1] == 32 and len(set(lengths)) > 1 and min(lengths) >= 4
+    assert unpacked.training_args(use_cpu=True).pad_to_multiple_of is None
+    fixed = load_script(export(tiny_dir, tmp_path / "fixed") / "train.py")
+    assert {len(row) for row in fixed.synthetic_dataset(256, 6)["input_ids"]} == {32}
+    assert fixed.training_args(use_cpu=True).pad_to_multiple_of == 32
+    proc = run(["train.py", "--synthetic", "--random-init", "--max-steps", "2", "--cpu", "--output-dir",
+                str(tmp_path / "o")], cwd=tmp_path / "unpacked")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [s["step"] for s in json_lines(proc.stdout, "step")] == [1, 2]
+
+
 def test_two_processes_through_accelerate_and_the_verify_launcher(tiny_dir, tmp_path):
     """DDP plan for 2 GPUs: `accelerate launch --config_file accelerate.yaml` starts 2 gloo ranks on the CPU
     (the script's --cpu), and ExportedRun reads rank 0's events and ends with a result."""
