@@ -34,6 +34,8 @@ class EstimateReport(BaseModel):
     peak_device_bytes: int = Field(description="What nvidia-smi shows for the process (reserved + CUDA context + outside torch).")
     peak_device_range_bytes: tuple[int, int] = Field(description="Low and high device peak (the known spread of the inexact terms).")
     range_basis: str = Field("", description="The terms and spreads that make the range.")
+    peak_allocated_range_bytes: tuple[int, int] = Field((0, 0), description="Low and high peak allocated (the "
+                                                        "tensors' spread alone).")
     peak_phase: str
     phases: PhasePeaks = Field(description="Tensor bytes at the peak of each phase of a step.")
     components: list[Component]
@@ -60,7 +62,7 @@ class EstimateReport(BaseModel):
                             trainable_params=est.trainable_params),
             config=cfg,
             **est.model_dump(include={"peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_phase",
-                                      "peak_device_range_bytes", "range_basis",
+                                      "peak_device_range_bytes", "range_basis", "peak_allocated_range_bytes",
                                       "phases", "components", "host_ram_bytes", "tokens_per_micro_batch",
                                       "capacity_bytes", "fits", "fit", "headroom_bytes", "notes", "calibration",
                                       "unpacked_cache_bytes"}),

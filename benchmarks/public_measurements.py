@@ -54,13 +54,13 @@ MAPPED = {
     40: ("llama-2-70b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=8, grad_ckpt=True,
                              gpus=8, zero=3), "8xh100", "device", "PEFT DeepSpeed docs, nvidia-smi screenshot, ZeRO-3"),
     60: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=1024, grad_ckpt=True,
-                            stack="llamafactory"), "a100-80gb",
+                            stack="llamafactory", lengths="variable"), "a100-80gb",
          "device", "LLaMA-Factory user report on Qwen2-7B (same shapes as Qwen2.5-7B), checkpointing assumed on"),
     61: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, grad_ckpt=True,
-                            stack="llamafactory"), "a100-80gb",
+                            stack="llamafactory", lengths="variable"), "a100-80gb",
          "device", "as above, seq 2048"),
     62: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=2, grad_ckpt=True,
-                            stack="llamafactory"),
+                            stack="llamafactory", lengths="variable"),
          "a100-80gb", "device", "as above, micro batch 2 (28.2 GB at first, 32 GB after a few steps)"),
 }
 
@@ -69,7 +69,8 @@ MAPPED = {
 REASONS = {2: "torchtune with torch.compile and its chunked CE (neither modelled: compile fuses and frees "
               "differently, CEWithChunkedOutputLoss is not the tiled loss)",
            12: "torchtune with torch.compile and its chunked CE (as row 2)",
-           8: "variable-length (unpacked) batches", 10: "adds torch.compile (not modelled)",
+           8: "unpacked alpaca under a 4096 cutoff: the longest batch sets the peak, and alpaca's lengths "
+              "(far under 4096) are not in the row", 10: "adds torch.compile (not modelled)",
            11: "adds torch.compile and chunked CE to row 10", 26: "memory after model init only",
            27: "memory after model init only", 63: "an Ascend NPU, not a GPU", 64: "a fits-on claim, not a measurement"}
 
@@ -169,10 +170,17 @@ def _compare(label: str, source_model: str, setup: str, measured: int, mapping: 
     est = estimate(resolve_model(model), TrainConfig(**fields), hardware_for(gpu))
     predicted = getattr(est, LEVELS[level])
     err = 100.0 * (predicted - measured) / measured
-    # the range is of the device peak; at a lower level the same terms' spread applies, minus what only the
-    # device level has (the CUDA context and NCCL): shift it by the difference of the expected values
-    low, high = (bound - (est.peak_device_bytes - predicted) for bound in est.peak_device_range_bytes)
+    # like for like: torch's allocated peak has the tensors' spread alone (peak_allocated_range_bytes); the
+    # reserved level has the allocator's spread too, so it takes the device range less what only the device
+    # level has (the CUDA context and NCCL), shifted by the difference of the expected values
+    if level == "allocated":
+        low, high = est.peak_allocated_range_bytes
+    else:
+        low, high = (bound - (est.peak_device_bytes - predicted) for bound in est.peak_device_range_bytes)
     inside = low <= measured <= high
+    if est.unpacked_cache_bytes:  # unpacked data: how many new-longest-batch caches the reading holds
+        assumed += (f"; unpacked: {est.unpacked_cache_bytes / 2**30:.1f} GiB cached per new longest batch on a card "
+                    f"with room, the reading is {(measured - predicted) / est.unpacked_cache_bytes:+.1f} of them")
     line = (f"| {label} | {source_model} | {setup} | {level} | {measured / 2**30:.1f} | {predicted / 2**30:.1f} | "
             f"{low / 2**30:.1f}-{high / 2**30:.1f} | {err:+.1f} | {'yes' if inside else 'NO'} | {assumed} |")
     return line, (err, inside, 100.0 * (high - low) / predicted)

@@ -202,6 +202,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         components=components, phases=phases, peak_phase=peak_phase,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, peak_device_bytes=device,
         peak_device_range_bytes=(span.low, span.high), range_basis=span.why,
+        peak_allocated_range_bytes=(span.allocated_low, span.allocated_high),
         host_ram_bytes=gpu.host_ram, total_params=pb.total_params, trainable_params=pb.trainable_params,
         tokens_per_micro_batch=T, notes=notes, activation_bytes=stored_acts + shared + final,
         optimizer_state_bytes=gpu.states, calibration=calibration.model_dump() if calibration else None,

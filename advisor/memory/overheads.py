@@ -142,6 +142,8 @@ class DeviceRange:
     low: int
     high: int
     why: str  # the terms that make the range, for the estimate's notes
+    allocated_low: int = 0  # the same tensors' spread alone: the range of torch's peak allocated
+    allocated_high: int = 0
 
 
 def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, unchecked: str | None,
@@ -173,7 +175,7 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
               f", fragmentation {FRAGMENTATION_LOW:.0%}-{FRAGMENTATION_HIGH:.0%}, CUDA context "
               f"{CONTEXT_LOW / MiB:.0f}-{CONTEXT_HIGH / MiB:.0f} MiB")
            + (", NCCL 0.5-1.6 GB" if gpus > 1 else ""))
-    return DeviceRange(low, high, why)
+    return DeviceRange(low, high, why, low_tensors, high_tensors)
 
 
 def unchecked_part(cfg, arch=None) -> str | None:
@@ -184,6 +186,9 @@ def unchecked_part(cfg, arch=None) -> str | None:
         return "dropout (" + ", ".join(arch.dropout) + ")"
     if arch is not None and arch.linear_attention is not None and cfg.adapters_under_autocast and not cfg.fsdp:
         return "autocast over the linear-attention layers (TrainConfig.lora_autocast)"
+    if cfg.stack == "torchtune":
+        # the oracle traces transformers' modeling code and its step; torchtune's recipes run their own modules
+        return "torchtune's own model code"
     if cfg.offload != "none":
         return "CPU offload"
     if cfg.fsdp and cfg.method == "qlora":

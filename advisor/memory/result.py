@@ -40,6 +40,9 @@ class MemoryEstimate(BaseModel):
         (0, 0), description="Low and high device peak: the expected one widened by the known spread of the terms "
         "that are not exact (tensors the oracle cannot trace, allocator fragmentation, CUDA context, NCCL).")
     range_basis: str = Field("", description="The terms and spreads that make the range.")
+    peak_allocated_range_bytes: tuple[int, int] = Field(
+        (0, 0), description="Low and high peak allocated (torch.cuda.max_memory_allocated): the tensors' spread "
+        "alone, without the allocator's and the context's.")
     host_ram_bytes: int = Field(description="CPU RAM for offloaded states/params (0 without offload).")
     total_params: int
     trainable_params: int
