@@ -67,6 +67,8 @@ def run_case(arch, cfg, steps: int, device: str, cap: int | None) -> dict:
         return tensor.normal_(0.0, 0.02) if dtype.is_floating_point else tensor.zero_()
 
     result: dict = {"steps": [], "oom_at": None}
+    # memory_stats' counters run for the whole process (reset_peak_memory_stats leaves them): count from here
+    retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0) if device == "cuda" else 0
     try:
         with torch.no_grad():
             materialize(model, factory, cfg)
@@ -80,7 +82,7 @@ def run_case(arch, cfg, steps: int, device: str, cap: int | None) -> dict:
                 torch.cuda.synchronize()
                 stats = torch.cuda.memory_stats()
                 row.update(peak_reserved=torch.cuda.max_memory_reserved(), peak_allocated=torch.cuda.max_memory_allocated(),
-                           retries=stats.get("num_alloc_retries", 0))
+                           retries=stats.get("num_alloc_retries", 0) - retries_before)
             row["seconds"] = time.perf_counter() - started
             result["steps"].append(row)
     except torch.OutOfMemoryError as exc:

@@ -18,7 +18,6 @@ import argparse
 import csv
 import datetime as dt
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -65,9 +64,8 @@ def main() -> int:
         measured = _measured_bytes(rows[index]) / GiB
         est = estimate(arch, cfg, hardware)
         workspace = cublas_workspace_bytes(hardware.compute_capability)
-        fixed = run_dry(arch, cfg, workspace_bytes=workspace)
-        rng = random.Random(index)
-        lengths = [rng.randint(cfg.seq_len // 8, cfg.seq_len) for _ in range(args.steps - 1)] + [cfg.seq_len]
+        fixed = run_dry(arch, cfg.model_copy(update={"lengths": "fixed"}), workspace_bytes=workspace)
+        lengths = cfg.model_copy(update={"lengths": "variable"}).step_lengths(args.steps, seed=index)
         varying = run_dry(arch, cfg, workspace_bytes=workspace, seq_lens=lengths)
         fixed_device = (fixed.replayed_reserved + CUDA_CONTEXT_BYTES) / GiB
         varying_device = (varying.replayed_reserved + CUDA_CONTEXT_BYTES) / GiB

@@ -191,7 +191,7 @@ class VerifyScreen(ModalScreen[None]):
             off = abs(check.error_percent) > PASS_PERCENT
             lines.append(f"{check.phase:<10} predicted {check.predicted_bytes / GiB:8.3f} GiB · measured "
                          f"{check.measured_bytes / GiB:8.3f} GiB · {check.error_percent:+7.2f}%\n",
-                         style="red" if off else "")
+                         style="dim" if not check.judged else "red" if off else "")
         if report.oom:
             self.outcome = "oom"
             status.update("stopped: out of memory")
