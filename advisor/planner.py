@@ -20,6 +20,7 @@ from .hardware import Hardware
 from .limits import fit_limits
 from .memory import TrainConfig, estimate
 from .memory.config import Lengths
+from .memory.overheads import unpacked_note
 from .memory.estimate import Peaks, peaks
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
@@ -345,6 +346,8 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         warnings.append("parameter offload is the least checked part of the memory model: a published FSDP "
                         "CPU-offload run (benchmarks/public_measurements.py) used ~30 % more GPU memory than "
                         "estimated; run `lora-advisor verify` before a long job")
+    if chosen_estimate.unpacked_cache_bytes:  # what nvidia-smi will read on top, so nobody mistakes it for a leak
+        warnings.append(unpacked_note(chosen_estimate.unpacked_cache_bytes))
     if chosen_estimate.host_ram_bytes:
         chosen.reasons.insert(1, f"offload: needs ~{chosen_estimate.host_ram_bytes / GiB:.0f} GiB of CPU RAM "
                                  f"for the {'parameters and ' if chosen_cfg.offload == 'params' else ''}optimizer states")

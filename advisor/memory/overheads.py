@@ -86,7 +86,8 @@ def unpacked_cache(tensor_peak: int, steady: int) -> int:
 def unpacked_note(cache_bytes: int) -> str:
     return (f"unpacked data (lengths variable): the peak is at the longest batch (seq_len, the cutoff). On a card "
             f"with room nvidia-smi reads more: each batch longer than all before it leaves about "
-            f"{cache_bytes / 2**30:.2f} GiB more cached. The allocator frees that cache when memory runs short "
+            f"{cache_bytes / 2**30:.2f} GiB more cached, up to what the card has. The allocator frees that cache "
+            "when memory runs short "
             "(an H200 capped at this estimate's reserved bytes trained unpacked runs without an OOM), so it does "
             "not change what fits")
 
