@@ -11,8 +11,9 @@ then release_cached_blocks), so the growth need not be memory the job needs.  Th
 estimate's own numbers with torch.cuda.set_per_process_memory_fraction (the allocator then treats the cap
 as the card's size, the same code path as a full card) and trains the same lengths as the verify run, step
 by step: OOM or not, peak reserved, and how many times the allocator had to free its cache and retry
-(memory_stats num_alloc_retries).  Caps: none (the card's whole memory), the estimate's expected reserved bytes at the cutoff (what the
-fixed-shape estimate says the pool needs), and the expected allocated bytes plus 2 % (tighter).
+(memory_stats num_alloc_retries).  Caps: none (the card's whole memory), the estimate's expected reserved
+bytes at the cutoff (what the fixed-shape estimate says the pool needs), and the expected allocated bytes
+plus 2 % (tighter).
 
 `--device cpu` runs the loop without caps (a smoke test of this script on a machine without a GPU).
 """
@@ -50,7 +51,8 @@ def run_case(arch, cfg, steps: int, device: str, cap: int | None) -> dict:
     """Train ``steps`` steps of cfg.step_lengths under a cap on torch's pool (None: no cap)."""
     import torch
 
-    from advisor.verify.build import autocast_dtype, build_on_meta, materialize, prepare_quantization, trainable_parameters
+    from advisor.verify.build import (autocast_dtype, build_on_meta, materialize_random, prepare_quantization,
+                                      trainable_parameters)
     from advisor.verify.step import make_optimizer, train_step
 
     if device == "cuda":
@@ -61,17 +63,11 @@ def run_case(arch, cfg, steps: int, device: str, cap: int | None) -> dict:
     torch.manual_seed(0)
     prepare_quantization(cfg)
     model = build_on_meta(arch, cfg)
-
-    def factory(shape, dtype):
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-        return tensor.normal_(0.0, 0.02) if dtype.is_floating_point else tensor.zero_()
-
     result: dict = {"steps": [], "oom_at": None}
     # memory_stats' counters run for the whole process (reset_peak_memory_stats leaves them): count from here
     retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0) if device == "cuda" else 0
     try:
-        with torch.no_grad():
-            materialize(model, factory, cfg)
+        materialize_random(model, cfg, device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         for step, length in enumerate(cfg.step_lengths(steps), start=1):
             ids = torch.randint(0, arch.vocab_size, (cfg.micro_batch, length), device=device)
@@ -80,9 +76,9 @@ def run_case(arch, cfg, steps: int, device: str, cap: int | None) -> dict:
             row = {"step": step, "seq_len": length}
             if device == "cuda":
                 torch.cuda.synchronize()
-                stats = torch.cuda.memory_stats()
-                row.update(peak_reserved=torch.cuda.max_memory_reserved(), peak_allocated=torch.cuda.max_memory_allocated(),
-                           retries=stats.get("num_alloc_retries", 0) - retries_before)
+                retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries_before
+                row.update(peak_reserved=torch.cuda.max_memory_reserved(),
+                           peak_allocated=torch.cuda.max_memory_allocated(), retries=retries)
             row["seconds"] = time.perf_counter() - started
             result["steps"].append(row)
     except torch.OutOfMemoryError as exc:
@@ -126,7 +122,8 @@ def main() -> int:
             for which in CAPS if args.device == "cuda" else ("none",):
                 cap = cap_bytes(est, which)
                 result = run_case(arch, cfg, args.steps, args.device, cap)
-                log.write(json.dumps({"model": model, "config": fields, "cap": which, "cap_bytes": cap, **result}) + "\n")
+                entry = {"model": model, "config": fields, "cap": which, "cap_bytes": cap, **result}
+                log.write(json.dumps(entry) + "\n")
                 log.flush()
                 rows = result["steps"]
                 peak_res = max((r.get("peak_reserved", 0) for r in rows), default=0) / GiB

@@ -27,7 +27,7 @@ def saved_by_module(model_name: str, method: str, seq_len: int, grad_ckpt: bool,
 
     from advisor.memory import TrainConfig
     from advisor.models import resolve_model
-    from advisor.verify.build import autocast_dtype, build_on_meta, materialize, prepare_quantization
+    from advisor.verify.build import autocast_dtype, build_on_meta, materialize_random, prepare_quantization
 
     arch = resolve_model(model_name).model_copy(update={"num_layers": 2})
     cfg = TrainConfig(method=method, seq_len=seq_len, grad_ckpt=grad_ckpt, attn="sdpa")
@@ -35,12 +35,7 @@ def saved_by_module(model_name: str, method: str, seq_len: int, grad_ckpt: bool,
     prepare_quantization(cfg)
     model = build_on_meta(arch, cfg)
 
-    def factory(shape, dtype):
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-        return tensor.normal_(0.0, 0.02) if dtype.is_floating_point else tensor.zero_()
-
-    with torch.no_grad():
-        materialize(model, factory, cfg)
+    materialize_random(model, cfg, device)
     model.train()
     where: list[str] = ["(outside)"]
     rows: list[dict] = []
@@ -52,8 +47,9 @@ def saved_by_module(model_name: str, method: str, seq_len: int, grad_ckpt: bool,
 
     def pack(tensor):
         if where[-1] != "(outside)" and tensor.is_floating_point():
+            per_token = tensor.numel() * tensor.element_size() / seq_len
             rows.append({"module": where[-1][len(layer0):] or "(layer)", "dtype": str(tensor.dtype).split(".")[-1],
-                         "shape": list(tensor.shape), "bytes_per_token": tensor.numel() * tensor.element_size() / seq_len,
+                         "shape": list(tensor.shape), "bytes_per_token": per_token,
                          "is_parameter": isinstance(tensor, torch.nn.Parameter)})
         return tensor
 

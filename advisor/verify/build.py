@@ -142,6 +142,18 @@ def materialize(model: nn.Module, factory: TensorFactory, cfg: TrainConfig) -> n
     return model
 
 
+def materialize_random(model: nn.Module, cfg: TrainConfig, device: str) -> nn.Module:
+    """Real tensors on ``device`` with random weights (a run measures memory and speed, not learning):
+    normal(0, 0.02) floats, zero integers."""
+
+    def factory(shape, dtype):
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        return tensor.normal_(0.0, 0.02) if dtype.is_floating_point else tensor.zero_()
+
+    with torch.no_grad():
+        return materialize(model, factory, cfg)
+
+
 def _new_param(module: nn.Module, param: torch.Tensor, factory: TensorFactory, cfg: TrainConfig) -> nn.Parameter:
     if param.is_meta and _is_4bit(module) and param is module.weight:
         import bitsandbytes.functional as bnbF

@@ -38,7 +38,7 @@ def _sampler_thread(stop: threading.Event, hz: float) -> threading.Thread:
 def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
     import torch
 
-    from .build import autocast_dtype, build_on_meta, materialize, prepare_quantization, trainable_parameters
+    from .build import autocast_dtype, build_on_meta, materialize_random, prepare_quantization, trainable_parameters
     from .step import make_optimizer, train_step
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -47,17 +47,11 @@ def run_real(arch, cfg, device: str, steps: int, sample_hz: float) -> None:
     torch.manual_seed(0)
     prepare_quantization(cfg)
     model = build_on_meta(arch, cfg)
-
-    def factory(shape, dtype):
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-        return tensor.normal_(0.0, 0.02) if dtype.is_floating_point else tensor.zero_()
-
     stop = threading.Event()
     sampler = _sampler_thread(stop, sample_hz) if device == "cuda" else None
     step = 0
     try:
-        with torch.no_grad():
-            materialize(model, factory, cfg)
+        materialize_random(model, cfg, device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         ids = None
         for step, length in enumerate(cfg.step_lengths(steps), start=1):
