@@ -214,7 +214,8 @@ def add_goal_flags(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     g.add_argument("--lengths", choices=get_args(train_fields.Lengths), default="fixed",
                    help="fixed: every batch at --seq-len (packed data, or padded to it); variable: unpacked data "
                         "padded per batch to its longest sequence (the frameworks' default; --seq-len is the "
-                        "cutoff): the same peak, but the allocator's cache grows, so the range's high end rises")
+                        "cutoff): the same peak and fit; on a card with room the allocator's cache grows, which the "
+                        "estimate reports beside the peak")
     g.add_argument("--image-size", type=_at_most(1 << 15), default=None,
                    help="vision-language models: each sequence has images of this side (pixels); 1 per sample "
                         "unless --images-per-sample; their tokens count inside --seq-len")

@@ -56,8 +56,8 @@ class TrainConfig(BaseModel):
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
     lengths: Lengths = Field("fixed", description="fixed = every batch at seq_len (packed, or padded to it); "
                              "variable = unpacked data padded per batch to its longest sequence (seq_len is the "
-                             "cutoff): the peak is the same at the longest batch, but the allocator caches "
-                             "segments of every size it sees, so reserved memory grows over the first steps.")
+                             "cutoff): the peak is the same at the longest batch, but on a card with room the "
+                             "allocator keeps segments of every size it has seen, so reserved memory grows.")
     images_per_sample: int = Field(0, ge=0, le=1024, description="Images in each sequence (vision-language models); "
                                    "their tokens are counted inside seq_len.")
     image_size: int | None = Field(None, gt=0, le=1 << 15, description="Side of the images in pixels; the processor "

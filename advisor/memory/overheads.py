@@ -72,8 +72,8 @@ def loss_fragmentation(loss_block: int) -> int:
 # a block in a smaller cached segment, so such a step takes a new set of segments and the old ones stay cached:
 # about one step's transient bytes (its peak minus what lives between steps) per new longest batch.  Measured
 # on an H200 (benchmarks/results/gpu-h200-2026-12-04b): Llama-3.2-1B LoRA 6.24 -> 9.18 GiB reserved at the
-# one new longest batch of 12 steps (+2.94; this term: 3.07), Qwen2.5-0.5B +3.48 (3.6), 1B full fine-tuning
-# +2.6 to +2.9 at each of four (4.2).  The allocator frees cached segments that hold no live block when
+# one new longest batch of 12 steps (+2.94; this term: 3.08), Qwen2.5-0.5B +3.48 (3.57); 1B full fine-tuning
+# grew at five of the twelve steps, +1.5 to +2.9 each (this term: 4.6), its gradients taking cached segments.  The allocator frees cached segments that hold no live block when
 # cudaMalloc fails, and retries (c10/cuda/CUDACachingAllocator.cpp malloc: release_available_cached_blocks,
 # then release_cached_blocks): capped at this estimate's reserved bytes, all four unpacked runs on the H200
 # trained without an OOM (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with
