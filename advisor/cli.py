@@ -459,7 +459,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
                      "but quality degrades without RoPE scaling")
     if sel.calibration is not None:
         notes.append(f"calibrated from a real run on {sel.calibration.gpu_name} ({sel.calibration.measured_at})")
-    notes.append("fits = the predicted device peak is at most the usable memory; the planner keeps 10 % of it free")
+    notes.append("fits = the expected device peak is at most the usable memory; the planner also keeps the high end "
+                 "of the estimate's range under it")
     report = LimitsReport(model=ModelInfo(name=arch.name, model_type=arch.model_type, params=est.total_params,
                                           trainable_params=est.trainable_params),
                           config=sel.cfg, gpu=sel.hardware.name, capacity_bytes=sel.capacity_bytes,
