@@ -46,6 +46,19 @@ async def test_longer_sequence_changes_the_breakdown():
         assert after.activation_bytes + after.peak_device_bytes != before
 
 
+async def test_choosing_unpacked_batches_replans_with_the_cache_warning_and_the_same_peak():
+    async with app(model="llama-3.2-1b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        before = pilot.app.report.plan.estimate.peak_device_bytes
+        pilot.app.query_one("#lengths").focus()
+        await pilot.press("enter", "down", "enter")  # open the list, the next choice, take it
+        await settle(pilot)
+        plan = pilot.app.report.plan
+        assert pilot.app.report.goals["lengths"] == "variable" and plan.chosen.config.lengths == "variable"
+        assert plan.estimate.peak_device_bytes == before  # what fits is the fixed shape's
+        assert "unpacked data" in str(pilot.app.query_one("#why-text", Static).render())
+
+
 async def test_selecting_an_alternative_shows_its_breakdown():
     async with app(model="llama-3.1-8b").run_test(size=(120, 40)) as pilot:
         await settle(pilot)

@@ -33,6 +33,8 @@ from .words import FIELD_INPUT, FIELD_LABELS, card_text, config_words, error_tex
 __all__ = ["AdvisorApp", "FIELD_LABELS", "error_text", "make_request"]
 
 GpuBackend = Callable[[], Detection]
+# the data's batch lengths (memory/config.py Lengths), in the words of the form
+BATCH_CHOICES = [("packed/padded", "fixed"), ("unpacked", "variable")]
 
 # the actions of the main screen: off (and out of the footer) while a dialog is in front
 MAIN_ACTIONS = {"rank_sweep", "export", "verify", "focus_gpu", "focus_model", "focus_plan", "help", "cancel_plan"}
@@ -62,7 +64,8 @@ def make_request(base: core.PlanRequest, fields: dict[str, str]) -> core.PlanReq
         raise FormError("empty", "a catalog name (llama-3.1-8b), a hub id (org/name) or a path to config.json",
                         field="model", value="")
     return replace(base, model=model, hardware=core.GpuRequest(gpu=fields["gpu"].strip()), seq_len=numbers["seq_len"],
-                   effective_batch=numbers["effective_batch"], method=fields["method"], prefer=fields["prefer"])
+                   effective_batch=numbers["effective_batch"], method=fields["method"], prefer=fields["prefer"],
+                   lengths=fields.get("lengths", base.lengths))
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -179,6 +182,9 @@ class AdvisorApp(App):
                 yield Select([(p, p) for p in core.PREFER_CHOICES], value=req.prefer, allow_blank=False, id="prefer",
                              compact=True)
                 yield Static("", id="prefer-error", classes="field-error")
+                yield Label("Batches", classes="field")
+                yield Select(BATCH_CHOICES, value=req.lengths, allow_blank=False, id="lengths", compact=True)
+                yield Static("", id="lengths-error", classes="field-error")
         with Vertical(id="right"):
             with Vertical(classes="panel", id="plan"):
                 yield Static("detecting GPUs ...", id="plan-summary")
@@ -310,12 +316,13 @@ class AdvisorApp(App):
     # ---- the form ------------------------------------------------------------------------------------
     # only the main screen's fields: a dialog's own inputs (the export path and format) must not re-plan
     @on(Input.Submitted, "#model, #gpu, #seq_len, #effective_batch")
-    @on(Select.Changed, "#method, #prefer")
+    @on(Select.Changed, "#method, #prefer, #lengths")
     def form_changed(self, event) -> None:
         if self.detection is None:  # still starting: the first plan follows detection
             return
         fields = {name: self.main.query_one(f"#{name}", Input).value for name in ("model", "gpu", "seq_len", "effective_batch")}
-        fields.update({name: str(self.main.query_one(f"#{name}", Select).value) for name in ("method", "prefer")})
+        fields.update({name: str(self.main.query_one(f"#{name}", Select).value)
+                       for name in ("method", "prefer", "lengths")})
         try:
             request = make_request(self.request, fields)
         except FormError as err:

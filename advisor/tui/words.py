@@ -12,12 +12,12 @@ from ..words import METHOD_WORDS, OPTIMIZER_WORDS, config_words  # noqa: F401 (r
 
 # How this front end names a request field in an error (the CLI names its flag).
 FIELD_LABELS = {"model": "Model", "gpu": "GPU", "vram": "GPU", "gpus": "GPU count", "seq_len": "Sequence length",
-                "effective_batch": "Effective batch", "method": "Method", "prefer": "Preference", "format": "Format",
+                "effective_batch": "Effective batch", "method": "Method", "prefer": "Preference", "lengths": "Batches", "format": "Format",
                 "output": "Export path", "option": "Option", "rules": "Rules"}
 
 # The main screen's input that an error about a request field belongs next to.
 FIELD_INPUT = {"model": "model", "gpu": "gpu", "vram": "gpu", "gpus": "gpu", "seq_len": "seq_len",
-               "effective_batch": "effective_batch", "method": "method", "prefer": "prefer"}
+               "effective_batch": "effective_batch", "method": "method", "prefer": "prefer", "lengths": "lengths"}
 
 def error_text(err: AdvisorError) -> tuple[str, str]:
     """(message, hint) worded for this screen: the field's label, never a command-line flag."""

@@ -36,7 +36,8 @@ class ErrorModal(ModalScreen[None]):
 HELP = """\
 [b]lora-advisor[/b]: the fine-tuning setup that fits your GPU, and why.
 
-The fields on the left apply when you press [b]Enter[/b] in them (Method and Prefer apply when picked).
+The fields on the left apply when you press [b]Enter[/b] in them (Method, Prefer and Batches apply when picked;
+Batches: packed or padded to the length, or unpacked data of varying length).
 The Alternatives list previews an option as the cursor moves; [b]Enter[/b] adopts it (marked ▶):
 Export, Verify and the rank sweep use the adopted option.
 
