@@ -71,7 +71,17 @@ def main() -> int:
     parser.add_argument("--grad-ckpt", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = saved_by_module(args.model, args.method, args.seq_len, args.grad_ckpt, args.device)
+    if args.seq_len < 1:
+        print(f"error: --seq-len {args.seq_len} (hint: a whole number of tokens, 1 or more)", file=sys.stderr)
+        return 2
+    from advisor.errors import AdvisorError
+
+    try:
+        rows = saved_by_module(args.model, args.method, args.seq_len, args.grad_ckpt, args.device)
+    except AdvisorError as err:
+        print(f"error: {err.message} (hint: {err.hint})", file=sys.stderr)
+        return 2
+
     per_token = sum(r["bytes_per_token"] for r in rows if not r["is_parameter"])
     for row in rows:
         print(f"{row['module']:40s} {row['dtype']:9s} {str(row['shape']):22s} {row['bytes_per_token']:10.0f}"
