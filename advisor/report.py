@@ -160,17 +160,21 @@ class PhaseCheck(BaseModel):
     not_judged_because: str | None = None
 
 
-# Checks shown but not judged, and why: a dry run's reserved level is the allocator replay, which checks the
-# estimate's fragmentation term rather than the oracle's tensors; with unpacked data (lengths variable) a real
-# run's reserved and device levels include the cache each new longest batch leaves on a card with room, which
-# the allocator frees when memory runs short (memory/overheads.py unpacked_cache)
-NOT_JUDGED = {
-    ("dry", "reserved"): "the allocator replay, against the estimate's fragmentation term",
-    ("unpacked", "reserved"): "unpacked data: the cache each new longest batch leaves on a card with room",
-    ("unpacked", "device"): "unpacked data: the cache each new longest batch leaves on a card with room",
-    ("unpacked-dry", "reserved"): "the allocator replay of unpacked batches: with the cache a new longest batch "
-                                  "leaves on a card with room",
-}
+UNPACKED_CACHE = "the cache each new longest batch of unpacked data leaves on a card with room"
+
+
+def not_judged_because(mode: str, cfg: TrainConfig, phase: str) -> str | None:
+    """Why a check is shown but not judged (None: it is judged).  A dry run's reserved level is the allocator
+    replay, which checks the estimate's fragmentation term rather than the oracle's tensors; with unpacked data
+    (lengths variable) a real run's reserved and device levels hold the cache each new longest batch leaves,
+    which the allocator frees when memory runs short (memory/overheads.py unpacked_cache)."""
+    unpacked = cfg.lengths == "variable"
+    if mode == "dry":
+        if phase != "reserved":
+            return None
+        return "the allocator replay, with " + UNPACKED_CACHE if unpacked else \
+            "the allocator replay, against the estimate's fragmentation term"
+    return UNPACKED_CACHE if unpacked and phase in ("reserved", "device") else None
 
 
 class VerifyReport(BaseModel):
@@ -231,9 +235,7 @@ class VerifyReport(BaseModel):
             if report.peak_device_sample_bytes:
                 report.checks.append(_check("device", predicted.peak_device_bytes, report.peak_device_sample_bytes))
         for check in report.checks:
-            unpacked = cfg.lengths == "variable"
-            kind = ("unpacked-dry" if unpacked else "dry") if mode == "dry" else "unpacked" if unpacked else mode
-            why = NOT_JUDGED.get((kind, check.phase))
+            why = not_judged_because(mode, cfg, check.phase)
             if why:
                 check.judged, check.not_judged_because = False, why
         return report

@@ -73,11 +73,12 @@ def loss_fragmentation(loss_block: int) -> int:
 # about one step's transient bytes (its peak minus what lives between steps) per new longest batch.  Measured
 # on an H200 (benchmarks/results/gpu-h200-2026-12-04b): Llama-3.2-1B LoRA 6.24 -> 9.18 GiB reserved at the
 # one new longest batch of 12 steps (+2.94; this term: 3.08), Qwen2.5-0.5B +3.48 (3.57); 1B full fine-tuning
-# grew at five of the twelve steps, +1.5 to +2.9 each (this term: 4.6), its gradients taking cached segments.  The allocator frees cached segments that hold no live block when
-# cudaMalloc fails, and retries (c10/cuda/CUDACachingAllocator.cpp malloc: release_available_cached_blocks,
-# then release_cached_blocks): capped at this estimate's reserved bytes, all four unpacked runs on the H200
-# trained without an OOM (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with
-# room, not memory the job needs: reported beside the peak, not in it.
+# grew at five of the twelve steps, +1.5 to +2.9 each (this term: 4.6), its gradients taking cached segments.
+# The allocator frees cached segments that hold no live block when cudaMalloc fails, and retries
+# (c10/cuda/CUDACachingAllocator.cpp malloc: release_available_cached_blocks, then release_cached_blocks):
+# capped at this estimate's reserved bytes, all four unpacked runs on the H200 trained without an OOM
+# (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with room, not memory the job
+# needs: reported beside the peak, not in it.
 def unpacked_cache(tensor_peak: int, steady: int) -> int:
     """Bytes each new longest batch of unpacked data leaves cached on a card with room."""
     return max(0, tensor_peak - steady)
@@ -87,9 +88,8 @@ def unpacked_note(cache_bytes: int) -> str:
     return (f"unpacked data (lengths variable): the peak is at the longest batch (seq_len, the cutoff). On a card "
             f"with room nvidia-smi reads more: each batch longer than all before it leaves about "
             f"{cache_bytes / 2**30:.2f} GiB more cached, up to what the card has. The allocator frees that cache "
-            "when memory runs short "
-            "(an H200 capped at this estimate's reserved bytes trained unpacked runs without an OOM), so it does "
-            "not change what fits")
+            "when memory runs short (an H200 capped at this estimate's reserved bytes trained unpacked runs without "
+            "an OOM), so it does not change what fits")
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,8 @@ def tokens_per_s_ratio(report, arch, gpu_name: str | None) -> float | None:
 def point_from_report(report, arch, environment: dict) -> CalibrationPoint | None:
     """A point from a real CUDA verify report (None when it measured nothing usable)."""
     checks = {c.phase: c for c in report.checks}
-    if "allocated" not in checks or "reserved" not in checks or report.config.lengths == "variable":
-        return None  # unpacked data's reserved level holds the cache of its changing shapes, not the allocator ratio
+    if "allocated" not in checks or "reserved" not in checks or not checks["reserved"].judged:
+        return None  # a reserved level the verdict does not judge (unpacked data's cache) is no allocator ratio
     allocated = checks["allocated"]
     reserved = checks["reserved"]
     context = None

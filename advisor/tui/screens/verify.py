@@ -207,7 +207,7 @@ class VerifyScreen(ModalScreen[None]):
         else:
             self.query_one(ProgressBar).update(progress=self.query_one(ProgressBar).total)
             # the verdict judges what the estimate predicts; a check that measures something else (a dry run's
-            # allocator replay, the cache of unpacked data: report.NOT_JUDGED) is shown with why it is not judged
+            # allocator replay, the cache of unpacked data: report.not_judged_because) is shown with why
             worst = max((abs(c.error_percent) for c in report.checks if c.judged), default=None)
             for check in report.checks:
                 if not check.judged and abs(check.error_percent) > PASS_PERCENT:
