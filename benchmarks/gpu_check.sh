@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All GPU checks in one run (under 10 minutes): the GPUs as lora-advisor sees them, the CUDA context stage by
 # stage (gpu_context.py), and the verification matrix, predicted vs measured (gpu_matrix.py).
-# Usage: benchmarks/gpu_check.sh OUT_DIR [--dry-run]      (GPU_CHECK_BUDGET_S: start no case after it, 360)
+# Usage: benchmarks/gpu_check.sh OUT_DIR [--dry-run]      (GPU_CHECK_BUDGET_S: start no case after it, 360;
+#        GPU_CHECK_TRACE=1: record allocations, benchmarks/memory_trace.py)
 #
 # The device machines have torch, transformers, peft, accelerate, pyyaml and nvidia-ml-py but no network;
 # carry the rest as wheels in .whl/ (see the device tool's README): pydantic, pydantic-core, annotated-types,
@@ -38,5 +39,7 @@ if [[ $dry == 0 && "${GPU_CHECK_CONTEXT:-1}" == 1 ]]; then  # GPU_CHECK_CONTEXT=
 fi
 configs=()
 [[ -d .gpumodels ]] && configs=(--hf-configs .gpumodels)
-python3 benchmarks/gpu_matrix.py --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-360}" "${configs[@]}" "$@" 2>&1 \
+trace=()
+[[ "${GPU_CHECK_TRACE:-0}" == 1 ]] && trace=(--trace)  # GPU_CHECK_TRACE=1: each case's live set at its peak
+python3 benchmarks/gpu_matrix.py --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-360}" "${configs[@]}" "${trace[@]}" "$@" 2>&1 \
   | tee "$out/matrix.log"

@@ -49,7 +49,22 @@ MEASURED = [
     ("job", "llama-3.2-1b", [*FULL, CKPT, "--seq-len", "512"]),
 ]
 VARIABLE = ["--lengths", "variable", "--steps", "12"]
+# The real stacks on one GPU (DeepSpeed ZeRO 2 and 3, FSDP2 through accelerate): what each adds beyond the step,
+# against the estimate's stack terms (memory/sharding.py), which no oracle traces.  Exported job only: the bare
+# step has no stack.  Run first on 2026-12-04 (third lease).
+STACKS = [
+    ("job", "qwen2.5-0.5b", [*FULL, CKPT, "--seq-len", "1024", "--zero", "2"]),
+    ("job", "llama-3.2-1b", [*LORA, CKPT, "--seq-len", "512", "--zero", "2"]),
+    ("job", "llama-3.2-1b", [*FULL, CKPT, "--seq-len", "512", "--zero", "3"]),
+    # not a stack: the one fixed-shape case that read 9 % below the estimate (and below the CPU oracle) on the
+    # second lease; with --trace its live set at the peak says what the oracle counts that CUDA does not
+    ("step", "llama-3.2-3b", [*QLORA, NO_CKPT, "--seq-len", "1024"]),
+    ("job", "llama-3.2-1b", [*FULL, CKPT, "--seq-len", "512", "--fsdp", "--master-weights"]),
+    ("job", "llama-3.2-1b", [*LORA, CKPT, "--seq-len", "512", "--fsdp"]),
+    ("job", "qwen2.5-0.5b", [*LORA, CKPT, "--seq-len", "256", "--zero", "2"]),
+]
 CASES: list[tuple[str, str, list[str]]] = [
+    *STACKS,
     ("step", "llama-3.2-1b", [*LORA, CKPT, "--seq-len", "2048", *VARIABLE]),
     ("step", "qwen2.5-0.5b", [*LORA, CKPT, "--seq-len", "2048", *VARIABLE]),
     ("step", "llama-3.2-1b", [*QLORA, CKPT, "--seq-len", "512"]),
@@ -103,6 +118,31 @@ def seed_hub_cache(configs: Path, hub_cache: Path) -> list[str]:
     return seeded
 
 
+def traced_env(env: dict, index: int) -> tuple[dict, Path]:
+    """The case's environment with allocation tracing on (benchmarks/trace_site): each training process writes
+    its analysis to a folder of its own outside --out, whose files come back from the device machine in a
+    fixed, small number."""
+    trace_dir = Path(env.get("TMPDIR", "/tmp")) / "lora-advisor-traces" / f"case-{index}"
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    path = os.pathsep.join(filter(None, [str(ROOT / "benchmarks" / "trace_site"), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "LORA_ADVISOR_TRACE_DIR": str(trace_dir)}, trace_dir
+
+
+def read_traces(trace_dir: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(trace_dir.glob("trace-*.json"))]
+
+
+def trace_summary(trace: dict, sites: int = 10) -> str:
+    if "error" in trace:
+        return f"  trace: {trace['error']}"
+    lines = [f"  trace: peak {trace['peak_allocated_bytes'] / 2**30:.3f} GiB allocated "
+             f"(torch: {trace.get('torch_peak_allocated_bytes', 0) / 2**30:.3f}), {trace['live_blocks_at_peak']} "
+             f"blocks live, {trace['events']} events{'' if trace['complete'] else ' (wrapped)'}; made by "
+             + " < ".join(trace["peak_made_by"][:2])]
+    lines += [f"    {row['bytes'] / 2**20:9.1f} MiB {row['blocks']:5d}x {row['site']}" for row in trace["by_site"][:sites]]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -111,6 +151,8 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="run only the first N cases")
     parser.add_argument("--hf-configs", type=Path, help="folder of <Model>/config.json for an offline hub cache")
+    parser.add_argument("--trace", action="store_true",
+                        help="record each case's CUDA allocations; its live set at the peak goes in results.jsonl")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -137,16 +179,19 @@ def main() -> int:
                 flags = flags[:flags.index("--steps")] + flags[flags.index("--steps") + 2:]
             cmd = [sys.executable, "-m", "advisor", "verify", "--json", "--no-calibration", "--model", model, *flags, *mode]
             case_started = time.perf_counter()
+            case_env, trace_dir = traced_env(env, index) if args.trace else (env, None)
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CASE_TIMEOUT_S, env=env)
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
+                                      env=case_env)
                 report = json.loads(proc.stdout)
             except subprocess.TimeoutExpired:
                 report = {"error": f"timed out after {CASE_TIMEOUT_S} s"}
             except json.JSONDecodeError:
                 report = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
             seconds = time.perf_counter() - case_started
+            traces = read_traces(trace_dir) if trace_dir else []
             log.write(json.dumps({"runner": runner, "model": model, "flags": flags, "seconds": seconds,
-                                  "report": report}) + "\n")
+                                  "report": report, "traces": traces}) + "\n")
             log.flush()
             done += 1
             label = " ".join(flags)
@@ -159,6 +204,8 @@ def main() -> int:
             if report.get("error"):
                 rows.append(f"| {runner} | {model} | {label} | error: {report['error']} {report.get('hint') or ''} | | | |")
             print(f"[{time.perf_counter() - started:5.0f} s, case {seconds:4.0f} s]", *rows[-3:], sep="\n", flush=True)
+            for trace in traces:
+                print(trace_summary(trace), flush=True)
     header = (f"# GPU check: predicted vs measured\n\nDate: {dt.datetime.now().isoformat(timespec='minutes')}; "
               f"{'dry run (fake tensors)' if args.dry_run else 'real CUDA runs'}; {done} cases run, {skipped} not "
               f"started (budget or --limit); {time.perf_counter() - started:.0f} s.\n\n")
