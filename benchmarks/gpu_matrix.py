@@ -150,6 +150,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="run only the first N cases")
+    parser.add_argument("--cases", type=lambda text: [int(i) for i in text.split(",")], default=None,
+                        help="run only these cases, in this order (indices into CASES, e.g. 2,0)")
     parser.add_argument("--hf-configs", type=Path, help="folder of <Model>/config.json for an offline hub cache")
     parser.add_argument("--trace", action="store_true",
                         help="record each case's CUDA allocations; its live set at the peak goes in results.jsonl")
@@ -168,8 +170,13 @@ def main() -> int:
             "|---|---|---|---|---:|---:|---:|"]
     done = skipped = 0
     with open(args.out / "results.jsonl", "w") as log:
-        for index, (runner, model, flags) in enumerate(CASES):
-            if (args.limit and index >= args.limit) or time.perf_counter() - started > args.budget_s:
+        order = args.cases if args.cases is not None else range(len(CASES))
+        if any(not 0 <= index < len(CASES) for index in order):
+            print(f"error: --cases takes indices from 0 to {len(CASES) - 1}", file=sys.stderr)
+            return 2
+        for position, index in enumerate(order):
+            runner, model, flags = CASES[index]
+            if (args.limit and position >= args.limit) or time.perf_counter() - started > args.budget_s:
                 skipped += 1
                 continue
             flags = case_flags(flags)

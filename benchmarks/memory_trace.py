@@ -30,6 +30,8 @@ from collections import defaultdict
 from pathlib import Path
 
 TRACE_DIR_ENV = "LORA_ADVISOR_TRACE_DIR"
+EVENTS_ENV = "LORA_ADVISOR_TRACE_EVENTS"  # set: the analysis also carries every alloc / free, to replay here
+EVENT_CODES = {"alloc": "a", "free_completed": "f", "segment_alloc": "s", "segment_free": "S"}
 TRAINING_SCRIPT, TRAINING_MODULE = "train.py", "advisor.verify.worker"
 MAX_ENTRIES = 2_000_000  # events kept; a 4-step run of a 3B model makes well under a million
 # Frames are attributed to the first of these (innermost first) that they pass through: the stack's own code
@@ -69,7 +71,10 @@ def _write(directory: Path) -> None:
     import torch
 
     try:
-        result = analyze(torch.cuda.memory._snapshot())
+        snapshot = torch.cuda.memory._snapshot()
+        result = analyze(snapshot)
+        if os.environ.get(EVENTS_ENV):
+            result["events_compact"] = compact_events(snapshot)
         result["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
         result["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
     except Exception as exc:  # a diagnostic must never turn a finished run into a failed one
@@ -98,6 +103,15 @@ def _frame_text(frame: dict) -> str:
         if marker in name:
             name = name.split(marker, 1)[1]
     return f"{name}:{frame.get('line')} {frame.get('name')}"
+
+
+def compact_events(snapshot: dict, device: int = 0) -> list[list]:
+    """The trace without its frames: [code, addr, size] per alloc ("a"), free ("f"), segment alloc ("s") and
+    segment free ("S"), in order; what advisor.memory.allocator replays."""
+    traces = snapshot.get("device_traces") or []
+    trace = traces[device] if device < len(traces) else []
+    return [[EVENT_CODES[event["action"]], event["addr"], event["size"]]
+            for event in trace if event.get("action") in EVENT_CODES]
 
 
 def analyze(snapshot: dict, device: int = 0) -> dict:

@@ -217,6 +217,38 @@ def test_no_gpu_is_an_error_event_not_a_crash(tiny_dir, tmp_path):
     assert "train.py --synthetic" in events[-1]["hint"]
 
 
+def test_a_failed_launch_names_the_trainings_exception_not_torchruns_banner(tiny_dir, tmp_path):
+    """Under accelerate launch (torchrun) a failed job's stderr ends with a banner of '=' and a summary that
+    only says the child failed; the error event carries the exception the training process raised."""
+    pytest.importorskip("accelerate")
+    out = export(tiny_dir, tmp_path / "ddp", gpus=2, micro_batch=1)
+    (out / "train.py").write_text("import sys\nraise ValueError('the real reason, from rank ' + '0')\n")
+    events = list(ExportedRun(out, gpus=2, steps=1, extra=("--cpu",)).events())
+    assert events[-1]["event"] == "error", events[-1]
+    assert events[-1]["message"].endswith("exited with code 1: ValueError: the real reason, from rank 0")
+
+
+def test_the_failure_line_of_a_torchrun_transcript():
+    from advisor.verify.launch import failure_line
+
+    transcript = """[rank0]: Traceback (most recent call last):
+[rank0]:   File "train.py", line 9, in <module>
+[rank0]: deepspeed.runtime.zero.utils.ZeRORuntimeException: stage 3 needs a supported optimizer
+E1204 17:20:01.123000 99 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) local_rank: 0
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+train.py FAILED
+------------------------------------------------------------
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+""".splitlines(keepends=True)
+    assert failure_line(transcript) == ("deepspeed.runtime.zero.utils.ZeRORuntimeException: stage 3 needs a "
+                                        "supported optimizer")
+    assert failure_line(["====\n", "killed by the kernel\n", "----\n"]) == "killed by the kernel"
+    assert failure_line(["\n", "=====\n"]) == "no output"
+
+
 def test_verify_launcher_imports_no_torch():
     code = "import sys, advisor.verify.launch; assert 'torch' not in sys.modules"
     assert run(["-c", code], cwd=ROOT).returncode == 0

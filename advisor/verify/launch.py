@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,8 +129,8 @@ class ExportedRun:
             message = oom["message"] if oom else _oom_line(stderr)
             return {"event": "oom", "step": (oom or {}).get("step", steps + 1), "message": message}
         if code != 0:
-            last = [line.strip() for line in self._stderr if line.strip()][-1:] or ["no output"]
-            return {"event": "error", "message": f"the exported {SCRIPT} exited with code {code}: {last[0]}",
+            return {"event": "error",
+                    "message": f"the exported {SCRIPT} exited with code {code}: {failure_line(self._stderr)}",
                     "hint": f"run it yourself in {self.directory}: {' '.join(self.command)}"}
         return {"event": "result", "mode": self.device, "steps": steps, "environment": _environment()}
 
@@ -182,6 +183,25 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:  # already gone
         pass
+
+
+# A Python exception as the job's stderr shows it: "ValueError: ...", or under torchrun "[rank0]: ValueError: ..."
+_EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b:?.*)$")
+# torchrun's summary after a child failed names its own error, not the child's
+_LAUNCHER_ERRORS = ("ChildFailedError", "torch.distributed.elastic")
+
+
+def failure_line(stderr_lines: list[str]) -> str:
+    """The line that says why the job failed: the last exception the training process raised (the prefix
+    torchrun adds removed), else the last line with words in it.  accelerate and torchrun end a failed job
+    with a banner of '=' and a summary that only says the child failed."""
+    lines = [line.strip() for line in stderr_lines if line.strip()]
+    for line in reversed(lines):
+        match = _EXCEPTION.match(line)
+        if match and not any(name in line for name in _LAUNCHER_ERRORS):
+            return match.group(1)
+    worded = [line for line in lines if re.search(r"[A-Za-z]{3}", line)]
+    return worded[-1] if worded else "no output"
 
 
 def _oom_line(stderr: str) -> str:
