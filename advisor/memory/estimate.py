@@ -10,7 +10,7 @@ step) and takes the largest live total in each phase.  All sizes are per GPU.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..hardware import Hardware
 from ..models.arch import ModelArch
@@ -18,7 +18,8 @@ from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_
                           layer_saved, layer_transients)
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
-from .overheads import device_range, overheads, unchecked_part, unpacked_cache, unpacked_note
+from .overheads import (device_range, nccl_communicators, overheads, unchecked_part, unpacked_cache, unpacked_note,
+                        zero_first_step_cache)
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
@@ -170,8 +171,16 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     paged = gpu.states if cfg.optimizer == "paged_adamw_8bit" else 0
     # the standard loss's fp32 tokens x vocabulary blocks fragment the allocator's cache (overheads.py)
     loss_block = rounded(T * arch.vocab_size * FP32) if cfg.loss != "chunked" else 0
-    over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged, loss_block)
+    communicators = nccl_communicators(cfg.gpus, cfg.zero, cfg.fsdp)
+    over = overheads(tensor_peak, cfg.gpus, hardware.compute_capability if hardware else None, paged, loss_block,
+                     communicators)
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
+    first_step_cache = 0
+    if cfg.zero in (1, 2) and cfg.precision != "fp32" and cfg.offload == "none" and pb.trainable_params:
+        first_step_cache = zero_first_step_cache(backward, steady + gpu.grads, 4 * pb.trainable_params // cfg.gpus,
+                                                 loss_block)
+        if optimizer + over.workspace + first_step_cache > allocated + over.fragmentation:
+            over = replace(over, fragmentation=optimizer + over.workspace + first_step_cache - allocated)
     reserved = allocated + over.fragmentation
     device = reserved + over.context + over.outside_torch
     calibrated = calibrated_context = None
@@ -186,7 +195,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                       f"reserved/allocated {calibration.reserved_over_allocated:.3f}")
 
     span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch),
-                        cfg.offload == "params", calibrated_context, loss_block, cfg.method == "full")
+                        cfg.offload == "params", calibrated_context, loss_block, cfg.method == "full", communicators,
+                        first_step_cache)
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
                      optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,
@@ -362,7 +372,8 @@ def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_
         Component(name="allocator_fragmentation", label="allocator fragmentation", bytes=over.fragmentation,
                   formula="max(5% of allocated, the cached segments of the loss's fp32 blocks); default allocator"),
         Component(name="cuda_context", label="CUDA context + outside torch", bytes=over.context + over.outside_torch,
-                  formula="768 MiB context (+1 GiB NCCL with several GPUs, + paged optimizer states)"),
+                  formula="768 MiB context (+ NCCL: 556 MiB for the first communicator on one GPU, 1 GiB with "
+                          "several, 390 MiB each further one; + paged optimizer states)"),
     ]
 
 

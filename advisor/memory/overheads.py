@@ -35,9 +35,35 @@ FRAGMENTATION = 0.05
 # non-PyTorch memory of a training process is 0.8-1 GiB.  Measured on an H200 (torch 2.11 + CUDA 13.0,
 # driver 580; benchmarks/results/gpu-h200-2026-12-04): 619 MiB at the first tensor, 767 MiB once cuBLAS,
 # SDPA and AdamW kernels are loaded, and 767 MiB (device minus reserved) in three training runs.
-# Multi-GPU jobs add NCCL (0.5-1.6 GB reported).
 CUDA_CONTEXT_BYTES = 768 * MiB
+
+# NCCL communicators hold device memory outside PyTorch's allocator (their buffers, and NCCL's kernels load with
+# the first).  A stack that starts a process group pays for them on one GPU too: FSDP and DeepSpeed do.
+# Measured on the H200 (benchmarks/gpu_context.py --distributed, results/gpu-h200-2026-12-04c): the first
+# communicator (init_process_group with device_id) 556 MiB, a second (new_group + a collective) 390 MiB, at
+# world size 1.  The exported jobs agree: FSDP2 through accelerate (one communicator) held 545 MiB more than the
+# same job without it, DeepSpeed 926 MiB more: its engine runs its collectives on a clone of the world group
+# (deepspeed/utils/groups.py _clone_world_group, "dist.get_global_rank() does not work on dist.group.WORLD";
+# runtime/engine.py: self.data_parallel_group = groups._get_data_parallel_group()), a second communicator.
+# Several GPUs add per-peer buffers: 0.5-1.6 GB reported for one communicator, 1 GiB expected.
+NCCL_FIRST_COMMUNICATOR_BYTES = 556 * MiB
+NCCL_MORE_COMMUNICATOR_BYTES = 390 * MiB
 NCCL_BYTES = 1024 * MiB
+
+
+def nccl_communicators(gpus: int, zero: int, fsdp: bool) -> int:
+    """NCCL communicators a rank holds: DeepSpeed two (the world group and its clone), FSDP and DDP one."""
+    if zero:
+        return 2
+    return 1 if fsdp or gpus > 1 else 0
+
+
+def nccl_bytes(gpus: int, communicators: int) -> int:
+    """What the communicators hold on one GPU, outside PyTorch's allocator."""
+    if not communicators:
+        return 0
+    first = NCCL_BYTES if gpus > 1 else NCCL_FIRST_COMMUNICATOR_BYTES
+    return first + (communicators - 1) * NCCL_MORE_COMMUNICATOR_BYTES
 
 
 # The loss's vocabulary-sized blocks fragment the cache beyond the flat share (allocator replay,
@@ -79,6 +105,32 @@ def loss_fragmentation(loss_block: int) -> int:
 # capped at this estimate's reserved bytes, all four unpacked runs on the H200 trained without an OOM
 # (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with room, not memory the job
 # needs: reported beside the peak, not in it.
+# ---- DeepSpeed ZeRO-1/2's flat optimizer partitions -----------------------------------------------------
+# With bf16/fp16 the ZeRO optimizer steps on flat fp32 partitions, one tensor each (stage_1_and_2.py: the master
+# single_partition_of_fp32_groups, the fp32 gradient partition get_flat_partition(...) makes in step(), and the
+# torch optimizer's exp_avg / exp_avg_sq and foreach temporaries over that one flat param).  The optimizer's
+# states are made at the first step, after the first forward and backward.  A block that large fits none of
+# the segments the forward and backward left cached (activations, the loss's vocabulary blocks), so those
+# segments stay reserved beside the step's new ones: at the optimizer's peak, reserved minus allocated is the
+# first step's cache.  On the H200 (Qwen2.5-0.5B full FT, ZeRO-2, 1024 tokens; results/gpu-h200-2026-12-04c)
+# allocated was 3.745 GiB after the first backward and 6.119 reserved; the step added four 1.84 GiB flat blocks
+# on new segments; reserved peaked at 13.486 with 11.106 allocated.  The allocator replay of that run's own
+# trace (alloc/free events recorded on the card, DeepSpeed's one empty_cache() at start-up honoured) reads
+# 13.580.  The first step's cache here is the backward's transient plus its fragmentation, from the terms
+# above; the measured cache was 1.56 x that (the range's high end takes it).
+ZERO_FIRST_STEP_CACHE_HIGH = 1.6
+
+
+def zero_first_step_cache(backward: int, after_backward: int, flat_partition: int, loss_block: int) -> int:
+    """The cache the first forward and backward leave (``backward``: the phase's tensor peak;
+    ``after_backward``: what stays allocated when it ends) when DeepSpeed's flat fp32 partitions
+    (``flat_partition`` bytes each) fit none of its segments; 0 when they fit the loss's segments."""
+    if flat_partition <= loss_block:
+        return 0
+    transient = max(0, backward - after_backward)
+    return transient + max(int(backward * FRAGMENTATION), loss_fragmentation(loss_block))
+
+
 def unpacked_cache(tensor_peak: int, steady: int) -> int:
     """Bytes each new longest batch of unpacked data leaves cached on a card with room."""
     return max(0, tensor_peak - steady)
@@ -107,11 +159,14 @@ def cublas_workspace_bytes(compute_capability: tuple[int, int] | None) -> int:
 
 
 def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] | None,
-              paged_bytes: int = 0, loss_block: int = 0) -> Overheads:
-    """``loss_block``: one fp32 tokens x vocabulary block of the standard loss (0 for a chunked loss)."""
+              paged_bytes: int = 0, loss_block: int = 0, communicators: int | None = None) -> Overheads:
+    """``loss_block``: one fp32 tokens x vocabulary block of the standard loss (0 for a chunked loss);
+    ``communicators``: NCCL communicators per rank (nccl_communicators; None: one when gpus > 1)."""
     workspace = CUBLAS_WORKSPACES_PER_STEP * cublas_workspace_bytes(compute_capability)
     fragmentation = max(int((tensor_peak + workspace) * FRAGMENTATION), loss_fragmentation(loss_block))
-    outside = paged_bytes + (NCCL_BYTES if gpus > 1 else 0)
+    if communicators is None:
+        communicators = int(gpus > 1)
+    outside = paged_bytes + nccl_bytes(gpus, communicators)
     return Overheads(workspace, fragmentation, CUDA_CONTEXT_BYTES, outside)
 
 
@@ -126,7 +181,9 @@ def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] |
 #    reported for steady training, so 1 % to 10 % around the expected 5 %.
 #  - CUDA context and the kernels lazy loading brings in: ~250-450 MiB at first use, 0.8-1 GiB of
 #    non-PyTorch memory measured in training processes: 384 MiB to 1.25 GiB around 768 MiB.
-#  - NCCL with several GPUs: 0.5-1.6 GB reported around the expected 1 GiB.
+#  - NCCL with several GPUs: 0.5-1.6 GB reported around the expected 1 GiB for the first communicator.  On one
+#    GPU the communicators were measured (above): their spread is the context's, -30 % / +60 % (another GPU,
+#    driver or NCCL loads other kernels).
 # A calibration point from a real run on this GPU replaces the context and allocator terms by what was
 # measured, so their spread shrinks to what one run tells of the next.
 TENSOR_SPREAD = 0.01
@@ -135,6 +192,7 @@ OFFLOADED_PARAMS_HIGH = 0.35
 FRAGMENTATION_LOW, FRAGMENTATION_HIGH = 0.01, 0.10
 CONTEXT_LOW, CONTEXT_HIGH = 384 * MiB, 1280 * MiB
 NCCL_LOW, NCCL_HIGH = 512 * MiB, 1600 * 1000**2
+NCCL_ONE_GPU_LOW, NCCL_ONE_GPU_HIGH = 0.7, 1.6
 CALIBRATED_FRAGMENTATION, CALIBRATED_CONTEXT = 0.02, 64 * MiB
 
 
@@ -149,7 +207,8 @@ class DeviceRange:
 
 def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, unchecked: str | None,
                  offloaded_params: bool, calibrated_context: int | None = None, loss_block: int = 0,
-                 states_after_loss: bool = False) -> DeviceRange:
+                 states_after_loss: bool = False, communicators: int | None = None,
+                 first_step_cache: int = 0) -> DeviceRange:
     """Low and high device peak around the expected one.  ``unchecked`` names the part of the config the
     oracle cannot trace (None when it traces all of it); ``calibrated_context``: the context a real run on
     this GPU measured (its allocator ratio is already in ``tensor_peak``); ``loss_block`` as in overheads():
@@ -167,15 +226,23 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
         loss_high = loss_fragmentation(loss_block) + int(states_after_loss * FULL_FT_LOSS_BLOCKS_HIGH * loss_block)
         high = high_tensors + max(int(high_tensors * FRAGMENTATION_HIGH),
                                   loss_high + int(high_tensors * FRAGMENTATION)) + CONTEXT_HIGH
+    if first_step_cache:  # DeepSpeed's flat partitions beside the first step's cache (zero_first_step_cache)
+        low, high = low + first_step_cache // 2, high + int(first_step_cache * ZERO_FIRST_STEP_CACHE_HIGH)
+    if communicators is None:
+        communicators = int(gpus > 1)
+    more = (communicators - 1) * NCCL_MORE_COMMUNICATOR_BYTES if communicators else 0
     if gpus > 1:
-        low, high = low + NCCL_LOW, high + NCCL_HIGH
+        low, high = low + NCCL_LOW + more, high + NCCL_HIGH + int(more * NCCL_ONE_GPU_HIGH)
+    elif communicators:
+        nccl = nccl_bytes(gpus, communicators)
+        low, high = low + int(nccl * NCCL_ONE_GPU_LOW), high + int(nccl * NCCL_ONE_GPU_HIGH)
     low, high = low + paged_bytes, high + paged_bytes
     why = (f"tensors -{TENSOR_SPREAD:.0%}/+{tensor_high:.0%}"
            + (f" ({unchecked}: not traced by the oracle)" if unchecked else " (oracle-checked)")
            + (", allocator and context as calibrated" if calibrated_context is not None else
               f", fragmentation {FRAGMENTATION_LOW:.0%}-{FRAGMENTATION_HIGH:.0%}, CUDA context "
               f"{CONTEXT_LOW / MiB:.0f}-{CONTEXT_HIGH / MiB:.0f} MiB")
-           + (", NCCL 0.5-1.6 GB" if gpus > 1 else ""))
+           + (f", NCCL {communicators} communicator{'s' if communicators > 1 else ''}" if communicators else ""))
     return DeviceRange(low, high, why, low_tensors, high_tensors)
 
 
