@@ -111,6 +111,14 @@ class CachingAllocator:
                 block.size += neighbour.size
         self._insert(block)
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()``: every cached segment that holds no allocated block goes back to the
+        driver (``release_cached_blocks``); a segment with a live block stays whole."""
+        for small, pool in self._free.items():
+            whole = [entry for entry in pool if entry[2].prev is None and entry[2].next is None]
+            self.reserved -= sum(entry[0] for entry in whole)
+            self._free[small] = [entry for entry in pool if entry[2].prev is not None or entry[2].next is not None]
+
     def _insert(self, block: _Block) -> None:
         bisect.insort(self._free[block.small], (block.size, block.addr, block))
 

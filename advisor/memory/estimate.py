@@ -18,7 +18,7 @@ from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_
                           layer_saved, layer_transients)
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
-from .overheads import (device_range, nccl_communicators, overheads, unchecked_part, unpacked_cache, unpacked_note,
+from .overheads import (ONE_GPU_ZERO2_TENSOR_HIGH, device_range, nccl_communicators, overheads, unchecked_part, unpacked_cache, unpacked_note,
                         zero_first_step_cache)
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
@@ -176,7 +176,9 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                      communicators)
     allocated = tensor_peak + over.workspace - paged  # paged states live in unified memory, not torch's pool
     first_step_cache = 0
-    if cfg.zero in (1, 2) and cfg.precision != "fp32" and cfg.offload == "none" and pb.trainable_params:
+    # DeepSpeed's ZeRO-1/2 optimizer (stage_1_and_2.py), which ZeRO-1 runs only with fp16 (bf16: BF16_Optimizer)
+    zero_optimizer = cfg.zero == 2 or (cfg.zero == 1 and cfg.precision == "fp16")
+    if zero_optimizer and cfg.precision != "fp32" and cfg.offload == "none" and pb.trainable_params:
         first_step_cache = zero_first_step_cache(backward, steady + gpu.grads, 4 * pb.trainable_params // cfg.gpus,
                                                  loss_block)
         if optimizer + over.workspace + first_step_cache > allocated + over.fragmentation:
@@ -196,7 +198,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
 
     span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch),
                         cfg.offload == "params", calibrated_context, loss_block, cfg.method == "full", communicators,
-                        first_step_cache)
+                        first_step_cache, ONE_GPU_ZERO2_TENSOR_HIGH if cfg.zero == 2 and cfg.gpus == 1
+                        and cfg.offload == "none" and cfg.method != "qlora" else None)
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
                      optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,

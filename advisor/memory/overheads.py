@@ -105,30 +105,35 @@ def loss_fragmentation(loss_block: int) -> int:
 # capped at this estimate's reserved bytes, all four unpacked runs on the H200 trained without an OOM
 # (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with room, not memory the job
 # needs: reported beside the peak, not in it.
-# ---- DeepSpeed ZeRO-1/2's flat optimizer partitions -----------------------------------------------------
-# With bf16/fp16 the ZeRO optimizer steps on flat fp32 partitions, one tensor each (stage_1_and_2.py: the master
-# single_partition_of_fp32_groups, the fp32 gradient partition get_flat_partition(...) makes in step(), and the
-# torch optimizer's exp_avg / exp_avg_sq and foreach temporaries over that one flat param).  The optimizer's
-# states are made at the first step, after the first forward and backward.  A block that large fits none of
-# the segments the forward and backward left cached (activations, the loss's vocabulary blocks), so those
-# segments stay reserved beside the step's new ones: at the optimizer's peak, reserved minus allocated is the
-# first step's cache.  On the H200 (Qwen2.5-0.5B full FT, ZeRO-2, 1024 tokens; results/gpu-h200-2026-12-04c)
-# allocated was 3.745 GiB after the first backward and 6.119 reserved; the step added four 1.84 GiB flat blocks
-# on new segments; reserved peaked at 13.486 with 11.106 allocated.  The allocator replay of that run's own
-# trace (alloc/free events recorded on the card, DeepSpeed's one empty_cache() at start-up honoured) reads
-# 13.580.  The first step's cache here is the backward's transient plus its fragmentation, from the terms
-# above; the measured cache was 1.56 x that (the range's high end takes it).
-ZERO_FIRST_STEP_CACHE_HIGH = 1.6
+# ---- DeepSpeed ZeRO-2's flat optimizer partitions --------------------------------------------------------
+# With bf16/fp16 the ZeRO optimizer (stage_1_and_2.py) steps on flat fp32 partitions of F = 4 B x trainable / N,
+# one tensor each: the master (single_partition_of_fp32_groups), the fp32 gradient partition step() makes, and
+# the torch optimizer's exp_avg / exp_avg_sq and foreach temporaries over that one flat param, the states made at
+# the first step.  A block of F fits none of the segments the first forward and backward left cached
+# (activations, the loss's vocabulary blocks), so those stay reserved beside the step's new segments.  One more:
+# after its start-up empty_cache(), the optimizer's __init__ calls initialize_optimizer_states, which makes a
+# zeroed fp32 gradient partition and drops it (`single_grad_partition = torch.zeros(...)`, then
+# `group.grad = None  #class init`): an F segment stays cached.  The 16-bit gradient partition (F / 2) takes half
+# of it for the run; the other half holds the step's 16-bit flat copy, which is freed before the optimizer's
+# peak.  So at that peak, reserved minus allocated = F / 2 + the first forward and backward's cache.
+# Measured on the H200 (results/gpu-h200-2026-12-04c, allocation traces recorded on the card):
+#  - Qwen2.5-0.5B full FT, 1024 tokens: 2.374 GiB free at the peak (F / 2 = 0.92, the rest 1.45); this term
+#    2.44 (its forward-backward part, the backward's transient plus its fragmentation from the terms above: 1.52);
+#  - Llama-3.2-1B full FT, 512 tokens: 4.546 free (F / 2 = 2.30, the rest 2.25); this term 4.27 (1.97).
+# The allocator replay of both traces (DeepSpeed's empty_cache honoured) reads 13.580 and 34.189 GiB reserved
+# against 13.486 and 32.232 measured.  ZeRO-1 with bf16 runs DeepSpeed's BF16_Optimizer instead (not this).
+# Its spread: the two runs read 0.97 and 1.06 of this term; the range takes 0.75 to 1.25 of it.
+ZERO_FIRST_STEP_CACHE_LOW, ZERO_FIRST_STEP_CACHE_HIGH = 0.75, 1.25
 
 
 def zero_first_step_cache(backward: int, after_backward: int, flat_partition: int, loss_block: int) -> int:
-    """The cache the first forward and backward leave (``backward``: the phase's tensor peak;
-    ``after_backward``: what stays allocated when it ends) when DeepSpeed's flat fp32 partitions
-    (``flat_partition`` bytes each) fit none of its segments; 0 when they fit the loss's segments."""
+    """Bytes reserved beyond allocated at DeepSpeed ZeRO-2's optimizer peak (see above): ``backward``, the
+    phase's tensor peak; ``after_backward``, what stays allocated when it ends; ``flat_partition``, F; 0 when
+    F fits the loss's cached segments."""
     if flat_partition <= loss_block:
         return 0
     transient = max(0, backward - after_backward)
-    return transient + max(int(backward * FRAGMENTATION), loss_fragmentation(loss_block))
+    return flat_partition // 2 + transient + max(int(backward * FRAGMENTATION), loss_fragmentation(loss_block))
 
 
 def unpacked_cache(tensor_peak: int, steady: int) -> int:
@@ -188,6 +193,9 @@ def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] |
 # measured, so their spread shrinks to what one run tells of the next.
 TENSOR_SPREAD = 0.01
 UNCHECKED_TENSOR_HIGH = 0.12
+# DeepSpeed ZeRO-2 on one GPU has no collectives to trace but its own buffers; the exported job allocated within
+# 0.4 % of the estimate in three H200 runs (LoRA and full FT, 0.5B and 1B; results/gpu-h200-2026-12-04c)
+ONE_GPU_ZERO2_TENSOR_HIGH = 0.03
 OFFLOADED_PARAMS_HIGH = 0.35
 FRAGMENTATION_LOW, FRAGMENTATION_HIGH = 0.01, 0.10
 CONTEXT_LOW, CONTEXT_HIGH = 384 * MiB, 1280 * MiB
@@ -208,14 +216,16 @@ class DeviceRange:
 def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, unchecked: str | None,
                  offloaded_params: bool, calibrated_context: int | None = None, loss_block: int = 0,
                  states_after_loss: bool = False, communicators: int | None = None,
-                 first_step_cache: int = 0) -> DeviceRange:
+                 first_step_cache: int = 0, tensor_high: float | None = None) -> DeviceRange:
     """Low and high device peak around the expected one.  ``unchecked`` names the part of the config the
     oracle cannot trace (None when it traces all of it); ``calibrated_context``: the context a real run on
     this GPU measured (its allocator ratio is already in ``tensor_peak``); ``loss_block`` as in overheads():
     the loss's fragmentation is added to the high end's (the replay reads up to 5 % above the fitted term);
     ``states_after_loss``: full fine-tuning, whose large optimizer states can take the loss's cached
     segments (FULL_FT_LOSS_BLOCKS_HIGH)."""
-    tensor_high = OFFLOADED_PARAMS_HIGH if offloaded_params else UNCHECKED_TENSOR_HIGH if unchecked else TENSOR_SPREAD
+    if tensor_high is None:
+        tensor_high = (OFFLOADED_PARAMS_HIGH if offloaded_params else UNCHECKED_TENSOR_HIGH if unchecked
+                       else TENSOR_SPREAD)
     low_tensors = int(tensor_peak * (1 - TENSOR_SPREAD)) + workspace
     high_tensors = int(tensor_peak * (1 + tensor_high)) + workspace
     if calibrated_context is not None:
@@ -226,8 +236,9 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
         loss_high = loss_fragmentation(loss_block) + int(states_after_loss * FULL_FT_LOSS_BLOCKS_HIGH * loss_block)
         high = high_tensors + max(int(high_tensors * FRAGMENTATION_HIGH),
                                   loss_high + int(high_tensors * FRAGMENTATION)) + CONTEXT_HIGH
-    if first_step_cache:  # DeepSpeed's flat partitions beside the first step's cache (zero_first_step_cache)
-        low, high = low + first_step_cache // 2, high + int(first_step_cache * ZERO_FIRST_STEP_CACHE_HIGH)
+    if first_step_cache:  # DeepSpeed ZeRO-2's flat partitions beside the first step's cache (zero_first_step_cache)
+        low = low + int(first_step_cache * ZERO_FIRST_STEP_CACHE_LOW)
+        high = high + int(first_step_cache * ZERO_FIRST_STEP_CACHE_HIGH)
     if communicators is None:
         communicators = int(gpus > 1)
     more = (communicators - 1) * NCCL_MORE_COMMUNICATOR_BYTES if communicators else 0

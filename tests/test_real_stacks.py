@@ -1,0 +1,114 @@
+"""The stacks on a real GPU: what FSDP and DeepSpeed added on one H200 (benchmarks/results/gpu-h200-2026-12-04c),
+against the terms the estimate took from them.  The oracle is the card's own readings, committed with the
+commands that made them; the estimate is re-run here from each case's flags."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from advisor.core import resolve_model
+from advisor.hardware import Hardware
+from advisor.memory import TrainConfig, estimate
+from advisor.memory.allocator import CachingAllocator
+from advisor.memory.overheads import NCCL_FIRST_COMMUNICATOR_BYTES, NCCL_MORE_COMMUNICATOR_BYTES
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-h200-2026-12-04c"
+GiB, MiB = 2**30, 2**20
+H200 = Hardware(name="NVIDIA H200", memory_bytes=143_771 * MiB, compute_capability=(9, 0))
+
+
+def _stages() -> dict[str, int]:
+    rows = [json.loads(line) for line in (RESULTS / "context.jsonl").read_text().splitlines() if line.strip()]
+    return {row["stage"]: row["outside_torch_bytes"] for row in rows}
+
+
+def test_nccl_communicators_are_the_measured_ones():
+    stages = _stages()
+    first = stages["NCCL process group, world size 1 (init, eager with device_id)"] - stages["after empty_cache"]
+    second = stages["a second group (new_group + all_reduce)"] - stages["all_gather + reduce_scatter"]
+    assert first == pytest.approx(NCCL_FIRST_COMMUNICATOR_BYTES, rel=0.01)
+    assert second == pytest.approx(NCCL_MORE_COMMUNICATOR_BYTES, rel=0.01)
+    # collectives of other kinds on the same communicator add nothing
+    assert stages["all_gather + reduce_scatter"] == stages["NCCL process group, world size 1 (init, eager with device_id)"]
+
+
+def _jobs():
+    """(flags, checks by level) of every exported-job case run under FSDP or DeepSpeed on the H200."""
+    for name in ("results.jsonl", "results-2.jsonl"):
+        for line in (RESULTS / name).read_text().splitlines():
+            case = json.loads(line)
+            checks = {c["phase"]: c["measured_bytes"] for c in case["report"].get("checks", [])}
+            if case["runner"] == "job" and "device" in checks:
+                yield case["model"], case["flags"], checks
+
+
+def _config(flags: list[str]) -> TrainConfig:
+    value = {flag: flags[i + 1] for i, flag in enumerate(flags) if flag.startswith("--") and i + 1 < len(flags)}
+    return TrainConfig(
+        method=value["--method"], optimizer=value.get("--optimizer", "adamw"), seq_len=int(value["--seq-len"]),
+        grad_ckpt="--grad-ckpt" in flags, attn="sdpa", zero=int(value.get("--zero", 0)), fsdp="--fsdp" in flags,
+        master_weights="--master-weights" in flags, micro_batch=1)
+
+
+JOBS = list(_jobs())
+
+
+def test_every_one_gpu_stack_run_is_read():
+    stacks = {("zero" if "--zero" in flags else "fsdp", flags[1]) for _, flags, _ in JOBS}
+    assert stacks == {("zero", "full"), ("zero", "lora"), ("fsdp", "full"), ("fsdp", "lora")}
+
+
+@pytest.mark.parametrize("model, flags, measured", JOBS, ids=[" ".join(j[1][:2] + j[1][-5:-2]) for j in JOBS])
+def test_one_gpu_stacks_device_peak_within_three_percent_and_inside_the_range(model, flags, measured):
+    """Before the communicators and ZeRO-2's first-step cache these read -4.9 % to -17.6 % at the device
+    level.  The ZeRO-2 full fine-tuning runs set the first-step cache's mechanism (overheads.py), so they are
+    not held out; the LoRA and FSDP runs check only the communicators."""
+    est = estimate(resolve_model(model), _config(flags), hardware=H200)
+    low, high = est.peak_device_range_bytes
+    assert est.peak_allocated_bytes == pytest.approx(measured["allocated"], rel=0.07)
+    assert est.peak_device_bytes == pytest.approx(measured["device"], rel=0.03)
+    assert low <= measured["device"] <= high
+
+
+def _replay(events: list[list]) -> CachingAllocator:
+    """The recorded alloc / free order through the allocator model; a run of segment frees is one
+    empty_cache() (DeepSpeed calls it once while it starts)."""
+    allocator, live, freeing = CachingAllocator(), {}, False
+    for code, addr, size in events:
+        if code == "a":
+            live[addr] = allocator.malloc(size)
+        elif code == "f" and addr in live:
+            allocator.free(live.pop(addr))
+        elif code == "S" and not freeing:
+            allocator.empty_cache()
+        freeing = code == "S"
+    return allocator
+
+
+def test_the_allocator_replay_of_a_deepspeed_run_reads_its_reserved_peak():
+    """Qwen2.5-0.5B full FT under ZeRO-2: the card reserved 13.486 GiB for 11.106 allocated; the replay of the
+    same allocations (one stream modelled; overlap_comm reduces on a second one) must land within 1 %."""
+    with gzip.open(RESULTS / "zero2-traces.json.gz", "rt") as handle:
+        runs = {run["model"]: run for run in json.load(handle)["runs"]}
+    run = runs["qwen2.5-0.5b"]
+    replay = _replay(run["events"])
+    assert replay.peak_allocated == pytest.approx(run["measured_allocated_bytes"], rel=0.001)
+    assert replay.peak_reserved == pytest.approx(run["measured_reserved_bytes"], rel=0.01)
+    assert run["measured_reserved_bytes"] - run["measured_allocated_bytes"] > 2 * GiB  # the first step's cache
+
+
+def test_empty_cache_returns_whole_free_segments_only():
+    allocator = CachingAllocator()
+    kept, freed = allocator.malloc(30 << 20), allocator.malloc(50 << 20)
+    part = allocator.malloc(3 << 20)  # a 20 MiB segment, split: stays while one block lives in it
+    other = allocator.malloc(3 << 20)
+    allocator.free(freed)
+    allocator.free(part)
+    before = allocator.reserved
+    allocator.empty_cache()
+    assert before - allocator.reserved == 50 << 20 and allocator.allocated == (30 << 20) + (3 << 20)
+    allocator.free(other)
+    allocator.empty_cache()
+    assert allocator.reserved == 30 << 20 and kept.allocated
