@@ -78,6 +78,31 @@ def test_point_from_a_real_run_report():
     assert made.context_bytes == pytest.approx(700 * 2**20, rel=1e-3)
 
 
+def _stack_run(cfg, device_over_reserved):
+    from advisor.report import VerifyReport
+
+    arch = resolve_model("llama-3.2-1b")
+    predicted = estimate(arch, cfg)
+    reserved = int(predicted.peak_allocated_bytes * 1.08)
+    events = [{"event": "step", "step": i, "loss": 1.0, "seconds": 1.0, "tokens_per_s": 1.0,
+               "peak_allocated_bytes": predicted.peak_allocated_bytes, "peak_reserved_bytes": reserved} for i in (1, 2)]
+    events.append({"event": "sample", "used_bytes": {"0": reserved + device_over_reserved}})
+    report = VerifyReport.build(arch, cfg, "cuda", predicted, events)
+    return point_from_report(report, arch, {"gpu_name": "NVIDIA H200"})
+
+
+def test_a_stacks_communicators_and_deepspeeds_cache_are_not_calibrated_into_other_plans():
+    """Points apply by GPU, family and method, whatever the stack.  On the H200 an FSDP job read 1.294 GiB
+    outside the allocator where a plain one read 0.749: the difference is NCCL's communicator, which the
+    estimate adds to FSDP plans itself; the stored context is the plain one.  A DeepSpeed run stores nothing:
+    its reserved level holds its flat partitions' first-step cache."""
+    fsdp = _stack_run(TrainConfig(method="lora", fsdp=True), int(1.294 * 2**30))
+    assert fsdp.context_bytes == pytest.approx(int(1.294 * 2**30) - 556 * 2**20)
+    assert _stack_run(TrainConfig(method="lora", zero=2), int(1.675 * 2**30)) is None
+    plain = _stack_run(TrainConfig(method="lora"), int(0.749 * 2**30))
+    assert plain.context_bytes == int(0.749 * 2**30)
+
+
 def test_plan_and_limits_apply_it_like_the_estimate(data_dir, capsys):
     """The plan is an estimate too: with a stored point its numbers are the calibrated estimate's."""
     from advisor.planner import Plan

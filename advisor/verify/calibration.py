@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..atomic import write_text_atomic
+from ..memory.overheads import nccl_bytes, nccl_communicators
 
 STORE_NAME = "calibration.json"
 MAX_STORE_BYTES = 16 << 20  # ~40,000 points; a larger file is not ours: reported and ignored
@@ -131,11 +132,20 @@ def point_from_report(report, arch, environment: dict) -> CalibrationPoint | Non
     checks = {c.phase: c for c in report.checks}
     if "allocated" not in checks or "reserved" not in checks or not checks["reserved"].judged:
         return None  # a reserved level the verdict does not judge (unpacked data's cache) is no allocator ratio
+    cfg = report.config
+    if cfg.zero:
+        # A point is applied by GPU, model family and method, whatever the stack.  DeepSpeed's reserved level
+        # holds its flat partitions beside the first step's cache (overheads.zero_first_step_cache): a ratio
+        # that would carry over to plans without DeepSpeed.  Its estimate models that cache instead.
+        return None
     allocated = checks["allocated"]
     reserved = checks["reserved"]
     context = None
     if report.peak_device_sample_bytes:
-        context = max(report.peak_device_sample_bytes - reserved.measured_bytes, 0)
+        # the CUDA context alone: NCCL's communicators (FSDP starts them on one GPU too) are the estimate's own
+        # term, added to every plan that has them and to none that has not
+        nccl = nccl_bytes(cfg.gpus, nccl_communicators(cfg.gpus, cfg.zero, cfg.fsdp))
+        context = max(report.peak_device_sample_bytes - reserved.measured_bytes - nccl, 0)
     speed = tokens_per_s_ratio(report, arch, environment.get("gpu_name"))
     return CalibrationPoint(
         tokens_per_s_ratio=speed,
