@@ -7,8 +7,9 @@ The fake-tensor oracle traces the step on the CPU; where a kernel saves differen
 norm, an attention kernel, a bitsandbytes path), the oracle and the estimate read differently from a real
 GPU.  This trains one step of the model cut to two layers and lists, per module of the first decoder layer,
 the tensors autograd saves (torch.autograd.graph.saved_tensors_hooks: dtype, shape, bytes per token), so the
-two devices' lists can be put side by side.  Found with it: Llama-3.2-3B QLoRA without checkpointing reads
-9 % above an H200's allocated peak (results/gpu-h200-2026-12-04b).
+two devices' lists can be put side by side.  It lists tensors, not storages: Llama-3.2-3B QLoRA read the same
+lists on both devices, but on the CPU each adapted module saved its own copy of the input where the GPU shared
+one (PEFT's bitsandbytes branch on ``torch.is_autocast_enabled()``; benchmarks/memory_trace.py showed it).
 """
 
 from __future__ import annotations

@@ -203,7 +203,9 @@ def test_parameter_offload_is_the_last_rung():
 
 
 def test_what_would_fit_suggestions_are_plans():
-    hw = hardware_for(vram="14GiB")
+    # 16 GiB: on 14 no sequence length fits any more once DeepSpeed's two NCCL communicators (measured on an H200,
+    # overheads.py) are counted on one GPU; the offloaded ZeRO-3 plans were the only ones left there
+    hw = hardware_for(vram="16GiB")
     arch, goals = resolve_model("llama-3.1-70b"), Goals(seq_len=4096)
     plan = make_plan(arch, hw, goals, RULES)
     assert plan.chosen is None and plan.what_would_fit

@@ -76,6 +76,12 @@ class LayerPlan:
     linear_mixer: bool = False  # a hybrid's linear-attention layer (Qwen3.5's Gated DeltaNet, ModelArch.linear_attention)
     global_attention: bool = False  # a full-attention layer with its own head width / kv heads (Gemma 4)
     lora_autocast: bool = False  # fp32 adapters run under autocast: the LoRA branch computes in act_bytes
+    lora_input_cast: bool = True  # PEFT casts each module's input under autocast too (TrainConfig.peft_casts_lora_input)
+
+    @property
+    def lora_copies_input(self) -> bool:
+        """Whether each adapted module makes its own copy of its input (PEFT's cast, and autocast's back)."""
+        return self.lora_input_cast or not self.lora_autocast
 
 
 # Linears fed by one tensor (their LoRA branches save it once when they need no cast)
@@ -96,7 +102,13 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
         # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
         # that cast, lora_B keeps lora_A's output.
         ad = plan.adapter_bytes
-        if plan.lora_autocast:
+        if plan.lora_autocast and not plan.lora_input_cast:
+            # bitsandbytes / AWQ base under autocast: PEFT skips its cast, autocast casts only lora_A's weight,
+            # so lora_A keeps the 16-bit input itself, shared like the no-cast case below, and computes in 16 bit
+            ad = plan.act_bytes
+            if not plan.full and not (input_already_saved and name == "o_proj"):
+                saved.items[f"{_SHARED_INPUT.get(name, name)}: LoRA input"] = in_width * ad
+        elif plan.lora_autocast:
             # peft/tuners/lora/layer.py Linear.forward: ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` makes an
             # fp32 copy (kept by nothing), then autocast casts it back to 16 bit for lora_A's matmul, which keeps that
             # cast: one 16-bit copy per adapted module, and lora_A's output in 16 bit
@@ -417,7 +429,7 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
                      global_attention=layer_type == "full_attention" and arch.global_head_dim is not None,
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
                      adapter_bytes=adapter_bytes,
-                     lora_autocast=cfg.lora_autocast(arch))
+                     lora_autocast=cfg.lora_autocast(arch), lora_input_cast=cfg.peft_casts_lora_input)
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:
@@ -483,7 +495,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # the LoRA branch's outputs are in the adapter dtype, or 16-bit under autocast; its input cast to fp32 (PEFT)
     # is followed under autocast by the 16-bit copy lora_A's matmul takes (xcast: bytes per input element)
     lc = a if plan.lora_autocast else ad
-    xcast = ad + (a if plan.lora_autocast else 0)
+    xcast = (ad + (a if plan.lora_autocast else 0)) if plan.lora_copies_input else 0
     lora_out = (a + 2 * lc)  # base output + scaled LoRA output + their sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     fused = arch.fused_gate_up  # Phi-3: one gate_up_proj (2i x h), its output chunked into gate and up views
@@ -496,7 +508,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     at_up = T * (ad * i if up_name in lora else 0)
     # PEFT's cast of down's input to the fp32 adapters' dtype (x = self._cast_input_dtype(x, lora_A.weight.dtype)) is a
     # local of the LoRA forward until it returns: not saved (lora_A keeps the 16-bit copy under autocast), but alive
-    down_cast = ad * i if "down_proj" in lora and ad != a else 0
+    down_cast = ad * i if "down_proj" in lora and ad != a and plan.lora_copies_input else 0
     # the MLP's input (its forward's argument x) is alive until the MLP returns, saved or not (+ a * h)
     at_down = T * (2 * a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h)
                    + down_cast)

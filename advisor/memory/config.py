@@ -180,6 +180,17 @@ class TrainConfig(BaseModel):
         return self.adapters_under_autocast and not self.fsdp and arch.linear_attention is None
 
     @property
+    def peft_casts_lora_input(self) -> bool:
+        """Whether PEFT casts each adapted module's input to the adapters' dtype under autocast as well.
+        peft/tuners/lora/layer.py ``Linear.forward`` and gptq.py always do (``x = self._cast_input_dtype(x,
+        lora_A.weight.dtype)``); the bitsandbytes layers (bnb.py ``Linear8bitLt`` / ``Linear4bit``) and awq.py only
+        outside autocast (``requires_conversion = not torch.is_autocast_enabled()``), so under autocast their
+        lora_A takes the 16-bit input itself, one tensor for the modules that read it."""
+        if self.method == "lora8bit":
+            return False
+        return self.method != "qlora" or self.quant_type == "gptq"
+
+    @property
     def adapters_16bit(self) -> bool:
         """Whether the LoRA adapters are 16-bit parameters while the step runs (else fp32: PEFT's
         ``autocast_adapter_dtype=True``).  DeepSpeed casts every floating parameter to its 16-bit dtype

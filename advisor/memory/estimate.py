@@ -373,7 +373,9 @@ def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_
         Component(name="cublas_workspace", label="cuBLAS workspaces", bytes=over.workspace,
                   formula="2 x 8.125 MiB (32 MiB on Hopper)"),
         Component(name="allocator_fragmentation", label="allocator fragmentation", bytes=over.fragmentation,
-                  formula="max(5% of allocated, the cached segments of the loss's fp32 blocks); default allocator"),
+                  formula="max(5% of allocated, the cached segments of the loss's fp32 blocks); default allocator"
+                          + ("; under DeepSpeed ZeRO-2 at least the first step's cache, which its flat fp32 "
+                             "partitions cannot reuse" if cfg.zero == 2 else "")),
         Component(name="cuda_context", label="CUDA context + outside torch", bytes=over.context + over.outside_torch,
                   formula="768 MiB context (+ NCCL: 556 MiB for the first communicator on one GPU, 1 GiB with "
                           "several, 390 MiB each further one; + paged optimizer states)"),
