@@ -66,8 +66,10 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
             formula += "optimizer states/N"
     fsdp = None
     # QLoRA is exported as FSDP1 (flat parameters over 4-bit storage, PEFT's recipe), which neither fsdp.py nor
-    # the sharded oracle models: it keeps the generic terms above
-    if cfg.fsdp and cfg.offload == "none" and n > 1 and cfg.method != "qlora":
+    # the sharded oracle models: it keeps the generic terms above.  One GPU walks the same units: on an H200 the
+    # exported FSDP2 job on one GPU allocated what this walk gives (Llama-3.2-1B LoRA -0.05 %, full FT 0.00 %;
+    # results/gpu-h200-2026-12-04c), where the generic terms read the LoRA run 6 % high
+    if cfg.fsdp and cfg.offload == "none" and cfg.method != "qlora":
         # FSDP2 shards every parameter on dim 0, padded to a multiple of N, one allocation per param and rank
         # (torch _fsdp_param.py FSDPParam._init_sharded_param); grads are sharded per unit into one flat
         # reduce-scatter output (_fsdp_collectives.py foreach_reduce); optimizer states are per param, the
