@@ -699,6 +699,11 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
                          "bitsandbytes; GPTQ/AWQ need their checkpoint and kernels)",
                          "verify the bitsandbytes QLoRA of the same setup (quant nf4) instead",
                          field="quant_type", value=sel.cfg.quant_type)
+    if mode == "cuda" and runner == "step" and (sel.cfg.zero or sel.cfg.fsdp or sel.cfg.gpus > 1):
+        # the bare step is one process without a stack: what DeepSpeed or FSDP add would read as the estimate's error
+        raise UsageError("the bare step runs no DeepSpeed, FSDP or second GPU",
+                         "verify this plan with --runner job (the exported train.py under accelerate launch)",
+                         field="runner", value=runner)
     if mode == "cuda" and runner == "job":
         import tempfile
 

@@ -167,8 +167,12 @@ def not_judged_because(mode: str, cfg: TrainConfig, phase: str) -> str | None:
     """Why a check is shown but not judged (None: it is judged).  A dry run's reserved level is the allocator
     replay, which checks the estimate's fragmentation term rather than the oracle's tensors; with unpacked data
     (lengths variable) a real run's reserved and device levels hold the cache each new longest batch leaves,
-    which the allocator frees when memory runs short (memory/overheads.py unpacked_cache)."""
+    which the allocator frees when memory runs short (memory/overheads.py unpacked_cache).  A dry run of a DeepSpeed
+    plan traces the bare step, which holds none of DeepSpeed's own tensors: nothing of it is judged."""
     unpacked = cfg.lengths == "variable"
+    if mode == "dry" and cfg.zero:
+        return ("the dry run traces the bare step, without DeepSpeed's fp32 partitions and buffers (their model states "
+                "are checked against DeepSpeed's own estimator; the exported job on a GPU checks the rest)")
     if mode == "dry":
         if phase != "reserved":
             return None

@@ -103,3 +103,25 @@ def test_steps_of_varying_length_keep_the_tensors_and_grow_the_allocator_cache(t
     assert varying.phase_peaks == fixed.phase_peaks
     assert varying.replayed_peak_allocated == fixed.replayed_peak_allocated
     assert varying.replayed_reserved >= varying.replayed_peak_allocated
+
+
+def test_a_deepspeed_plans_dry_run_is_shown_but_not_judged(tiny, capsys):
+    """The dry run traces the bare step: DeepSpeed's fp32 partitions are not in it, so its numbers would read as
+    the estimate's error (+70 % and more on this model).  They are shown, marked, and the verdict judges none."""
+    from advisor.cli import main
+
+    assert main(["verify", "--dry-run", "--json", "--model", str(tiny), "--method", "full", "--zero", "2",
+                 "--seq-len", "64", "--gpu", "h200"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checks"] and not any(check["judged"] for check in report["checks"])
+    assert all("DeepSpeed" in check["not_judged_because"] for check in report["checks"])
+
+
+@pytest.mark.parametrize("stack", [["--zero", "2"], ["--fsdp"], ["--gpus", "2"]])
+def test_the_bare_step_refuses_a_stack_it_does_not_run(tiny, capsys, stack):
+    from advisor.cli import main
+
+    code = main(["verify", "--model", str(tiny), "--method", "lora", "--gpu", "h200", "--device", "cuda",
+                 "--runner", "step", *stack])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--runner job" in err

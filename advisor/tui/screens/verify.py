@@ -50,7 +50,7 @@ class VerifyScreen(ModalScreen[None]):
         self.events: list[dict] = []
         self.run = None
         self.finished = False
-        self.outcome = ""  # passed, failed, oom, error, cancelled
+        self.outcome = ""  # passed, failed, not judged, oom, error, cancelled
         self.attempt = 0
         self._lock = threading.Lock()
         self._stop = False  # cancel asked for before the child existed
@@ -209,12 +209,18 @@ class VerifyScreen(ModalScreen[None]):
             # the verdict judges what the estimate predicts; a check that measures something else (a dry run's
             # allocator replay, the cache of unpacked data: report.not_judged_because) is shown with why
             worst = max((abs(c.error_percent) for c in report.checks if c.judged), default=None)
+            unjudged = list(dict.fromkeys(c.not_judged_because for c in report.checks if not c.judged))
             for check in report.checks:
-                if not check.judged and abs(check.error_percent) > PASS_PERCENT:
+                if not check.judged and abs(check.error_percent) > PASS_PERCENT and worst is not None:
                     lines.append(f"{check.phase} {check.error_percent:+.1f}% is not part of the verdict: "
                                  f"{check.not_judged_because}\n", style="dim")
             status.update("done")
-            if worst is None:
+            if worst is None and unjudged:
+                # a dry run of a DeepSpeed plan: every number measures the bare step, none the plan
+                self.outcome = "not judged"
+                lines.append(f"nothing here is judged: {'; '.join(unjudged)}\n", style="dim")
+                verdict.update(Text("– not judged (see why above) · r runs it again", style="bold yellow"))
+            elif worst is None:
                 self.outcome = "error"
                 verdict.update(Text("? nothing was measured · r runs it again", style="bold yellow"))
             elif worst <= PASS_PERCENT:
