@@ -107,10 +107,12 @@ def _frame_text(frame: dict) -> str:
 
 def compact_events(snapshot: dict, device: int = 0) -> list[list]:
     """The trace without its frames: [code, addr, size] per alloc ("a"), free ("f"), segment alloc ("s") and
-    segment free ("S"), in order; what advisor.memory.allocator replays."""
+    segment free ("S"), in order, what advisor.memory.allocator replays; a fourth element names the stream
+    when it is not the default one (the allocator keeps a pool per stream: DeepSpeed's overlap_comm reduces on
+    its own; the 2026-12-04c traces predate this)."""
     traces = snapshot.get("device_traces") or []
     trace = traces[device] if device < len(traces) else []
-    return [[EVENT_CODES[event["action"]], event["addr"], event["size"]]
+    return [[EVENT_CODES[event["action"]], event["addr"], event["size"], *([event["stream"]] if event.get("stream") else [])]
             for event in trace if event.get("action") in EVENT_CODES]
 
 

@@ -48,6 +48,13 @@ def test_the_live_set_at_the_peak_by_site():
     assert result["peak_made_by"] == ["torch/nn/functional.py:10 linear"]
 
 
+def test_the_compact_events_keep_order_and_name_a_side_stream():
+    trace = [*TRACE[:2], {**ev("alloc", 7, 40, DS), "stream": 93}, {"action": "segment_alloc", "addr": 0, "size": 2 << 20},
+             {"action": "free_requested", "addr": 1, "size": 100}]
+    assert memory_trace.compact_events({"device_traces": [trace]}) == [
+        ["a", 1, 100], ["a", 2, 50], ["a", 7, 40, 93], ["s", 0, 2 << 20]]
+
+
 def test_a_wrapped_trace_is_marked_incomplete():
     result = memory_trace.analyze({"device_traces": [[ev("free_completed", 9, 10, TORCH), *TRACE]]})
     assert not result["complete"] and result["peak_allocated_bytes"] == 250

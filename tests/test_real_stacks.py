@@ -76,7 +76,7 @@ def _replay(events: list[list]) -> CachingAllocator:
     """The recorded alloc / free order through the allocator model; a run of segment frees is one
     empty_cache() (DeepSpeed calls it once while it starts)."""
     allocator, live, freeing = CachingAllocator(), {}, False
-    for code, addr, size in events:
+    for code, addr, size, *_stream in events:
         if code == "a":
             live[addr] = allocator.malloc(size)
         elif code == "f" and addr in live:
