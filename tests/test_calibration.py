@@ -128,3 +128,15 @@ def test_plan_and_limits_apply_it_like_the_estimate(data_dir, capsys):
         arch, cfg, hw, "seq_len", calibration=find_point("RTX 4090", "llama", cfg.method)[0]).value < uncalibrated
     assert main(["limits", "--json", "--model", "llama-2-7b", "--gpu", "4090", "--method", cfg.method]) == 0
     assert any("calibrated" in note for note in json.loads(capsys.readouterr().out)["notes"])
+
+
+def test_a_plain_runs_point_keeps_deepspeeds_first_step_cache():
+    """A point from a run without DeepSpeed scales allocated and sets reserved by its own ratio; a ZeRO-2 plan
+    keeps the cache its flat partitions leave beside the first step (overheads.zero_first_step_cache), which the
+    plain run could not see: its reserved level stays at least that."""
+    arch = resolve_model("qwen2.5-0.5b")
+    cfg = TrainConfig(method="full", zero=2, seq_len=1024, grad_ckpt=True)
+    plain = estimate(arch, cfg)
+    calibrated = estimate(arch, cfg, calibration=point(method="full", allocated_ratio=1.0, reserved_over_allocated=1.03))
+    assert plain.peak_reserved_bytes - plain.peak_allocated_bytes > 2 * 2**30
+    assert calibrated.peak_reserved_bytes == plain.peak_reserved_bytes

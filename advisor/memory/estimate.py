@@ -18,8 +18,8 @@ from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_
                           layer_saved, layer_transients)
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import StepWalk, fsdp_phases
-from .overheads import (ONE_GPU_ZERO2_TENSOR_HIGH, device_range, nccl_communicators, overheads, unchecked_part, unpacked_cache, unpacked_note,
-                        zero_first_step_cache)
+from .overheads import (device_range, measured_tensor_high, nccl_communicators, overheads, unchecked_part,
+                        unpacked_cache, unpacked_note, zero_first_step_cache)
 from .result import Component, MemoryEstimate, PhasePeaks
 from .sharding import per_gpu_states
 from .states import gradient_timeline, optimizer_bytes, param_bytes, rounded
@@ -189,6 +189,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     if calibration is not None:
         allocated = int(allocated * calibration.allocated_ratio)
         reserved = int(allocated * calibration.reserved_over_allocated)
+        if first_step_cache:  # a point from a run without DeepSpeed cannot know its partitions' cache
+            reserved = max(reserved, int((optimizer + over.workspace + first_step_cache) * calibration.allocated_ratio))
         context = calibration.context_bytes if calibration.context_bytes is not None else over.context
         calibrated_context = context
         device = reserved + context + over.outside_torch
@@ -198,8 +200,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
 
     span = device_range(allocated - over.workspace, over.workspace, cfg.gpus, paged, unchecked_part(cfg, arch),
                         cfg.offload == "params", calibrated_context, loss_block, cfg.method == "full", communicators,
-                        first_step_cache, ONE_GPU_ZERO2_TENSOR_HIGH if cfg.zero == 2 and cfg.gpus == 1
-                        and cfg.offload == "none" and cfg.method != "qlora" else None)
+                        first_step_cache, measured_tensor_high(cfg))
     if not detail:
         return Peaks(peak_device_bytes=device, peak_device_high_bytes=span.high, activation_bytes=stored_acts + shared + final,
                      optimizer_state_bytes=gpu.states, host_ram_bytes=gpu.host_ram, total_params=pb.total_params,

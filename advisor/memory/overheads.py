@@ -105,6 +105,19 @@ def loss_fragmentation(loss_block: int) -> int:
 # capped at this estimate's reserved bytes, all four unpacked runs on the H200 trained without an OOM
 # (benchmarks/gpu_tight.py).  So the growth is what nvidia-smi reads on a card with room, not memory the job
 # needs: reported beside the peak, not in it.
+def unpacked_cache(tensor_peak: int, steady: int) -> int:
+    """Bytes each new longest batch of unpacked data leaves cached on a card with room."""
+    return max(0, tensor_peak - steady)
+
+
+def unpacked_note(cache_bytes: int) -> str:
+    return (f"unpacked data (lengths variable): the peak is at the longest batch (seq_len, the cutoff). On a card "
+            f"with room nvidia-smi reads more: each batch longer than all before it leaves about "
+            f"{cache_bytes / 2**30:.2f} GiB more cached, up to what the card has. The allocator frees that cache "
+            "when memory runs short (an H200 capped at this estimate's reserved bytes trained unpacked runs without "
+            "an OOM), so it does not change what fits")
+
+
 # ---- DeepSpeed ZeRO-2's flat optimizer partitions --------------------------------------------------------
 # With bf16/fp16 the ZeRO optimizer (stage_1_and_2.py) steps on flat fp32 partitions of F = 4 B x trainable / N,
 # one tensor each: the master (single_partition_of_fp32_groups), the fp32 gradient partition step() makes, and
@@ -134,19 +147,6 @@ def zero_first_step_cache(backward: int, after_backward: int, flat_partition: in
         return 0
     transient = max(0, backward - after_backward)
     return flat_partition // 2 + transient + max(int(backward * FRAGMENTATION), loss_fragmentation(loss_block))
-
-
-def unpacked_cache(tensor_peak: int, steady: int) -> int:
-    """Bytes each new longest batch of unpacked data leaves cached on a card with room."""
-    return max(0, tensor_peak - steady)
-
-
-def unpacked_note(cache_bytes: int) -> str:
-    return (f"unpacked data (lengths variable): the peak is at the longest batch (seq_len, the cutoff). On a card "
-            f"with room nvidia-smi reads more: each batch longer than all before it leaves about "
-            f"{cache_bytes / 2**30:.2f} GiB more cached, up to what the card has. The allocator frees that cache "
-            "when memory runs short (an H200 capped at this estimate's reserved bytes trained unpacked runs without "
-            "an OOM), so it does not change what fits")
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,13 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
               f"{CONTEXT_LOW / MiB:.0f}-{CONTEXT_HIGH / MiB:.0f} MiB")
            + (f", NCCL {communicators} communicator{'s' if communicators > 1 else ''}" if communicators else ""))
     return DeviceRange(low, high, why, low_tensors, high_tensors)
+
+
+def measured_tensor_high(cfg) -> float | None:
+    """The tensors' high spread where a real GPU measured it instead of an oracle (None: the default rule)."""
+    if cfg.zero == 2 and cfg.gpus == 1 and cfg.offload == "none" and cfg.method != "qlora":
+        return ONE_GPU_ZERO2_TENSOR_HIGH
+    return None
 
 
 def unchecked_part(cfg, arch=None) -> str | None:
