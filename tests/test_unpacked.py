@@ -96,12 +96,9 @@ def test_fixed_shape_runs_on_the_h200_land_inside_the_range(run):
     est = estimate(resolve_model(run["model"]), cfg, _h200())
     measured = max(step["peak_allocated_bytes"] for step in report["steps"][1:])
     error = est.peak_allocated_bytes / measured - 1
-    if run["model"] == "llama-3.2-3b" and cfg.method == "qlora" and not cfg.grad_ckpt:
-        # the one miss, on the safe side: the fake-tensor oracle reads 7.777 GiB as the estimate does, the card
-        # 7.121, while a layer saves the same tensors on both (results/gpu-h200-2026-12-04b/saved-*.json)
-        assert 0.05 < error < 0.12
-    else:
-        assert abs(error) < 0.011
+    # Llama-3.2-3B QLoRA without checkpointing read +9.2 % here until PEFT's bitsandbytes branch was modelled as it
+    # runs on a GPU (TrainConfig.peft_casts_lora_input; results/gpu-h200-2026-12-04c)
+    assert abs(error) < 0.011
     low, high = est.peak_device_range_bytes
     assert low <= report["peak_device_sample_bytes"] <= high
 
