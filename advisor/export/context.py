@@ -159,6 +159,8 @@ class ExportContext:
             return f"pure {self.cfg.precision} (no autocast)"
         if self.cfg.master_weights:
             return f"fp32 master weights, {self.cfg.precision} autocast"
+        if self.cfg.zero and self.autocast:  # the trainer's bf16/fp16 flag: DeepSpeed casts the module, no autocast
+            return f"{self.cfg.precision} module, DeepSpeed's fp32 master partition"
         return self.cfg.precision + (" autocast" if self.autocast else "")
 
     def header(self, prefix: str = "# ") -> str:
