@@ -74,7 +74,15 @@ def main() -> int:
     import pynvml
     import torch
 
-    pynvml.nvmlInit()
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        print(f"error: no NVIDIA driver here ({exc}) (hint: run this on the GPU machine, e.g. through "
+              "benchmarks/gpu_check.sh)", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("error: this torch has no CUDA (hint: a CUDA build of torch, on the GPU machine)", file=sys.stderr)
+        return 2
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)  # CUDA device 0 when CUDA_VISIBLE_DEVICES is unset
 
     def used() -> int:
