@@ -35,37 +35,30 @@ def test_nccl_communicators_are_the_measured_ones():
 
 
 def _jobs():
-    """(flags, checks by level) of every exported-job case run under FSDP or DeepSpeed on the H200."""
+    """(model, flags, the config the run verified, checks by level) of every exported-job case run under FSDP or
+    DeepSpeed on the H200."""
     for name in ("results.jsonl", "results-2.jsonl"):
         for line in (RESULTS / name).read_text().splitlines():
             case = json.loads(line)
             checks = {c["phase"]: c["measured_bytes"] for c in case["report"].get("checks", [])}
             if case["runner"] == "job" and "device" in checks:
-                yield case["model"], case["flags"], checks
-
-
-def _config(flags: list[str]) -> TrainConfig:
-    value = {flag: flags[i + 1] for i, flag in enumerate(flags) if flag.startswith("--") and i + 1 < len(flags)}
-    return TrainConfig(
-        method=value["--method"], optimizer=value.get("--optimizer", "adamw"), seq_len=int(value["--seq-len"]),
-        grad_ckpt="--grad-ckpt" in flags, attn="sdpa", zero=int(value.get("--zero", 0)), fsdp="--fsdp" in flags,
-        master_weights="--master-weights" in flags, micro_batch=1)
+                yield case["model"], case["flags"], TrainConfig.model_validate(case["report"]["config"]), checks
 
 
 JOBS = list(_jobs())
 
 
 def test_every_one_gpu_stack_run_is_read():
-    stacks = {("zero" if "--zero" in flags else "fsdp", flags[1]) for _, flags, _ in JOBS}
+    stacks = {("zero" if cfg.zero else "fsdp" if cfg.fsdp else "none", cfg.method) for _, _, cfg, _ in JOBS}
     assert stacks == {("zero", "full"), ("zero", "lora"), ("fsdp", "full"), ("fsdp", "lora")}
 
 
-@pytest.mark.parametrize("model, flags, measured", JOBS, ids=[" ".join(j[1][:2] + j[1][-5:-2]) for j in JOBS])
-def test_one_gpu_stacks_device_peak_within_three_percent_and_inside_the_range(model, flags, measured):
+@pytest.mark.parametrize("model, flags, cfg, measured", JOBS, ids=[" ".join(j[1][:2] + j[1][-5:-2]) for j in JOBS])
+def test_one_gpu_stacks_device_peak_within_three_percent_and_inside_the_range(model, flags, cfg, measured):
     """Before the communicators and ZeRO-2's first-step cache these read -4.9 % to -17.6 % at the device
     level.  The ZeRO-2 full fine-tuning runs set the first-step cache's mechanism (overheads.py), so they are
     not held out; the LoRA and FSDP runs check only the communicators."""
-    est = estimate(resolve_model(model), _config(flags), hardware=H200)
+    est = estimate(resolve_model(model), cfg, hardware=H200)
     low, high = est.peak_device_range_bytes
     assert est.peak_allocated_bytes == pytest.approx(measured["allocated"], rel=0.005)
     assert est.peak_device_bytes == pytest.approx(measured["device"], rel=0.03)
@@ -122,7 +115,8 @@ def test_qlora_without_checkpointing_reads_what_the_card_allocated():
         case = json.loads(line)
         if case["model"] == "llama-3.2-3b" and "qlora" in case["flags"]:
             measured = {c["phase"]: c["measured_bytes"] for c in case["report"]["checks"]}["allocated"]
-            est = estimate(resolve_model(case["model"]), _config(case["flags"]), hardware=H200)
+            est = estimate(resolve_model(case["model"]), TrainConfig.model_validate(case["report"]["config"]),
+                           hardware=H200)
             assert est.peak_allocated_bytes == pytest.approx(measured, rel=0.01)
             return
     raise AssertionError("the QLoRA case is not in the results")

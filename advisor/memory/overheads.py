@@ -164,13 +164,11 @@ def cublas_workspace_bytes(compute_capability: tuple[int, int] | None) -> int:
 
 
 def overheads(tensor_peak: int, gpus: int, compute_capability: tuple[int, int] | None,
-              paged_bytes: int = 0, loss_block: int = 0, communicators: int | None = None) -> Overheads:
+              paged_bytes: int = 0, loss_block: int = 0, communicators: int = 0) -> Overheads:
     """``loss_block``: one fp32 tokens x vocabulary block of the standard loss (0 for a chunked loss);
-    ``communicators``: NCCL communicators per rank (nccl_communicators; None: one when gpus > 1)."""
+    ``communicators``: NCCL communicators per rank (nccl_communicators)."""
     workspace = CUBLAS_WORKSPACES_PER_STEP * cublas_workspace_bytes(compute_capability)
     fragmentation = max(int((tensor_peak + workspace) * FRAGMENTATION), loss_fragmentation(loss_block))
-    if communicators is None:
-        communicators = int(gpus > 1)
     outside = paged_bytes + nccl_bytes(gpus, communicators)
     return Overheads(workspace, fragmentation, CUDA_CONTEXT_BYTES, outside)
 
@@ -200,7 +198,7 @@ OFFLOADED_PARAMS_HIGH = 0.35
 FRAGMENTATION_LOW, FRAGMENTATION_HIGH = 0.01, 0.10
 CONTEXT_LOW, CONTEXT_HIGH = 384 * MiB, 1280 * MiB
 NCCL_LOW, NCCL_HIGH = 512 * MiB, 1600 * 1000**2
-NCCL_ONE_GPU_LOW, NCCL_ONE_GPU_HIGH = 0.7, 1.6
+NCCL_MEASURED_LOW, NCCL_MEASURED_HIGH = 0.7, 1.6
 CALIBRATED_FRAGMENTATION, CALIBRATED_CONTEXT = 0.02, 64 * MiB
 
 
@@ -215,7 +213,7 @@ class DeviceRange:
 
 def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, unchecked: str | None,
                  offloaded_params: bool, calibrated_context: int | None = None, loss_block: int = 0,
-                 states_after_loss: bool = False, communicators: int | None = None,
+                 states_after_loss: bool = False, communicators: int = 0,
                  first_step_cache: int = 0, tensor_high: float | None = None) -> DeviceRange:
     """Low and high device peak around the expected one.  ``unchecked`` names the part of the config the
     oracle cannot trace (None when it traces all of it); ``calibrated_context``: the context a real run on
@@ -239,14 +237,12 @@ def device_range(tensor_peak: int, workspace: int, gpus: int, paged_bytes: int, 
     if first_step_cache:  # DeepSpeed ZeRO-2's flat partitions beside the first step's cache (zero_first_step_cache)
         low = low + int(first_step_cache * ZERO_FIRST_STEP_CACHE_LOW)
         high = high + int(first_step_cache * ZERO_FIRST_STEP_CACHE_HIGH)
-    if communicators is None:
-        communicators = int(gpus > 1)
     more = (communicators - 1) * NCCL_MORE_COMMUNICATOR_BYTES if communicators else 0
     if gpus > 1:
-        low, high = low + NCCL_LOW + more, high + NCCL_HIGH + int(more * NCCL_ONE_GPU_HIGH)
+        low, high = low + NCCL_LOW + more, high + NCCL_HIGH + int(more * NCCL_MEASURED_HIGH)
     elif communicators:
         nccl = nccl_bytes(gpus, communicators)
-        low, high = low + int(nccl * NCCL_ONE_GPU_LOW), high + int(nccl * NCCL_ONE_GPU_HIGH)
+        low, high = low + int(nccl * NCCL_MEASURED_LOW), high + int(nccl * NCCL_MEASURED_HIGH)
     low, high = low + paged_bytes, high + paged_bytes
     why = (f"tensors -{TENSOR_SPREAD:.0%}/+{tensor_high:.0%}"
            + (f" ({unchecked}: not traced by the oracle)" if unchecked else " (oracle-checked)")
