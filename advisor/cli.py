@@ -26,7 +26,7 @@ FLAG_FOR_FIELD = {
     "model": "--model", "gpu": "--gpu", "vram": "--vram", "gpus": "--gpus", "seq_len": "--seq-len",
     "effective_batch": "--effective-batch", "prefer": "--prefer", "rules": "--rules", "host_ram": "--host-ram",
     "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
-    "alpha": "--alpha", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
+    "alpha": "--alpha", "lora_dropout": "--lora-dropout", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
     "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
@@ -37,7 +37,7 @@ FLAG_FOR_FIELD = {
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
-CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "targets", "train_embeddings", "quant_type",
+CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "lora_dropout", "targets", "train_embeddings", "quant_type",
                  "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp", "offload",
                  "stack")
 
@@ -80,6 +80,18 @@ def _at_most(high: int):
 
 
 MAX_RANKS = 32  # a rank sweep estimates each one
+
+
+def _dropout(text: str) -> float:
+    import math
+
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a dropout probability (a number from 0 to below 1)")
+    return value
 
 
 def _alpha(text: str) -> float:
@@ -231,6 +243,8 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g = p.add_argument_group("configuration by hand (export / verify: any of these skips the planner)")
     g.add_argument("--rank", "-r", type=_ranks, default=d("rank"), help="LoRA rank, or a list (4,8,16,32,64) for a rank sweep")
     g.add_argument("--alpha", type=_alpha, default=d("alpha"), help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--lora-dropout", type=_dropout, default=d("lora_dropout"),
+                   help="LoRA dropout p (default 0): above 0 each adapted module keeps its own dropped-out input")
     g.add_argument("--targets", type=_targets, default=d("targets"),
                    help="all-linear | attention | q,v | module names (q_proj,v_proj,...)")
     g.add_argument("--train-embeddings", action="store_true", default=d("train_embeddings"),

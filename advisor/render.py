@@ -12,7 +12,7 @@ from .units import GiB, format_bytes
 def _describe(cfg: TrainConfig) -> str:
     parts = [cfg.method]
     if cfg.uses_adapters:
-        parts.append(f"r{cfg.rank} {','.join(cfg.targets)}")
+        parts.append(f"r{cfg.rank} {','.join(cfg.targets)}" + (f" dropout {cfg.lora_dropout:g}" if cfg.lora_dropout else ""))
     if cfg.method == "qlora":
         parts.append(cfg.quant_type + ("+dq" if cfg.double_quant and cfg.quant_type in ("nf4", "fp4") else ""))
     parts += [cfg.precision, f"seq {cfg.seq_len} x micro batch {cfg.micro_batch}", cfg.optimizer]

@@ -16,7 +16,8 @@ def config_words(cfg) -> str:
     if cfg.method == "full":
         method += (" (fp32 master weights)" if cfg.master_weights else
                    " (16-bit, DeepSpeed's fp32 master)" if cfg.zero and cfg.precision != "fp32" else " (16-bit)")
-    parts = [f"{method} r{cfg.rank}" if cfg.uses_adapters else method,
+    parts = [f"{method} r{cfg.rank}" + (f" (dropout {cfg.lora_dropout:g})" if cfg.lora_dropout else "")
+             if cfg.uses_adapters else method,
              "checkpointing" if cfg.grad_ckpt else "no checkpointing",
              f"micro batch {cfg.micro_batch}", OPTIMIZER_WORDS.get(cfg.optimizer, cfg.optimizer)]
     if cfg.sharding not in ("single",):

@@ -22,7 +22,7 @@ _OPTIM_BACK = {k: v for k, v in _OPTIM_BACK.items() if v is not None}  # what th
 # keys that do not change memory (data, logging, schedule): read, never reported as unknown
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
-               "deepspeed", "lora_dropout", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
+               "deepspeed", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
                "fsdp", "lora_modules_to_save",
                "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
 
@@ -226,6 +226,8 @@ def read_config(path: Path) -> ReadBack:
     if back.fields.get("method") == "full" and back.fields.pop("_autocast_fp32_master", False):
         back.fields["master_weights"] = True
     back.fields.pop("_autocast_fp32_master", None)
+    if back.fields.get("method") == "full":  # no adapters: a lora_dropout key (or its default) says nothing
+        back.fields.pop("lora_dropout", None)
     back.fields.setdefault("stack", {"axolotl": "axolotl", "llamafactory": "llamafactory"}.get(back.format, "auto"))
     return back
 
@@ -273,6 +275,9 @@ _KEYS = {
     "llamafactory": ("lora_rank", "lora_alpha", "cutoff_len", "per_device_train_batch_size", "optim"),
     "trl": ("lora_r", "lora_alpha", "max_length", "per_device_train_batch_size", "optim"),
 }
+# Each framework's lora_dropout when the file does not set it: axolotl's LoraConfig schema and LLaMA-Factory's
+# FinetuningArguments have 0.0; TRL's ModelConfig (what its sft script passes to get_peft_config) has 0.05
+_DROPOUT_DEFAULT = {"axolotl": 0.0, "llamafactory": 0.0, "trl": 0.05}
 # The same bounds as the flags (core.MAX_*): a file cannot ask for what a flag cannot
 MAX_RANK, MAX_ALPHA, MAX_SEQ_LEN, MAX_MICRO_BATCH, MAX_GRAD_ACCUM, MAX_GPUS = 4096, 1e6, 1 << 24, 1 << 16, 1 << 16, 1024
 
@@ -288,8 +293,19 @@ def _read(file: _File, fmt: str, model_key: str, **specific) -> ReadBack:
     fields = dict(rank=file.int(rank, 1, MAX_RANK), alpha=file.number(alpha, 0, MAX_ALPHA),
                   seq_len=file.int(seq_len, 1, MAX_SEQ_LEN), micro_batch=file.int(micro_batch, 1, MAX_MICRO_BATCH),
                   precision=_precision(file, used), optimizer=_optimizer(file, optimizer), **_liger(file, used),
-                  **specific)
+                  lora_dropout=_lora_dropout(file, used, _DROPOUT_DEFAULT[fmt]), **specific)
     return _finish(file, used, model.strip(), fields, fmt)
+
+
+def _lora_dropout(file: _File, used: set, default: float) -> float:
+    """lora_dropout changes memory (memory/activations.py: a dropped-out copy of the input per adapted module)."""
+    used.add("lora_dropout")
+    value = file.data.get("lora_dropout")
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 <= value < 1:
+        raise file.error("lora_dropout", "a dropout probability from 0 to below 1", value)
+    return float(value)
 
 
 # How long each batch is (memory/config.py Lengths), as each framework says it.  Unpacked data padded per

@@ -83,7 +83,7 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
                   # TRL's default, each batch padded to its longest sequence
                   **({"pad_to_multiple_of": cfg.seq_len} if cfg.lengths == "fixed" else {"packing": False})}
     if cfg.method != "full":
-        data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
+        data.update({"use_peft": True, "lora_r": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout,
                      "lora_target_modules": ctx.language_model_regex or ("all-linear" if ctx.all_linear
                                                                           else ctx.target_modules())})
         if cfg.train_embeddings:
@@ -112,7 +112,7 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
                   "datasets": [{"path": "DATASET", "type": "alpaca"}]}
     if cfg.method != "full":
         data.update({"adapter": "qlora" if cfg.method == "qlora" else "lora", "lora_r": cfg.rank,
-                     "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0})
+                     "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout})
         if ctx.language_model_regex:  # a VLM: axolotl takes a regex string (its Gemma 3 vision examples do)
             data["lora_target_modules"] = ctx.language_model_regex
         elif ctx.all_linear:
@@ -158,7 +158,7 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
     if ctx.chunked_loss:
         data["enable_liger_kernel"] = True
     if cfg.method != "full":
-        data.update({"lora_rank": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": 0.0,
+        data.update({"lora_rank": cfg.rank, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout,
                      "lora_target": "all" if ctx.all_linear else ",".join(ctx.target_modules())})
         if cfg.train_embeddings:
             data["additional_target"] = "embed_tokens,lm_head"

@@ -77,6 +77,7 @@ class LayerPlan:
     global_attention: bool = False  # a full-attention layer with its own head width / kv heads (Gemma 4)
     lora_autocast: bool = False  # fp32 adapters run under autocast: the LoRA branch computes in act_bytes
     lora_input_cast: bool = True  # PEFT casts each module's input under autocast too (TrainConfig.peft_casts_lora_input)
+    lora_dropout: bool = False  # TrainConfig.lora_dropout > 0: each adapted module drops out its own copy of its input
 
     @property
     def lora_copies_input(self) -> bool:
@@ -102,7 +103,18 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
         # PEFT casts the input to the adapter dtype (fp32) in every LoRA module separately; lora_A keeps
         # that cast, lora_B keeps lora_A's output.
         ad = plan.adapter_bytes
-        if plan.lora_autocast and not plan.lora_input_cast:
+        if plan.lora_dropout:
+            # lora_B(lora_A(dropout(x))) with an nn.Dropout per module (peft/tuners/lora/layer.py update_layer: an
+            # nn.Identity only at p = 0): dropout makes a new tensor in the dtype it is given (the fp32 cast where
+            # PEFT casts, else the 16-bit input) and keeps its mask, one byte per element (CUDA's native_dropout
+            # saves a bool mask, and only when its input needs a grad); lora_A keeps the dropped-out tensor, or under
+            # autocast its 16-bit cast.  Nothing is shared between the modules that read one input.
+            dropped = ad if plan.lora_copies_input else plan.act_bytes
+            ad = plan.act_bytes if plan.lora_autocast else dropped
+            if in_rg:
+                saved.add(f"{name}: LoRA dropout mask", in_width)
+            saved.add(f"{name}: LoRA input (dropped out)", ad * in_width)
+        elif plan.lora_autocast and not plan.lora_input_cast:
             # bitsandbytes / AWQ base under autocast: PEFT skips its cast, autocast casts only lora_A's weight,
             # so lora_A keeps the 16-bit input itself, shared like the no-cast case below, and computes in 16 bit
             ad = plan.act_bytes
@@ -429,7 +441,8 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
                      global_attention=layer_type == "full_attention" and arch.global_head_dim is not None,
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
                      adapter_bytes=adapter_bytes,
-                     lora_autocast=cfg.lora_autocast(arch), lora_input_cast=cfg.peft_casts_lora_input)
+                     lora_autocast=cfg.lora_autocast(arch), lora_input_cast=cfg.peft_casts_lora_input,
+                     lora_dropout=cfg.lora_dropout > 0)
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:
@@ -496,6 +509,10 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # is followed under autocast by the 16-bit copy lora_A's matmul takes (xcast: bytes per input element)
     lc = a if plan.lora_autocast else ad
     xcast = (ad + (a if plan.lora_autocast else 0)) if plan.lora_copies_input else 0
+    # PEFT's LoRA dropout (lora_B(lora_A(dropout(x)))): the dropped-out input, in the dtype dropout is given, is
+    # alive while lora_A runs; by lora_B and the scaling it is released unless kept (saved tensors count it then).
+    # Where lora_B's output and its scaled copy (2 x lc per output element) are smaller, it raises the branch's peak.
+    drop = (ad if plan.lora_copies_input else a) if plan.lora_dropout else 0
     lora_out = (a + 2 * lc)  # base output + scaled LoRA output + their sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     fused = arch.fused_gate_up  # Phi-3: one gate_up_proj (2i x h), its output chunked into gate and up views
@@ -509,6 +526,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # PEFT's cast of down's input to the fp32 adapters' dtype (x = self._cast_input_dtype(x, lora_A.weight.dtype)) is a
     # local of the LoRA forward until it returns: not saved (lora_A keeps the 16-bit copy under autocast), but alive
     down_cast = ad * i if "down_proj" in lora and ad != a and plan.lora_copies_input else 0
+    if down_cast and plan.lora_dropout and plan.lora_autocast:  # dropout's fp32 output (lora_A keeps the 16-bit cast)
+        down_cast += max(0, drop * i - 2 * lc * h)
     # the MLP's input (its forward's argument x) is alive until the MLP returns, saved or not (+ a * h)
     at_down = T * (2 * a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h)
                    + down_cast)
@@ -527,9 +546,10 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
 
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
     base = T * 2 * a * h
-    up_lora = T * (xcast * h + (a + lora_out) * i) if up_name in lora else T * 2 * a * i
+    up_lora = T * (xcast * h + (a + lora_out) * i + max(0, drop * h - 2 * lc * i)) if up_name in lora else T * 2 * a * i
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
-    down_work = T * (a * i + (xcast * i + lora_out * h if "down_proj" in lora else a * h))
+    down_work = T * (a * i + (xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
+                              else a * h))
     if fused:
         # Phi3MLP.forward keeps ``gate`` (a view of the 2i-wide gate_up output) until it returns: that whole output is
         # alive at the product and through down_proj

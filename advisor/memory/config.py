@@ -48,6 +48,10 @@ class TrainConfig(BaseModel):
     alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False, description="LoRA alpha; 2r when not given.")
     targets: tuple[str, ...] = Field(("all-linear",), description="LoRA target modules: a preset (all-linear, attention, q,v) or HF module names.")
     train_embeddings: bool = Field(False, description="Also train embed_tokens and lm_head in full (PEFT modules_to_save).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description=(
+        "LoRA dropout p.  Above 0 PEFT runs lora_A on a dropped-out copy of each adapted module's input "
+        "(lora_B(lora_A(dropout(x)))) and keeps that copy and its mask for the backward: memory per adapted "
+        "module, not shared between the modules that read one input.  0 (what the exports write) adds nothing."))
     quant_type: QuantType = Field("nf4", description="QLoRA 4-bit base: bitsandbytes nf4 / fp4 (quantized on load), "
                                   "or a pre-quantized GPTQ / AWQ checkpoint (4-bit, group size 128).")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
@@ -110,6 +114,8 @@ class TrainConfig(BaseModel):
                              "optimizer offload")
         if self.offload != "none" and not (self.zero or self.fsdp):
             raise ValueError("--offload needs --zero 1/2/3 or --fsdp")
+        if self.lora_dropout and self.method == "full":
+            raise ValueError("--lora-dropout applies to LoRA / QLoRA; full fine-tuning has no adapters")
         if self.master_weights and self.method != "full":
             raise ValueError("--master-weights applies to full fine-tuning only")
         if self.stack == "torchtune" and self.master_weights:

@@ -13,6 +13,16 @@ OUTSIDE_LAYERS = frozenset({"lm_head", "embed_tokens"})
 
 def lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     """The per-layer Linears that carry a LoRA adapter (empty for full fine-tuning)."""
+    chosen = _lora_linears(arch, cfg)
+    if cfg.lora_dropout and any(spec.name.startswith("experts.") for spec in chosen):
+        # peft/tuners/lora/layer.py ParamWrapper.__init__: "lora.ParamWrapper does not work with lora_dropout != 0"
+        raise UsageError(f"{arch.name}: PEFT's LoRA on the fused expert tensors (target_parameters) does not work "
+                         f"with lora_dropout {cfg.lora_dropout:g}", "set lora_dropout to 0, or target the attention "
+                         "Linears only", field="lora_dropout", value=cfg.lora_dropout)
+    return chosen
+
+
+def _lora_linears(arch: ModelArch, cfg: TrainConfig) -> list[LinearSpec]:
     if not cfg.uses_adapters:
         return []
     linears = list(layer_linears(arch))

@@ -111,7 +111,7 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
 
         model.requires_grad_(False)
         lora = LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(cfg, arch),
+            r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=lora_targets(cfg, arch),
             modules_to_save=["embed_tokens", "lm_head"] if cfg.train_embeddings else None, task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)

@@ -136,6 +136,30 @@ def _autocast_asked_as_on_gpu():
 
 
 @contextlib.contextmanager
+def _dropout_as_on_gpu():
+    """Dropout in training keeps what it needs for its backward, and that differs by device: on a GPU ATen's
+    ``dropout`` takes the fused ``native_dropout``, which saves a bool mask (one byte per element); on the CPU
+    (``is_fused_kernel_acceptable`` is false) it multiplies by a noise tensor in the input's dtype and saves
+    that (four bytes per element of an fp32 input).  PEFT's LoRA dropout (lora_dropout > 0) is one per adapted
+    module, so the CPU's branch would trace several times the mask.  Take the GPU's kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def as_on_the_gpu(input, p=0.5, training=True, inplace=False):
+        if training and not inplace and 0.0 < p < 1.0 and input.numel():
+            return torch.native_dropout(input, p, True)[0]
+        return original(input, p, training, inplace)
+
+    F.dropout = as_on_the_gpu
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
+@contextlib.contextmanager
 def _value_checks_off():
     """transformers checks values where fake tensors have none (Gemma 3: that the image tokens number the image
     features, ``torch_compilable_check`` on a sum); its own switch turns those checks off.  The batch is built so
@@ -284,7 +308,8 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: 
         current[0] = name
         counter.peak = counter.live
 
-    with fake_mode, _Track(), _masks_as_on_gpu(), _value_checks_off(), _autocast_asked_as_on_gpu():
+    with fake_mode, _Track(), _masks_as_on_gpu(), _value_checks_off(), _autocast_asked_as_on_gpu(), \
+            _dropout_as_on_gpu():
         materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
         for tensor in list(model.parameters()) + list(model.buffers()):
             counter.add(tensor)

@@ -38,7 +38,7 @@ import weakref
 from ..errors import UsageError
 from ..memory.config import TrainConfig
 from ..models.arch import ModelArch
-from .dryrun import PHASES, DryRunResult, _cpu_attention, _autocast_asked_as_on_gpu, _masks_as_on_gpu, _round
+from .dryrun import PHASES, DryRunResult, _cpu_attention, _autocast_asked_as_on_gpu, _dropout_as_on_gpu, _masks_as_on_gpu, _round
 
 LAYOUTS = ("layers+root", "accelerate")
 
@@ -347,7 +347,7 @@ def run_sharded_dry(arch: ModelArch, cfg: TrainConfig, rank: int = 0, steps: int
     with fake_process_group(rank, cfg.gpus):
         mesh = init_device_mesh("cpu", (cfg.gpus,), mesh_dim_names=("dp_shard",))
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with fake_mode, _Track(), _masks_as_on_gpu(), _autocast_asked_as_on_gpu():
+        with fake_mode, _Track(), _masks_as_on_gpu(), _autocast_asked_as_on_gpu(), _dropout_as_on_gpu():
             materialize(model, lambda shape, dtype: torch.empty(shape, dtype=dtype), cfg)
             total_params = sum(p.numel() for p in model.parameters())
             model = _shard(model, mesh, mp_policy, layout, autocast)
