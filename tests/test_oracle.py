@@ -71,6 +71,13 @@ CASES = [
     ("llama-3.2-1b", 3, dict(method="lora", seq_len=2048, micro_batch=2, grad_ckpt=True, loss="chunked")),
     ("tinyllama-1.1b", 2, dict(method="full", seq_len=1024, micro_batch=2, loss="chunked")),
     ("llama-2-7b", 2, dict(method="lora", seq_len=512, train_embeddings=True, loss="chunked")),
+    # PEFT's LoRA dropout: a dropped-out copy of each adapted module's input and its mask (fp32 adapters under
+    # autocast, the bitsandbytes branch, 16-bit adapters, and the checkpointed recompute)
+    ("llama-3.2-1b", 3, dict(method="lora", seq_len=1024, lora_dropout=0.1)),
+    ("llama-3.2-1b", 3, dict(method="qlora", seq_len=1024, lora_dropout=0.1)),
+    ("qwen2.5-0.5b", 3, dict(method="lora", seq_len=512, micro_batch=2, stack="torchtune", lora_dropout=0.05)),
+    ("qwen2.5-0.5b", 3, dict(method="lora", seq_len=4096, grad_ckpt=True, loss="chunked", lora_dropout=0.05)),
+    ("llama-3.2-1b", 3, dict(method="lora", seq_len=2048, micro_batch=2, loss="chunked", lora_dropout=0.05)),
     # MoE with PEFT's LoRA on the fused expert tensors: a merged copy of the expert stack per layer
     ("mixtral-8x7b-v0.1", 2, dict(method="lora", targets=("all-linear",), seq_len=512, optimizer="sgd")),
     ("mixtral-8x7b-v0.1", 3, dict(method="lora", targets=("all-linear",), seq_len=256, grad_ckpt=True, optimizer="sgd")),
@@ -121,6 +128,20 @@ MOE_2026_CASES = [
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(MOE_2026_CASES)])
 def test_2026_moe_phase_peaks_within_two_percent(config, layers, settings):
     test_every_phase_peak_within_two_percent(str(config_path(config)), layers, settings)
+
+
+def test_oracle_keeps_dropout_masks_as_a_gpu_does():
+    """CUDA's dropout saves a bool mask; the CPU's would save an fp32 noise tensor.  With plain LoRA under autocast
+    every adapted module already has its own input copy, so turning dropout on adds exactly the masks: one byte per
+    input element of each adapted module whose input needs a grad (layer 0's q/k/v read the frozen embedding's
+    output, which does not)."""
+    arch = resolve_model("llama-3.2-1b").model_copy(update={"num_layers": 2})
+    plain = run_dry(arch, TrainConfig(method="lora", seq_len=512)).phase_peaks
+    dropped = run_dry(arch, TrainConfig(method="lora", seq_len=512, lora_dropout=0.1)).phase_peaks
+    h, i = arch.hidden_size, arch.intermediate_size
+    masks = 512 * ((h + 2 * h + i) + (6 * h + i))  # layer 0: o, gate, up, down; layer 1: all seven
+    assert dropped["forward"] - plain["forward"] == masks
+    assert dropped["backward"] - plain["backward"] == masks
 
 
 def test_oracle_sees_what_the_formula_ignores():
