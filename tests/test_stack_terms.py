@@ -124,3 +124,51 @@ def test_zero3_gradient_bucket_is_held_through_every_phase():
     small, big = phases(1_000_000), phases(101_000_000)
     for phase in ("forward", "backward", "optimizer"):
         assert getattr(big, phase) - getattr(small, phase) == pytest.approx(2 * 100_000_000, rel=1e-4)  # one bf16 buffer
+
+
+# ---- what ZeRO-3 and FSDP cannot shard: quantized tensors that are not nn.Parameters ----
+def _quant_state_bytes(state) -> int:
+    """Every tensor a bitsandbytes QuantState holds (absmax, code, and the nested state's), as allocations."""
+    from advisor.memory.states import rounded
+
+    tensors = [state.absmax, state.code] + ([state.state2.absmax, state.state2.code] if state.nested else [])
+    return sum(rounded(t.numel() * t.element_size()) for t in tensors)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_bnb_quant_state_is_what_stays_whole(double_quant):
+    """bitsandbytes keeps each 4-bit weight's QuantState on the module (Params4bit._quantize), not as a Parameter:
+    ZeRO-3 and FSDP shard the packed weight and leave the state whole.  The oracle: real quantized weights of one
+    Llama-3.2-1B layer, their QuantState tensors summed."""
+    torch = pytest.importorskip("torch")
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    from advisor.models.params import layer_linears
+
+    arch = resolve_model("llama-3.2-1b")
+    cfg = TrainConfig(method="qlora", double_quant=double_quant)
+    per_layer = 0
+    for spec in layer_linears(arch):
+        _, state = bnbF.quantize_4bit(torch.zeros(spec.out_features, spec.in_features, dtype=torch.bfloat16),
+                                      blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+        per_layer += spec.per_layer * _quant_state_bytes(state)
+    assert param_bytes(arch, cfg).not_parameters == arch.num_layers * per_layer
+
+
+@pytest.mark.parametrize("quant", ["nf4", "gptq"])
+@pytest.mark.parametrize("engine", [dict(zero=3), dict(fsdp=True)])
+def test_sharding_leaves_what_is_not_a_parameter_whole(quant, engine):
+    """From 2 to 4 GPUs a rank's resident parameters shrink by the sharded part only; a GPTQ base (every quantized
+    tensor a buffer of its QuantLinear) keeps all of them on every rank; with the parameters offloaded, they stay."""
+    arch = resolve_model("llama-2-7b")
+
+    def resident(gpus, offload="none"):
+        cfg = TrainConfig(method="qlora", quant_type=quant, gpus=gpus, offload=offload, **engine)
+        pb = param_bytes(arch, cfg)
+        return pb, per_gpu_states(arch, cfg, pb, optimizer_bytes(arch, cfg, pb)).params
+
+    pb, two = resident(2)
+    _, four = resident(4)
+    sharded = (two - pb.not_parameters) * 2  # the part split over the GPUs, whole
+    assert two - four == pytest.approx(sharded / 2 - sharded / 4, abs=4)
+    assert pb.not_parameters == (pb.quantized if quant == "gptq" else pb.not_parameters) > 0
+    assert resident(2, "params")[1] == pb.not_parameters

@@ -341,12 +341,14 @@ def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) ->
 def _components(arch, cfg, pb, gpu, opt_formula, activations, first_layer, loss_fwd, loss_bwd, over, per_layer):
     full = cfg.method == "full"
     weights16 = pb.frozen_16bit + (pb.trainable if full else 0)
-    shard = gpu.params / pb.total if pb.total else 1.0
+    # the share of the sharded (or offloaded) parameters on this GPU; what is not a parameter stays whole
+    whole = min(pb.not_parameters, gpu.params)
+    shard = (gpu.params - whole) / (pb.total - whole) if pb.total > whole else 1.0
     return [
         Component(name="weights", label="weights", bytes=int(weights16 * shard),
                   formula="params x bytes/param (16-bit unless quantized)",
                   inputs={"params": pb.total_params, "bytes_per_param": 4 if cfg.master_weights else 2 if cfg.precision != "fp32" else 4}),
-        Component(name="quantized", label="4-bit weights + constants", bytes=int(pb.quantized * shard),
+        Component(name="quantized", label="4-bit weights + constants", bytes=whole + int((pb.quantized - whole) * shard),
                   formula="0.5 B/param + absmax per 64-block (8-bit with double quant)",
                   inputs={"quant_type": cfg.quant_type, "double_quant": cfg.double_quant} if cfg.method == "qlora" else {}),
         Component(name="adapters", label="LoRA adapters (+ trained copies)", bytes=0 if full else int(pb.trainable * shard),

@@ -30,6 +30,11 @@ class ParamBytes:
     adapter_params: int
     trainable_dtype_bytes: int  # bytes per trainable param (for grads and dtype-following states)
     largest_layer_params: int  # the biggest decoder layer, gathered whole under ZeRO-3/FSDP
+    # bytes of ``quantized`` that are not nn.Parameters, so ZeRO-3 and FSDP (which shard and offload parameters only)
+    # leave them whole on every GPU: bitsandbytes' quantization constants (the QuantState each Linear4bit keeps on the
+    # module, bitsandbytes nn/modules.py Params4bit._quantize / fix_4bit_weight_quant_state_from_module), and a
+    # GPTQ / AWQ layer's qweight, qzeros, scales and g_idx (register_buffer in their QuantLinear / WQLinear)
+    not_parameters: int = 0
 
     @property
     def total(self) -> int:
@@ -41,9 +46,17 @@ def _quant4_bytes(n: int, double_quant: bool) -> int:
     quantization 8-bit absmax plus one fp32 absmax per 256 blocks (and a 256-entry fp32 code table)."""
     packed = rounded((n + 1) // 2)
     blocks = -(-n // 64)
+    return packed + _quant4_constants(n, double_quant)
+
+
+def _quant4_constants(n: int, double_quant: bool) -> int:
+    """The QuantState of one bitsandbytes 4-bit weight of n elements: its absmax (and the nested absmax and code),
+    and its own copy of the 16-entry fp32 4-bit code (functional.py quantize_4bit: get_4bit_type per call)."""
+    blocks = -(-n // 64)
+    code = rounded(16 * 4)
     if double_quant:
-        return packed + rounded(blocks) + rounded(4 * -(-blocks // 256)) + rounded(256 * 4)
-    return packed + rounded(4 * blocks)
+        return rounded(blocks) + rounded(4 * -(-blocks // 256)) + rounded(256 * 4) + code
+    return rounded(4 * blocks) + code
 
 
 GPTQ_AWQ_GROUP = 128  # the group size of nearly every published GPTQ / AWQ 4-bit checkpoint
@@ -194,10 +207,14 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
                         * _prequantized_bytes(spec.in_features, spec.out_features, cfg.quant_type)
                         for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
         frozen = stored(outside) + L * stored(in_layer) + kind_stored(1) + stored(vision_linear)
+        not_parameters = quantized  # all of it: the loaders register every quantized tensor as a buffer
     elif cfg.method == "qlora":
         quantized = L * sum(_quant4_bytes(n, cfg.double_quant) for n in weights)
         quantized += sum(n_layers * sum(_quant4_bytes(n, cfg.double_quant) for n in w) for n_layers, _, w in kinds)
         quantized += sum(_quant4_bytes(n, cfg.double_quant) for n in vision_linear)
+        not_parameters = L * sum(_quant4_constants(n, cfg.double_quant) for n in weights)
+        not_parameters += sum(n_layers * sum(_quant4_constants(n, cfg.double_quant) for n in w) for n_layers, _, w in kinds)
+        not_parameters += sum(_quant4_constants(n, cfg.double_quant) for n in vision_linear)
         frozen = stored(outside) + L * stored(in_layer) + kind_stored(1)
     elif cfg.method == "lora8bit":
         # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
@@ -206,8 +223,12 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
                         for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
         quantized += sum(rounded(n) + rounded(4 * out) for n, out in vision_linear_rows(arch))
         frozen = stored(outside) + L * stored(in_layer) + kind_stored(1)
+        # the SCB row scales are an attribute of the Int8Params weight (bitsandbytes nn/modules.py), not a Parameter
+        not_parameters = sum(layers_holding(arch, spec.kind) * spec.per_layer * rounded(4 * spec.out_features)
+                             for spec in layer_linears(arch) if not (arch.moe and spec.name in ROUTER_NAMES))
+        not_parameters += sum(rounded(4 * out) for _, out in vision_linear_rows(arch))
     else:
-        quantized = 0
+        quantized = not_parameters = 0
         frozen = stored(outside) + L * (stored(in_layer) + stored(weights)) + kind_stored(1) + kind_stored(2)
     return ParamBytes(
         frozen_16bit=frozen + vision_frozen,
@@ -218,6 +239,7 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
         adapter_params=adapter_params,
         trainable_dtype_bytes=adapter_dtype,
         largest_layer_params=largest_layer,
+        not_parameters=not_parameters,
     )
 
 
