@@ -328,3 +328,18 @@ def test_lora_dropout_on_fused_experts_is_refused_as_peft_does(capsys):
     assert "fused expert tensors" in err and err.count("\n") == 1
     # the attention Linears alone are plain nn.Linear: PEFT's dropout works there
     assert main(["estimate", "--model", "mixtral-8x7b-v0.1", "--targets", "attention", "--lora-dropout", "0.05"]) == 0
+
+
+def test_the_header_says_what_the_common_dropout_would_cost(tmp_path, capsys):
+    flags = ["--model", "llama-3.1-8b", "--method", "qlora", "--gpu", "a100-80gb"]
+    out = export(tmp_path, [*flags, "--effective-batch", "8"], "axolotl")
+    header = (out / "axolotl.yaml").read_text().split("\nbase_model")[0]
+    capsys.readouterr()
+    peaks = []
+    for extra in ([], ["--lora-dropout", "0.05"]):
+        assert main(["estimate", "--json", *flags, *extra]) == 0
+        peaks.append(json.loads(capsys.readouterr().out)["peak_allocated_bytes"])
+    assert f"+{(peaks[1] - peaks[0]) / 2**30:.2f} GiB per GPU" in header and "lora_dropout 0 as planned" in header
+    # a file written with dropout already on says nothing of the kind
+    out = export(tmp_path / "d", [*flags, "--lora-dropout", "0.1", "--effective-batch", "8"], "axolotl")
+    assert "as planned:" not in (out / "axolotl.yaml").read_text()

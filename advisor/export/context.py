@@ -13,6 +13,8 @@ from ..units import GiB
 TOOL = "lora-advisor 0.1.0"
 HF_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
             "sgd": "sgd", "adafactor": "adafactor"}
+# the lora_dropout most examples and TRL's ModelConfig use: the export header says what it would cost
+COMMON_DROPOUT = 0.05
 LEARNING_RATE = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4, "lora8bit": 2e-4}
 
 
@@ -151,7 +153,25 @@ class ExportContext:
                      f"{'chunked cross-entropy' if self.chunked_loss else 'standard cross-entropy (full fp32 logits)'}"
                      f"{' · ' + cfg.sharding if cfg.sharding not in ('single', 'ddp') else ''}"
                      f"{' · offload ' + cfg.offload if cfg.offload != 'none' else ''}")
+        dropout_cost = self.dropout_cost()
+        if dropout_cost:
+            lines.append(f"lora_dropout {cfg.lora_dropout:g} as planned: {COMMON_DROPOUT:g} (TRL's default) would keep a "
+                         f"dropped-out copy of each adapted module's input, +{dropout_cost / GiB:.2f} GiB per GPU")
         return lines
+
+    def dropout_cost(self) -> int:
+        """What the common lora_dropout would add to this plan's allocated peak, where it is material (1 %): a number
+        in the header keeps a user from turning it on by habit (memory/activations.py: copies and masks per module)."""
+        from ..memory import estimate
+
+        if not self.cfg.uses_adapters or self.cfg.lora_dropout:
+            return 0
+        try:
+            with_dropout = estimate(self.arch, self.cfg.model_copy(update={"lora_dropout": COMMON_DROPOUT}))
+        except AdvisorError:  # PEFT refuses dropout on this model's adapted fused experts: nothing to warn about
+            return 0
+        extra = with_dropout.peak_allocated_bytes - self.estimate.peak_allocated_bytes
+        return extra if extra >= 0.01 * self.estimate.peak_allocated_bytes else 0
 
     @property
     def precision_words(self) -> str:
