@@ -547,6 +547,10 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
     base = T * 2 * a * h
     up_lora = T * (xcast * h + (a + lora_out) * i + max(0, drop * h - 2 * lc * i)) if up_name in lora else T * 2 * a * i
+    if fused and up_name in lora:
+        # Phi-3's gate_up_proj runs first (no act output alive yet), and its LoRA branch is 2i wide: the base output
+        # (cloned by PEFT's bitsandbytes layer), lora_B's output and its scaled copy, 2i each
+        up_lora = T * (xcast * h + lora_out * 2 * i + max(0, drop * h - 2 * lc * 2 * i))
     at_mul = T * 3 * a * i if gated else T * 2 * a * i
     down_work = T * (a * i + (xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
                               else a * h))
