@@ -47,7 +47,8 @@ def sample(rng: random.Random) -> tuple[str, int, dict]:
                     optimizer=rng.choice(("adamw", "sgd")), stack=rng.choice(("auto", "trl", "torchtune")),
                     train_embeddings=method != "full" and rng.random() < 0.2)
     if method != "full":
-        settings.update(targets=rng.choice(TARGETS), rank=rng.choice((8, 16, 64)))
+        settings.update(targets=rng.choice(TARGETS), rank=rng.choice((8, 16, 64)),
+                        lora_dropout=rng.choice((0.0, 0.0, 0.05)))  # TRL's default and many published runs
     if method == "qlora":
         settings.update(quant_type=rng.choice(("nf4", "fp4")), double_quant=rng.random() < 0.5)
     return rng.choice(MODELS), rng.choice((1, 2, 3, 4)), settings

@@ -618,7 +618,14 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
     if arch.moe is not None:  # the experts run T x k rows: the grads of act, up and their product are that tall
         mul_bwd *= arch.moe.experts_per_token
-    down_lora_bwd = T * (a * i + ad * i + ad * h) if "down_proj" in lora else 0
+    elif gated and not fused and ("down_proj" in lora or plan.full):
+        # by then down_proj's backward has run and released what it kept of its input (the product, or PEFT's
+        # 16-bit copy of it), which the layer's saved bytes still count
+        mul_bwd -= T * a * i
+    # its gradients are in the dtype the branch takes its input in: fp32 after PEFT's cast, else 16 bit (the
+    # bitsandbytes branch under autocast, 16-bit adapters)
+    gl = ad if plan.lora_copies_input else lc
+    down_lora_bwd = T * (a * i + gl * i + gl * h) if "down_proj" in lora else 0
     down_q_bwd = dequant + T * a * i if quantized else 0
     # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
     # merged tensor it read (down_proj's, else gate_up's) before it reaches the LoRA factors
