@@ -26,7 +26,8 @@ FLAG_FOR_FIELD = {
     "model": "--model", "gpu": "--gpu", "vram": "--vram", "gpus": "--gpus", "seq_len": "--seq-len",
     "effective_batch": "--effective-batch", "prefer": "--prefer", "rules": "--rules", "host_ram": "--host-ram",
     "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
-    "alpha": "--alpha", "lora_dropout": "--lora-dropout", "targets": "--targets", "train_embeddings": "--train-embeddings", "quant_type": "--quant",
+    "alpha": "--alpha", "lora_dropout": "--lora-dropout", "targets": "--targets",
+    "train_embeddings": "--train-embeddings", "quant_type": "--quant",
     "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
@@ -37,9 +38,9 @@ FLAG_FOR_FIELD = {
 }
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
-CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "lora_dropout", "targets", "train_embeddings", "quant_type",
-                 "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp", "offload",
-                 "stack")
+CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "lora_dropout", "targets", "train_embeddings",
+                 "quant_type", "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp",
+                 "offload", "stack")
 
 
 class _Parser(argparse.ArgumentParser):

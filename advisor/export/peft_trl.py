@@ -65,8 +65,8 @@ def _lora(ctx: ExportContext) -> str:
     targets = ('"all-linear"' if ctx.all_linear else repr(ctx.target_modules())) if ctx.language_model_regex is None \
         else repr(ctx.language_model_regex)  # a VLM: the language model's Linears only
     saved = 'modules_to_save=["embed_tokens", "lm_head"], ' if cfg.train_embeddings else ""
-    return (f"LoraConfig(r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.lora_dropout:g}, target_modules={targets}, "
-            f'{saved}task_type="CAUSAL_LM")')
+    return (f"LoraConfig(r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.lora_dropout:g}, "
+            f'target_modules={targets}, {saved}task_type="CAUSAL_LM")')
 
 
 # The loss, as code in the script.  Standard: transformers' own causal-LM loss on the full fp32 logits (what

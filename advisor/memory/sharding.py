@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.arch import ModelArch
-from .config import TrainConfig
-from .fsdp import FsdpTerms, fsdp_terms
 from ..models.params import layer_linears
-from .config import PREQUANTIZED
+from .config import PREQUANTIZED, TrainConfig
+from .fsdp import FsdpTerms, fsdp_terms
 from .states import DTYPE_BYTES, ROUTER_NAMES, OptimizerBytes, ParamBytes, rounded
 
 # DeepSpeed keeps host-side buffers ~1.5x the offloaded bytes (its own estimator's factor).
@@ -56,9 +55,10 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
             # the largest layer is gathered whole, plus the next one prefetched; and the embedding/lm_head.  A
             # GPTQ / AWQ layer's quantized weights are buffers, never gathered: only its other params are.  A
             # bitsandbytes 4-bit layer is counted at 16 bits, though FSDP1 and ZeRO-3 gather its 4-bit storage
-            # (bnb_4bit_quant_storage): the published PEFT FSDP / ZeRO-3 QLoRA runs on 70B read 1-15 % above this
-            # estimate even so (benchmarks/public_measurements.py rows 37-39), so something these stacks hold is
-            # not modelled; this term stays at its upper bound until a run shows what
+            # (bnb_4bit_quant_storage): the published PEFT FSDP / ZeRO-3 QLoRA runs on 70B read from 0.6 % below
+            # to 9 % above this estimate even so, and 7-23 % above it with the layers at 4 bits
+            # (benchmarks/public_measurements.py rows 37-39), so something these stacks hold is not modelled;
+            # this term stays at its upper bound until a run shows what
             embed = arch.vocab_size * arch.hidden_size * wbytes * (1 if arch.tie_word_embeddings else 2)
             layer = pb.largest_layer_params
             if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:

@@ -44,9 +44,7 @@ class ParamBytes:
 def _quant4_bytes(n: int, double_quant: bool) -> int:
     """bitsandbytes 4-bit: two weights per byte; one absmax per 64-block, fp32, or with double
     quantization 8-bit absmax plus one fp32 absmax per 256 blocks (and a 256-entry fp32 code table)."""
-    packed = rounded((n + 1) // 2)
-    blocks = -(-n // 64)
-    return packed + _quant4_constants(n, double_quant)
+    return rounded((n + 1) // 2) + _quant4_constants(n, double_quant)
 
 
 def _quant4_constants(n: int, double_quant: bool) -> int:

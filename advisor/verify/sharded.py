@@ -38,7 +38,8 @@ import weakref
 from ..errors import UsageError
 from ..memory.config import TrainConfig
 from ..models.arch import ModelArch
-from .dryrun import PHASES, DryRunResult, _cpu_attention, _autocast_asked_as_on_gpu, _dropout_as_on_gpu, _masks_as_on_gpu, _round
+from .dryrun import (PHASES, DryRunResult, _autocast_asked_as_on_gpu, _cpu_attention, _dropout_as_on_gpu,
+                     _masks_as_on_gpu, _round)
 
 LAYOUTS = ("layers+root", "accelerate")
 
