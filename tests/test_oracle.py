@@ -83,6 +83,10 @@ CASES = [
     ("qwen2.5-0.5b", 3, dict(method="lora", seq_len=512, micro_batch=2, stack="torchtune", lora_dropout=0.05)),
     ("qwen2.5-0.5b", 3, dict(method="lora", seq_len=4096, grad_ckpt=True, loss="chunked", lora_dropout=0.05)),
     ("llama-3.2-1b", 3, dict(method="lora", seq_len=2048, micro_batch=2, loss="chunked", lora_dropout=0.05)),
+    # LoRA on o_proj of a 4-bit base with the attention not adapted: in layer 0 no grad reaches q, k, v, SDPA keeps
+    # nothing, and lora_A keeps o_proj's input itself; under Phi-3's window mask that input is a copy in every layer
+    ("llama-3.2-1b", 2, dict(method="qlora", targets=("o_proj", "down_proj"), seq_len=1024)),
+    ("phi-3-mini-4k", 2, dict(method="qlora", targets=("o_proj",), seq_len=4096)),
     # MoE with PEFT's LoRA on the fused expert tensors: a merged copy of the expert stack per layer
     ("mixtral-8x7b-v0.1", 2, dict(method="lora", targets=("all-linear",), seq_len=512, optimizer="sgd")),
     ("mixtral-8x7b-v0.1", 3, dict(method="lora", targets=("all-linear",), seq_len=256, grad_ckpt=True, optimizer="sgd")),

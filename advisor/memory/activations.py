@@ -213,7 +213,13 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         # copy and the sigmoid output (which the sigmoid's backward reuses); o_proj reads their product, a new tensor
         saved.add("gated attention: output copy + sigmoid(gate)", 2 * a * q_dim)
     through_attention = saved.total
-    o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=not plan.eager and not arch.attn_output_gate)
+    # o_proj reads the attention output SDPA keeps, unless SDPA keeps nothing (no grad reaches q, k or v: a LoRA branch
+    # on o_proj then keeps its input itself), SDPA's output under a window mask is laid out so that o_proj's input is a
+    # copy (full FT counts it above; the oracle shows it for Phi-3, not for Mistral's GQA-repeated k/v, where this
+    # reads 1 % high), or eager attention / a gated output makes a new tensor
+    o_input_saved = (attn_rg and not plan.eager and not arch.attn_output_gate
+                     and not (plan.sdpa_masked and not plan.full))
+    o_rg = _linear(saved, plan, "o_proj", q_dim, attn_rg, input_already_saved=o_input_saved)
     if gemma and arch.norms_per_layer == 4:
         o_rg = _rmsnorm(saved, "post-attention norm", h, norm_act, o_rg, plan.full, gemma)
     saved, out_rg = _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
