@@ -298,6 +298,10 @@ def _read_from(args: argparse.Namespace):
     from .export.readback import read_config
 
     back = read_config(Path(args.from_file))
+    args.not_modelled = back.not_modelled  # estimate --json carries them in its notes too
+    if back.not_modelled:
+        print(f"warning: {args.from_file} ({back.format}): settings that change memory and are not modelled: "
+              f"{', '.join(back.not_modelled)}; the numbers are for the run without them", file=sys.stderr)
     if back.unknown:
         print(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}",
               file=sys.stderr)
@@ -448,7 +452,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     sel = _configured(args, req)
     speed = core.speed_of(sel, core.job_of(req))
     if args.json:
-        _print_json(EstimateReport.build(sel.arch, sel.cfg, sel.estimate, speed))
+        est = sel.estimate
+        if getattr(args, "not_modelled", None):
+            est = est.model_copy(update={"notes": [*est.notes, "the file turns on settings that change memory and are "
+                                                   "not modelled: " + ", ".join(args.not_modelled)]})
+        _print_json(EstimateReport.build(sel.arch, sel.cfg, est, speed))
     else:
         from .render import estimate_table, speed_lines
 

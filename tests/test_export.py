@@ -343,3 +343,29 @@ def test_the_header_says_what_the_common_dropout_would_cost(tmp_path, capsys):
     # a file written with dropout already on says nothing of the kind
     out = export(tmp_path / "d", [*flags, "--lora-dropout", "0.1", "--effective-batch", "8"], "axolotl")
     assert "as planned:" not in (out / "axolotl.yaml").read_text()
+
+
+@pytest.mark.parametrize("text,warned", [
+    ("base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nsequence_len: 1024\npeft_use_dora: true\n"
+     "torch_compile: true\n", ["peft_use_dora (DoRA)", "torch_compile (torch.compile)"]),
+    ("model_name_or_path: meta-llama/Llama-3.1-8B\nfinetuning_type: lora\ncutoff_len: 1024\nuse_dora: true\n"
+     "sequence_parallel_size: 1\n", ["use_dora (DoRA)"]),
+    ("model_name_or_path: meta-llama/Llama-3.1-8B\nuse_peft: true\nmax_length: 1024\nactivation_offloading: true\n",
+     ["activation_offloading (activation offloading)"]),
+    # switched off, or a degree of 1: the plain run, nothing to warn about
+    ("base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nsequence_len: 1024\npeft_use_dora: false\n"
+     "sequence_parallel_degree: 1\n", []),
+])
+def test_settings_that_change_memory_but_are_not_modelled_are_said(tmp_path, capsys, text, warned):
+    """A file that turns on DoRA, torch.compile, activation offloading, ... gets an estimate for the run without
+    them: the CLI says so in a warning (not in the "keys not used" note) and estimate --json in its notes."""
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert main(["estimate", "--json", "--from", str(path)]) == 0
+    captured = capsys.readouterr()
+    notes = json.loads(captured.out)["notes"]
+    for item in warned:
+        assert item in captured.err.split("\n")[0] and captured.err.startswith("warning:")
+        assert any(item in note for note in notes)
+    if not warned:
+        assert "warning:" not in captured.err and not any("not modelled:" in note for note in notes)

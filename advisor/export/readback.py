@@ -122,6 +122,20 @@ class ReadBack:
     format: str
     unknown: list[str] = field(default_factory=list)
     grad_accum: int = 1
+    not_modelled: list[str] = field(default_factory=list)  # "key (what it does)" for each of NOT_MODELLED switched on
+
+
+# Settings that change what a step holds and that the estimate does not model, in any of the three formats: the
+# estimate is for the run without them, and the CLI says so beside the number (a plain "not used" note would let it
+# pass as exact).  DoRA keeps a weight-sized norm computation per adapted Linear; torch.compile fuses and frees
+# differently; activation offloading moves the saved activations to the host; Unsloth replaces the LoRA kernels;
+# GaLore / BAdam / APOLLO are other optimizers; sequence / context parallelism splits the activations over GPUs.
+NOT_MODELLED = {"peft_use_dora": "DoRA", "use_dora": "DoRA", "torch_compile": "torch.compile",
+                "activation_offloading": "activation offloading", "use_unsloth": "Unsloth",
+                "unsloth_lora_mlp": "Unsloth's LoRA kernels", "unsloth_lora_qkv": "Unsloth's LoRA kernels",
+                "unsloth_lora_o": "Unsloth's LoRA kernels", "use_galore": "GaLore", "use_badam": "BAdam",
+                "use_apollo": "APOLLO", "sequence_parallel_degree": "sequence parallelism",
+                "context_parallel_size": "context parallelism"}
 
 
 def _companions(path: Path, file: _File) -> dict:
@@ -263,10 +277,23 @@ def _liger(file: _File, used: set) -> dict:
     return {"loss": "chunked" if on else "standard"}
 
 
+def _switched_on(value: Any) -> bool:
+    """true, a parallel degree above 1, or a setting's own mapping; false, null, 0 and 1 are the plain run."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value > 1
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "no", "none", "null", "0", "1")
+    return bool(value)
+
+
 def _finish(file: _File, used: set, model: str, fields: dict, fmt: str) -> ReadBack:
-    unknown = sorted(k for k in file.data if k not in used and k not in _IRRELEVANT)
+    on = sorted(k for k in NOT_MODELLED if k not in used and _switched_on(file.data.get(k)))
+    unknown = sorted(k for k in file.data if k not in used and k not in _IRRELEVANT and k not in on)
     return ReadBack(model=model, fields={k: v for k, v in fields.items() if v is not None}, format=fmt, unknown=unknown,
-                    grad_accum=file.int("gradient_accumulation_steps", 1, MAX_GRAD_ACCUM, 1))
+                    grad_accum=file.int("gradient_accumulation_steps", 1, MAX_GRAD_ACCUM, 1),
+                    not_modelled=[f"{k} ({NOT_MODELLED[k]})" for k in on])
 
 
 # Where each framework keeps the fields every format has: (rank, alpha, seq_len, micro_batch, optimizer)
