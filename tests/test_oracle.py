@@ -68,6 +68,8 @@ CASES = [
                      "on the safe side"))),
     ("phi-3-mini-4k", 3, dict(method="qlora", targets=("gate_up_proj",), seq_len=1024, micro_batch=2, grad_ckpt=True,
                               loss="chunked")),
+    # ... and over fp32 adapters, recomputed in the backward: the branch next to PEFT's fp32 cast of the input
+    ("phi-3-mini-4k", 3, dict(method="lora", targets=("gate_up_proj",), seq_len=2048, grad_ckpt=True, loss="chunked")),
     # fp32 training: the loss's logits.float() is the same tensor, no copy
     ("qwen2.5-0.5b", 2, dict(method="lora", seq_len=1024, precision="fp32")),
     ("tinyllama-1.1b", 2, dict(method="full", seq_len=512, micro_batch=2, precision="fp32")),

@@ -529,6 +529,10 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # -- with saving: at up_proj (act is alive, up's LoRA branch computing; act/up outputs and down's
     # cast are not saved yet) and at down_proj (prod alive unless saved, down's LoRA branch computing)
     at_up = T * (ad * i if up_name in lora else 0)
+    if fused and up_name in lora:
+        # Phi-3: the 2i-wide gate_up LoRA branch (lora_B output and its scaled copy) next to PEFT's fp32 cast of the
+        # input, a local of its forward; the base output, cloned or summed, is the saved gate_up output
+        at_up = T * ((ad if plan.lora_copies_input and ad != a else 0) * h + 2 * lc * 2 * i)
     # PEFT's cast of down's input to the fp32 adapters' dtype (x = self._cast_input_dtype(x, lora_A.weight.dtype)) is a
     # local of the LoRA forward until it returns: not saved (lora_A keeps the 16-bit copy under autocast), but alive
     down_cast = ad * i if "down_proj" in lora and ad != a and plan.lora_copies_input else 0
