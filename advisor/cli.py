@@ -83,29 +83,25 @@ def _at_most(high: int):
 MAX_RANKS = 32  # a rank sweep estimates each one
 
 
-def _dropout(text: str) -> float:
+def _finite(text: str, within, what: str) -> float:
+    """A finite number the flag accepts (``within(value)``), else "TEXT is not WHAT"."""
     import math
 
     try:
         value = float(text) if len(text) <= 40 else math.nan
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a dropout probability (a number from 0 to below 1)")
+    if not math.isfinite(value) or not within(value):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not {what}")
     return value
+
+
+def _dropout(text: str) -> float:
+    return _finite(text, lambda v: 0 <= v < 1, "a dropout probability (a number from 0 to below 1)")
 
 
 def _alpha(text: str) -> float:
-    import math
-
-    try:
-        value = float(text) if len(text) <= 40 else math.nan
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0 < value <= core.MAX_ALPHA:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a LoRA alpha (a number above 0, at most "
-                                         f"{core.MAX_ALPHA:g})")
-    return value
+    return _finite(text, lambda v: 0 < v <= core.MAX_ALPHA, f"a LoRA alpha (a number above 0, at most {core.MAX_ALPHA:g})")
 
 
 def _not_blank(text: str) -> str:

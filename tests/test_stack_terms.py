@@ -168,7 +168,9 @@ def test_sharding_leaves_what_is_not_a_parameter_whole(quant, engine):
 
     pb, two = resident(2)
     _, four = resident(4)
-    sharded = (two - pb.not_parameters) * 2  # the part split over the GPUs, whole
-    assert two - four == pytest.approx(sharded / 2 - sharded / 4, abs=4)
+    # going from 2 to 4 GPUs frees a quarter of what is sharded: everything but the tensors that are not parameters
+    # (whose size the test above checks against bitsandbytes itself); DeepSpeed first casts the fp32 adapters to 16 bits
+    module = pb.total - (pb.trainable - 2 * pb.trainable_params if engine.get("zero") else 0)
+    assert two - four == pytest.approx((module - pb.not_parameters) / 4, rel=1e-6)
     assert pb.not_parameters == (pb.quantized if quant == "gptq" else pb.not_parameters) > 0
     assert resident(2, "params")[1] == pb.not_parameters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..errors import AdvisorError
 from ..memory.config import TrainConfig
@@ -153,12 +154,13 @@ class ExportContext:
                      f"{'chunked cross-entropy' if self.chunked_loss else 'standard cross-entropy (full fp32 logits)'}"
                      f"{' · ' + cfg.sharding if cfg.sharding not in ('single', 'ddp') else ''}"
                      f"{' · offload ' + cfg.offload if cfg.offload != 'none' else ''}")
-        dropout_cost = self.dropout_cost()
+        dropout_cost = self.dropout_cost
         if dropout_cost:
             lines.append(f"lora_dropout {cfg.lora_dropout:g} as planned: {COMMON_DROPOUT:g} (TRL's default) would keep a "
                          f"dropped-out copy of each adapted module's input, +{dropout_cost / GiB:.2f} GiB per GPU")
         return lines
 
+    @cached_property  # every file's header says it: one estimate for all of them
     def dropout_cost(self) -> int:
         """What the common lora_dropout would add to this plan's allocated peak, where it is material (1 %): a number
         in the header keeps a user from turning it on by habit (memory/activations.py: copies and masks per module)."""

@@ -46,13 +46,16 @@ class _File:
             raise self.error(key, f"a whole number from {low:,} to {high:,}", value)
         return value
 
-    def number(self, key: str, low: float, high: float) -> Any:
+    def number(self, key: str, low: float, high: float, probability: bool = False) -> Any:
+        """A finite number above ``low`` and at most ``high``; a ``probability`` from ``low`` to below ``high``."""
         value = self.data.get(key)
         if value is None:
             return None
         if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-                or not low < value <= high):
-            raise self.error(key, f"a number above {low:g} and at most {high:g}", value)
+                or not ((low <= value < high) if probability else (low < value <= high))):
+            expected = (f"a dropout probability from {low:g} to below {high:g}" if probability
+                        else f"a number above {low:g} and at most {high:g}")
+            raise self.error(key, expected, value)
         return value
 
     def bool(self, key: str, default: Any = None, also: tuple = ()) -> Any:
@@ -327,12 +330,8 @@ def _read(file: _File, fmt: str, model_key: str, **specific) -> ReadBack:
 def _lora_dropout(file: _File, used: set, default: float) -> float:
     """lora_dropout changes memory (memory/activations.py: a dropped-out copy of the input per adapted module)."""
     used.add("lora_dropout")
-    value = file.data.get("lora_dropout")
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 <= value < 1:
-        raise file.error("lora_dropout", "a dropout probability from 0 to below 1", value)
-    return float(value)
+    value = file.number("lora_dropout", 0, 1, probability=True)
+    return default if value is None else float(value)
 
 
 # How long each batch is (memory/config.py Lengths), as each framework says it.  Unpacked data padded per

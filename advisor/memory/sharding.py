@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.arch import ModelArch
-from ..models.params import layer_linears
 from .config import PREQUANTIZED, TrainConfig
 from .fsdp import FsdpTerms, fsdp_terms
-from .states import DTYPE_BYTES, ROUTER_NAMES, OptimizerBytes, ParamBytes, rounded
+from .states import DTYPE_BYTES, OptimizerBytes, ParamBytes, rounded
 
 # DeepSpeed keeps host-side buffers ~1.5x the offloaded bytes (its own estimator's factor).
 HOST_BUFFER_FACTOR = 1.5
@@ -62,8 +61,7 @@ def per_gpu_states(arch: ModelArch, cfg: TrainConfig, pb: ParamBytes, opt: Optim
             embed = arch.vocab_size * arch.hidden_size * wbytes * (1 if arch.tie_word_embeddings else 2)
             layer = pb.largest_layer_params
             if cfg.method == "qlora" and cfg.quant_type in PREQUANTIZED:
-                layer -= sum(spec.per_layer * spec.weight_params for spec in layer_linears(arch)
-                             if spec.kind is None and not (arch.moe and spec.name in ROUTER_NAMES))
+                layer -= pb.layer_linear_params
             gathered = 2 * layer * wbytes + embed
             # what is not a Parameter (ParamBytes.not_parameters) stays whole on every GPU
             params = (params - pb.not_parameters) // n + pb.not_parameters

@@ -30,6 +30,7 @@ class ParamBytes:
     adapter_params: int
     trainable_dtype_bytes: int  # bytes per trainable param (for grads and dtype-following states)
     largest_layer_params: int  # the biggest decoder layer, gathered whole under ZeRO-3/FSDP
+    layer_linear_params: int = 0  # of it, the Linear weights every layer holds (a GPTQ / AWQ base never gathers them)
     # bytes of ``quantized`` that are not nn.Parameters, so ZeRO-3 and FSDP (which shard and offload parameters only)
     # leave them whole on every GPU: bitsandbytes' quantization constants (the QuantState each Linear4bit keeps on the
     # module, bitsandbytes nn/modules.py Params4bit._quantize / fix_4bit_weight_quant_state_from_module), and a
@@ -237,6 +238,7 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
         adapter_params=adapter_params,
         trainable_dtype_bytes=adapter_dtype,
         largest_layer_params=largest_layer,
+        layer_linear_params=sum(weights),
         not_parameters=not_parameters,
     )
 
