@@ -78,6 +78,10 @@ class LayerPlan:
     lora_autocast: bool = False  # fp32 adapters run under autocast: the LoRA branch computes in act_bytes
     lora_input_cast: bool = True  # PEFT casts each module's input under autocast too (TrainConfig.peft_casts_lora_input)
     lora_dropout: bool = False  # TrainConfig.lora_dropout > 0: each adapted module drops out its own copy of its input
+    # k-bit preparation left the norms fp32 (TrainConfig.kbit_upcast): their outputs, the residual stream, the 4-bit
+    # Linears' outputs on them (bitsandbytes' Linear4bit.forward casts its input to the compute dtype and returns
+    # ``.to(inp_dtype)``) and the MLP's intermediates are fp32; the attention (SDPA under autocast) stays 16-bit
+    fp32_stream: bool = False
 
     @property
     def lora_copies_input(self) -> bool:
@@ -93,8 +97,9 @@ _SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_pr
 
 
 def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_rg: bool,
-            input_already_saved: bool) -> bool:
-    """A Linear (optionally with LoRA).  Returns whether its output requires grad."""
+            input_already_saved: bool, fp32_input: bool = False) -> bool:
+    """A Linear (optionally with LoRA).  Returns whether its output requires grad.  ``fp32_input``: the input is an
+    fp32 tensor under autocast (LayerPlan.fp32_stream), which autocast casts to 16 bit for each lora_A anew."""
     if plan.full and plan.autocast:
         saved.add(f"{name}: input (autocast 16-bit copy)", plan.act_bytes * in_width)  # one cast per Linear
     elif plan.full and not input_already_saved:
@@ -114,13 +119,15 @@ def _linear(saved: SavedTensors, plan: LayerPlan, name: str, in_width: int, in_r
             if in_rg:
                 saved.add(f"{name}: LoRA dropout mask", in_width)
             saved.add(f"{name}: LoRA input (dropped out)", ad * in_width)
-        elif plan.lora_autocast and not plan.lora_input_cast:
+        elif plan.lora_autocast and not plan.lora_input_cast and not fp32_input:
             # bitsandbytes / AWQ base under autocast: PEFT skips its cast, autocast casts only lora_A's weight,
             # so lora_A keeps the 16-bit input itself, shared like the no-cast case below, and computes in 16 bit
             ad = plan.act_bytes
             if not plan.full and not (input_already_saved and name == "o_proj"):
                 saved.items[f"{_SHARED_INPUT.get(name, name)}: LoRA input"] = in_width * ad
         elif plan.lora_autocast:
+            # (an fp32 input under a bitsandbytes base: PEFT skips its cast, autocast's cast for lora_A is a copy per
+            # module, kept by it: the same bytes)
             # peft/tuners/lora/layer.py Linear.forward: ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` makes an
             # fp32 copy (kept by nothing), then autocast casts it back to 16 bit for lora_A's matmul, which keeps that
             # cast: one 16-bit copy per adapted module, and lora_A's output in 16 bit
@@ -160,15 +167,16 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
     if plan.linear_mixer:
         o_rg = _gated_deltanet_saved(saved, arch, plan, normed_rg)
         return _mlp_block(saved, arch, plan, in_rg, o_rg, norm_act, gemma)
+    f32 = plan.fp32_stream
     if arch.fused_qkv:
-        qkv_rg = _linear(saved, plan, "qkv_proj", h, normed_rg, True)
+        qkv_rg = _linear(saved, plan, "qkv_proj", h, normed_rg, True, f32)
         q_rg = k_rg = v_rg = qkv_rg
     else:
-        q_rg = _linear(saved, plan, "q_proj", h, normed_rg, True)
-        k_rg = _linear(saved, plan, "k_proj", h, normed_rg, True)
+        q_rg = _linear(saved, plan, "q_proj", h, normed_rg, True, f32)
+        k_rg = _linear(saved, plan, "k_proj", h, normed_rg, True, f32)
         # Gemma 4's full-attention layers under attention_k_eq_v have no v_proj: the values are k_proj's output
         k_eq_v = plan.global_attention and arch.attention_k_eq_v
-        v_rg = k_rg if k_eq_v else _linear(saved, plan, "v_proj", h, normed_rg, True)
+        v_rg = k_rg if k_eq_v else _linear(saved, plan, "v_proj", h, normed_rg, True, f32)
     if arch.qk_norm:
         # Qwen3 casts back before the weight; Gemma 3 (q_norm/k_norm are Gemma3RMSNorm) multiplies in fp32
         q_rg = _rmsnorm(saved, "q norm", q_dim, a, q_rg, plan.full, gemma, rows=arch.num_heads)
@@ -198,8 +206,9 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         # SDPA/flash keep q, k, v (GQA-sized), the output and the fp32 log-sum-exp per head.
         kv_saved = q_dim if plan.kv_repeated else kv_dim
         saved.add("attention q, k, v", a * (q_dim + 2 * kv_saved))
-        if arch.fused_qkv:
-            # v is a slice of the fused qkv output: keeping v keeps the whole qkv tensor alive
+        if arch.fused_qkv and not plan.fp32_stream:
+            # v is a slice of the fused qkv output: keeping v keeps the whole qkv tensor alive (an fp32 output is
+            # cast to 16 bit for SDPA: the cast, not the slice, is kept)
             saved.add("fused qkv output (held by v)", a * (q_dim + kv_dim))
         if plan.sdpa_masked:
             # SDPA converts the boolean window mask to a float mask per call and keeps it for backward
@@ -296,13 +305,14 @@ def _gated_deltanet_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan,
 
 
 def _dense_mlp_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_rg: bool) -> bool:
-    a, i = plan.act_bytes, arch.intermediate_size
+    # the intermediates are fp32 where the 4-bit gate / up return fp32 on an fp32 input (LayerPlan.fp32_stream)
+    a, i, f32 = (FP32 if plan.fp32_stream else plan.act_bytes), arch.intermediate_size, plan.fp32_stream
     if arch.mlp_kind == "gated":
         if arch.fused_gate_up:
-            gate_rg = up_rg = _linear(saved, plan, "gate_up_proj", arch.hidden_size, in_rg, True)
+            gate_rg = up_rg = _linear(saved, plan, "gate_up_proj", arch.hidden_size, in_rg, True, f32)
         else:
-            gate_rg = _linear(saved, plan, "gate_proj", arch.hidden_size, in_rg, True)
-            up_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True)
+            gate_rg = _linear(saved, plan, "gate_proj", arch.hidden_size, in_rg, True, f32)
+            up_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True, f32)
         if gate_rg:
             saved.add("MLP activation input", a * i)  # silu / gelu keep their input
         if up_rg:
@@ -311,10 +321,10 @@ def _dense_mlp_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, in_r
             saved.add("MLP up output", a * i)  # ... and up for act's grad
         prod_rg = gate_rg or up_rg
     else:
-        prod_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True)
+        prod_rg = _linear(saved, plan, "up_proj", arch.hidden_size, in_rg, True, f32)
         if prod_rg:
             saved.add("MLP activation input", a * i)
-    return _linear(saved, plan, "down_proj", i, prod_rg, input_already_saved=False)
+    return _linear(saved, plan, "down_proj", i, prod_rg, input_already_saved=False, fp32_input=f32)
 
 
 def _gemma4_moe_block_saved(saved: SavedTensors, arch: ModelArch, plan: LayerPlan, x2_rg: bool, normed2_rg: bool,
@@ -448,7 +458,7 @@ def layer_plan(arch: ModelArch, cfg: TrainConfig, lora_names: frozenset[str], at
                      autocast=cfg.master_weights, sdpa_masked=masked, kv_repeated=masked and arch.num_kv_heads < arch.num_heads,
                      adapter_bytes=adapter_bytes,
                      lora_autocast=cfg.lora_autocast(arch), lora_input_cast=cfg.peft_casts_lora_input,
-                     lora_dropout=cfg.lora_dropout > 0)
+                     lora_dropout=cfg.lora_dropout > 0, fp32_stream=cfg.kbit_upcast != "none")
 
 
 def attention_masks(arch: ModelArch, cfg: TrainConfig, attn: str) -> tuple[int, int]:

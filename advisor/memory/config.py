@@ -31,6 +31,11 @@ Stack = Literal["auto", "transformers", "trl", "axolotl", "llamafactory", "torch
 # (TRL packing=False, LLaMA-Factory packing unset, axolotl sample_packing off).  The step's tensors at the
 # longest batch are the same; what differs is the caching allocator's cache (memory/overheads.py).
 Lengths = Literal["fixed", "variable"]
+# What a k-bit preparation step leaves in fp32 of a bitsandbytes-quantized model (the non-quantized tensors):
+# none: current TRL (>= 0.26), axolotl (it casts norms and embeddings back to the 16-bit dtype), LLaMA-Factory;
+# norms: TRL 0.7.5-0.25 under bf16 (norms fp32; embeddings and lm_head back to bf16);
+# all: PEFT's prepare_model_for_kbit_training as a script calls it (embeddings, norms, lm_head, biases in fp32).
+KbitUpcast = Literal["none", "norms", "all"]
 STACK_LOSS = {"trl": "chunked"}
 
 TARGET_PRESETS = ("all-linear", "attention", "q,v")
@@ -55,6 +60,11 @@ class TrainConfig(BaseModel):
     quant_type: QuantType = Field("nf4", description="QLoRA 4-bit base: bitsandbytes nf4 / fp4 (quantized on load), "
                                   "or a pre-quantized GPTQ / AWQ checkpoint (4-bit, group size 128).")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
+    kbit_upcast: KbitUpcast = Field("none", description=(
+        "QLoRA (bitsandbytes): what k-bit preparation leaves in fp32.  all = PEFT's prepare_model_for_kbit_training "
+        "as a hand-written script calls it (embeddings, norms, lm_head and biases fp32); norms = TRL 0.7.5 to 0.25 "
+        "under bf16 (fp32 norms); none = current TRL, axolotl, LLaMA-Factory.  fp32 norms make the residual "
+        "stream and the 4-bit layers' outputs fp32 (bitsandbytes returns its input's dtype)."))
     seq_len: int = Field(2048, gt=0, le=1 << 24, description="Tokens per sequence.")
     micro_batch: int = Field(1, gt=0, le=1 << 16, description="Sequences per forward pass on each GPU.")
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")

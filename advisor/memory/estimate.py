@@ -67,9 +67,15 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
             per_layer += [per_layer[-1]] * (L - len(per_layer))
             break
         in_rg = out_rg
-    stream = FP32 if cfg.master_weights else a  # the residual stream's dtype (fp32 under autocast)
+    # the residual stream's dtype: fp32 under autocast over master weights, and where k-bit preparation left fp32
+    # norms (4-bit layers return their input's dtype: TrainConfig.kbit_upcast); the embedding's output is 16-bit
+    # unless the embedding itself was upcast
+    stream = FP32 if cfg.master_weights or cfg.kbit_upcast != "none" else a
+    embed_out = rounded(T * (FP32 if cfg.master_weights or cfg.kbit_upcast == "all" else a) * h)
     ckpt_input = rounded(T * stream * h)  # all a checkpointed layer keeps: its input hidden states
     stored_acts = L * ckpt_input if cfg.grad_ckpt else sum(per_layer)
+    if cfg.grad_ckpt and embed_out < ckpt_input:  # the first layer's input is the embedding's output
+        stored_acts -= ckpt_input - embed_out
 
     # --- saved outside the layers: RoPE cos/sin (position ids are (1, s): one copy for the batch), the
     # final norm (fp32 input, rsqrt; its normalized input when its weight trains), lm_head's input
@@ -81,11 +87,15 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         final += rounded(T * (FP32 if arch.model_type in GEMMA_NORMS else stream) * h)
     if head_trains:
         final += rounded(T * a * h)
+    if cfg.kbit_upcast == "all" and in_rg and not head_trains:
+        # lm_head's weight is fp32: autocast casts it to 16 bit for the matmul (not cached: it does not require grad),
+        # and the matmul keeps that copy for its input's gradient until lm_head's backward
+        final += rounded(arch.vocab_size * h * 2)
 
     # --- the loss region (HF ForCausalLMLoss): forward holds the 16-bit logits, their fp32 copy and the
     # log-softmax output (and the final hidden states, still referenced); backward holds the log-softmax
     # output, its gradient and the gradient of its input.  Soft-capping keeps its tanh output too.
-    loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains)
+    loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains, stream)
 
     tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"),
                           after_attention=rounded(T * saved.after_attention))
@@ -113,7 +123,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     # without checkpointing the model's forward still holds the embedding output (its local inputs_embeds) while the
     # layers run; with it, that tensor is the first checkpoint
     in_layer = masks + ((L * ckpt_input + tr.forward_unsaved) if cfg.grad_ckpt
-                        else (stored_acts + tr.forward + rounded(T * a * h)))
+                        else (stored_acts + tr.forward + embed_out))
     forward = steady + gpu.gathered + shared + fwd_cache + max(stored_acts + final + loss_fwd + held_masks, in_layer)
 
     # --- backward: starts at the loss with everything saved; then layer by layer activations go and
@@ -130,7 +140,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     for l in _run_ends(per_layer):
         grads_before = head_grads + (L - 1 - l) * layer_grads  # grads of the layers above l
         if cfg.grad_ckpt:  # inputs of layers <= l still held; layer l recomputed with saving, then backward
-            held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * a * h)
+            held = (l + 1) * ckpt_input + per_layer[l] + rounded(T * stream * h)  # + the incoming gradient
             candidates.append(held + held_masks + bwd_cache + shared + grads_before + max(tr.forward, tr.backward))
             if tr.attention_backward:  # the attention's backward, after the layer's MLP grads (full FT) exist
                 candidates.append(held + held_masks + bwd_cache + shared + grads_before + layer_grads
@@ -140,7 +150,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
                               + tr.backward)
             if tr.attention_backward:
                 candidates.append(prefix[l + 1] + (l + 1) * cache_layer + cache_head + shared + grads_before
-                                  + layer_grads + rounded(T * a * h) + tr.attention_backward)
+                                  + layer_grads + rounded(T * stream * h) + tr.attention_backward)
         below = l * ckpt_input if cfg.grad_ckpt else prefix[l]
         candidates.append(below + (held_masks if l else 0) + shared + grads_before + layer_grads + tr.norm_backward)
     # after the first layer's backward the checkpoints (and the masks they held) are released
@@ -150,7 +160,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         forward, backward = fsdp_phases(gpu.fsdp, StepWalk(
             steady=steady, shared=shared, final=final, stored_acts=stored_acts, per_layer=per_layer,
             ckpt_input=ckpt_input, grad_ckpt=cfg.grad_ckpt, masks=masks, held_masks=held_masks,
-            embed_out=rounded(T * a * h), loss_fwd=loss_fwd, loss_bwd=loss_bwd,
+            embed_out=embed_out, loss_fwd=loss_fwd, loss_bwd=loss_bwd,
             logits_grad=(rounded(min(T, TOKEN_TILE) * min(arch.vocab_size, VOCAB_CHUNK) * a) if cfg.loss == "chunked"
                          else rounded(T * arch.vocab_size * a)),
             in_layer=in_layer, tr_forward=tr.forward, tr_backward=tr.backward, tr_norm_backward=tr.norm_backward))
@@ -302,14 +312,14 @@ VOCAB_CHUNK = 32768  # trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
 TILE_STATS = 6  # fp32 per-token vectors the forward keeps (statistics and outputs; verify/step.py lists them)
 
 
-def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
+def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool, stream: int) -> tuple[int, int]:
     """Forward and backward peak of the tiled loss: the scored positions' hidden states are copied
     (hidden_states[labels != -100]) and saved; forward adds the statistics and one tile buffer; backward the
     input gradient, the tile buffer again, one tile x hidden product, and lm_head's fp32 gradient when it trains."""
     n, h, V = cfg.micro_batch * (cfg.seq_len - 1), arch.hidden_size, arch.vocab_size
     rows, cols = min(n, TOKEN_TILE), min(V, VOCAB_CHUNK)
     copy, buf = rounded(n * h * a), rounded(rows * cols * a)
-    hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * h)  # the norm's output, until the head is done
+    hidden_alive = 0 if head_trains else rounded(cfg.tokens * stream * h)  # the norm's output, until the head is done
     forward = hidden_alive + copy + TILE_STATS * rounded(n * FP32) + buf
     held = copy + rounded(n * FP32) + copy  # the saved copy, the log-sum-exp, the input gradient
     backward = held + buf + rounded(rows * h * a)
@@ -322,14 +332,16 @@ def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bo
     return forward, backward
 
 
-def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool) -> tuple[int, int]:
-    """Peak bytes of the logits/loss region in the forward and in the backward pass."""
+def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool, stream: int | None = None) -> tuple[int, int]:
+    """Peak bytes of the logits/loss region in the forward and in the backward pass.  ``stream``: bytes of the final
+    norm's output (the residual stream's dtype; ``a`` unless given)."""
+    stream = stream or a
     if cfg.loss == "chunked":
-        return tiled_loss_region(arch, cfg, a, head_trains)
+        return tiled_loss_region(arch, cfg, a, head_trains, stream)
     T, V = cfg.tokens, arch.vocab_size
     tv = T * V
     softcap = rounded(tv * a) if arch.final_logit_softcap else 0
-    hidden_alive = 0 if head_trains else rounded(cfg.tokens * a * arch.hidden_size)
+    hidden_alive = 0 if head_trains else rounded(cfg.tokens * stream * arch.hidden_size)
     # the loss's ``logits.float()`` copies 16-bit logits; on fp32 logits it is the same tensor (no copy)
     upcast = rounded(tv * FP32) if a != FP32 else 0
     forward = rounded(tv * a) + upcast + rounded(tv * FP32) + softcap + hidden_alive

@@ -76,6 +76,20 @@ def _prequantized_bytes(in_features: int, out_features: int, kind: str) -> int:
     return packed + zeros + scales + g_idx
 
 
+def _kbit_upcast_bytes(arch: ModelArch, cfg: TrainConfig, wbytes: int) -> int:
+    """What k-bit preparation (TrainConfig.kbit_upcast) adds by keeping tensors in fp32 instead of ``wbytes``: the
+    norms' weights (all, norms), and the embedding and an untied lm_head (all).  Biases are cast back: bitsandbytes
+    (0.50, nn/modules.py Linear4bit.forward) converts a bias to the compute dtype in place at the first forward."""
+    if cfg.kbit_upcast == "none":
+        return 0
+    counts = count_params(arch)
+    h = arch.hidden_size
+    norms = [h] * (arch.norms_per_layer * arch.num_layers + 1)
+    norms += [arch.head_dim] * (2 * arch.num_layers) if arch.qk_norm else []
+    cast = norms + ([counts.embedding] + ([counts.lm_head] if counts.lm_head else []) if cfg.kbit_upcast == "all" else [])
+    return sum(rounded(4 * n) - rounded(wbytes * n) for n in cast)
+
+
 def _tensor_numels(arch: ModelArch) -> tuple[list[int], list[int], list[int]]:
     """Element counts of the model's tensors: outside the layers (embedding, final norm, lm_head), the
     16-bit ones inside one layer (norms, biases, MoE experts), and one layer's Linear weights."""
@@ -139,7 +153,7 @@ def param_bytes(arch: ModelArch, cfg: TrainConfig) -> ParamBytes:
     """Parameter bytes depend only on the model and the method's fields, not on the batch or the step;
     cached on those fields so the planner's thousands of candidates share them."""
     fields = (arch, cfg.method, cfg.precision, cfg.master_weights, cfg.rank, cfg.alpha, cfg.targets,
-              cfg.train_embeddings, cfg.quant_type, cfg.double_quant, cfg.adapters_stored_16bit)
+              cfg.train_embeddings, cfg.quant_type, cfg.double_quant, cfg.kbit_upcast, cfg.adapters_stored_16bit)
     found = _PARAM_BYTES.get(fields)
     if found is None:  # a config with only these fields set: the cache key of _param_bytes
         if len(_PARAM_BYTES) > 4096:  # bounded like the lru_cache behind it (a long TUI session)
@@ -214,7 +228,7 @@ def _param_bytes(arch: ModelArch, cfg: TrainConfig, adapters_stored_16bit: bool)
         not_parameters = L * sum(_quant4_constants(n, cfg.double_quant) for n in weights)
         not_parameters += sum(n_layers * sum(_quant4_constants(n, cfg.double_quant) for n in w) for n_layers, _, w in kinds)
         not_parameters += sum(_quant4_constants(n, cfg.double_quant) for n in vision_linear)
-        frozen = stored(outside) + L * stored(in_layer) + kind_stored(1)
+        frozen = stored(outside) + L * stored(in_layer) + kind_stored(1) + _kbit_upcast_bytes(arch, cfg, wbytes)
     elif cfg.method == "lora8bit":
         # LLM.int8: one int8 per weight plus an fp32 scale per output row (SCB)
         quantized = sum(layers_holding(arch, spec.kind) * spec.per_layer

@@ -88,6 +88,20 @@ def _quantize_linears_on_meta(model: nn.Module, cfg: TrainConfig) -> None:
     model.is_loaded_in_4bit = True
 
 
+def _upcast_as_kbit_prep(model: nn.Module, cfg: TrainConfig) -> None:
+    """What the stack's k-bit preparation leaves in fp32 (TrainConfig.kbit_upcast), before PEFT wraps the model.
+    all: PEFT's prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit to fp32
+    (peft/utils/other.py).  norms: TRL 0.7.5-0.25 under bf16, whose peft_module_casting_to_bf16 puts embeddings and
+    lm_head back to bf16 and every module named *norm* to fp32 (trl/trainer/utils.py; v0.25's own prepare upcasts
+    only the norms)."""
+    for name, module in model.named_modules():
+        if cfg.kbit_upcast == "norms" and "norm" not in name.split(".")[-1]:
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dtype in (torch.float16, torch.bfloat16) and param.__class__.__name__ != "Params4bit":
+                param.data = param.data.to(torch.float32)
+
+
 def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | None = None) -> nn.Module:
     """The model with LoRA/QLoRA applied and gradient checkpointing set, all on the meta device."""
     from transformers import AutoModelForCausalLM
@@ -100,6 +114,8 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
         model = AutoModelForCausalLM.from_config(_hf_config(arch, cfg, attn_implementation), dtype=weight_dtype(cfg))
     if cfg.method == "qlora":
         _quantize_linears_on_meta(model, cfg)
+        if cfg.kbit_upcast != "none":
+            _upcast_as_kbit_prep(model, cfg)
     if cfg.method == "full":
         model.requires_grad_(True)
         # a vision-language model trains its language model; the tower and projector stay frozen (VisionTower)
