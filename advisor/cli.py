@@ -28,7 +28,7 @@ FLAG_FOR_FIELD = {
     "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
     "alpha": "--alpha", "lora_dropout": "--lora-dropout", "targets": "--targets",
     "train_embeddings": "--train-embeddings", "quant_type": "--quant",
-    "double_quant": "--no-double-quant", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
+    "double_quant": "--no-double-quant", "kbit_upcast": "--kbit-upcast", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner", "ds_config": "--ds-config",
@@ -39,7 +39,7 @@ FLAG_FOR_FIELD = {
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
 CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "lora_dropout", "targets", "train_embeddings",
-                 "quant_type", "double_quant", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp",
+                 "quant_type", "double_quant", "kbit_upcast", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp",
                  "offload", "stack")
 
 
@@ -250,6 +250,12 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
                    help="QLoRA 4-bit type")
     g.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=d("double_quant"),
                    help="QLoRA without double quantization")
+    g.add_argument("--kbit-upcast", dest="kbit_upcast", choices=get_args(train_fields.KbitUpcast),
+                   default=d("kbit_upcast"),
+                   help="QLoRA: what k-bit preparation leaves in fp32. all = a script calling PEFT's "
+                        "prepare_model_for_kbit_training (embeddings, norms, lm_head); norms = TRL 0.7.5-0.25 under "
+                        "bf16; none (default) = current TRL, axolotl, LLaMA-Factory. fp32 norms make the residual "
+                        "stream fp32")
     g.add_argument("--precision", choices=get_args(train_fields.Precision), default=d("precision"))
     g.add_argument("--master-weights", action="store_true", default=d("master_weights"),
                    help="full FT with fp32 master weights (mixed precision)")

@@ -525,11 +525,18 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # is followed under autocast by the 16-bit copy lora_A's matmul takes (xcast: bytes per input element)
     lc = a if plan.lora_autocast else ad
     xcast = (ad + (a if plan.lora_autocast else 0)) if plan.lora_copies_input else 0
+    # k-bit preparation's fp32 stream (LayerPlan.fp32_stream): the residual, the normed inputs, the 4-bit Linears'
+    # outputs (m) and the MLP's intermediates are fp32; each 4-bit Linear and each lora_A casts its fp32 input to
+    # 16 bit (a copy alive while it runs); the base output, PEFT's clone of it and the sum with the 16-bit LoRA
+    # output are fp32 (at the sum: clone, scaled LoRA output and sum alive)
+    s = m = FP32 if plan.fp32_stream else a
+    if plan.fp32_stream:
+        xcast = a
     # PEFT's LoRA dropout (lora_B(lora_A(dropout(x)))): the dropped-out input, in the dtype dropout is given, is
     # alive while lora_A runs; by lora_B and the scaling it is released unless kept (saved tensors count it then).
     # Where lora_B's output and its scaled copy (2 x lc per output element) are smaller, it raises the branch's peak.
     drop = (ad if plan.lora_copies_input else a) if plan.lora_dropout else 0
-    lora_out = (a + 2 * lc)  # base output + scaled LoRA output + their sum, per output
+    lora_out = max(m + 2 * lc, 2 * m + lc)  # base output + LoRA output + its scaled copy; then the sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     fused = arch.fused_gate_up  # Phi-3: one gate_up_proj (2i x h), its output chunked into gate and up views
     dequant = 2 * h * i * (2 if fused else 1) if quantized else 0  # one dequantized MLP weight, independent of tokens
@@ -538,7 +545,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
 
     # -- with saving: at up_proj (act is alive, up's LoRA branch computing; act/up outputs and down's
     # cast are not saved yet) and at down_proj (prod alive unless saved, down's LoRA branch computing)
-    at_up = T * (ad * i if up_name in lora else 0)
+    at_up = T * ((m + lc if plan.fp32_stream else ad) * i if up_name in lora else 0)
     if fused and up_name in lora:
         # Phi-3: the 2i-wide gate_up LoRA branch (lora_B output and its scaled copy) next to PEFT's fp32 cast of the
         # input, a local of its forward; the base output, cloned or summed, is the saved gate_up output
@@ -549,7 +556,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     if down_cast and plan.lora_dropout and plan.lora_autocast:  # dropout's fp32 output (lora_A keeps the 16-bit cast)
         down_cast += max(0, drop * i - 2 * lc * h)
     # the MLP's input (its forward's argument x) is alive until the MLP returns, saved or not (+ a * h)
-    at_down = T * (2 * a * h + (0 if plan.full else a * i) + (lora_out * h if "down_proj" in lora else a * h)
+    at_down = T * (2 * s * h + (0 if plan.full else m * i) + (lora_out * h if "down_proj" in lora else m * h)
                    + down_cast)
     forward = max(at_up, at_down)
     sink_scores = sink_tail = sink_extra = moe_bwd = 0
@@ -565,15 +572,15 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
         sink_tail = 3 * sink_scores + T * 3 * a * arch.q_dim  # + q and the GQA-repeated k and v
 
     # -- without saving (checkpointed forward): residual + normed input + the MLP working set
-    base = T * 2 * a * h
-    up_lora = T * (xcast * h + (a + lora_out) * i + max(0, drop * h - 2 * lc * i)) if up_name in lora else T * 2 * a * i
+    base = T * 2 * s * h
+    up_lora = T * (xcast * h + (m + lora_out) * i + max(0, drop * h - 2 * lc * i)) if up_name in lora else T * 2 * m * i
     if fused and up_name in lora:
         # Phi-3's gate_up_proj runs first (no act output alive yet), and its LoRA branch is 2i wide: the base output
         # (cloned by PEFT's bitsandbytes layer), lora_B's output and its scaled copy, 2i each
         up_lora = T * (xcast * h + lora_out * 2 * i + max(0, drop * h - 2 * lc * 2 * i))
-    at_mul = T * 3 * a * i if gated else T * 2 * a * i
-    down_work = T * (a * i + (xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
-                              else a * h))
+    at_mul = T * 3 * m * i if gated else T * 2 * m * i
+    down_work = T * (m * i + (xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
+                              else m * h))
     if fused:
         # Phi3MLP.forward keeps ``gate`` (a view of the 2i-wide gate_up output) until it returns: that whole output is
         # alive at the product and through down_proj
@@ -635,7 +642,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
 
     # -- backward: the incoming gradient plus, at the MLP, the grads of act and up next to the grad of
     # their product, or down's LoRA grad w.r.t. its fp32 input next to the base grad
-    mul_bwd = T * 3 * a * i if gated else T * 2 * a * i
+    mul_bwd = T * 3 * m * i if gated else T * 2 * m * i
     if arch.moe is not None:  # the experts run T x k rows: the grads of act, up and their product are that tall
         mul_bwd *= arch.moe.experts_per_token
     elif gated and not fused and ("down_proj" in lora or plan.full):
@@ -645,18 +652,19 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # its gradients are in the dtype the branch takes its input in: fp32 after PEFT's cast, else 16 bit (the
     # bitsandbytes branch under autocast, 16-bit adapters)
     gl = ad if plan.lora_copies_input else lc
-    down_lora_bwd = T * (a * i + gl * i + gl * h) if "down_proj" in lora else 0
-    down_q_bwd = dequant + T * a * i if quantized else 0
+    down_lora_bwd = T * (m * i + gl * i + gl * h) if "down_proj" in lora else 0
+    # (an fp32 stream: the 16-bit grad of the base's input cast, next to its fp32 copy)
+    down_q_bwd = dequant + T * (a + (m if plan.fp32_stream else 0)) * i if quantized else 0
     # adapted MoE experts: the backward of the last expert matmul materialises the dense gradient of the
     # merged tensor it read (down_proj's, else gate_up's) before it reaches the LoRA factors
     expert_grad = _last_merged_expert_bytes(arch, plan)
     # gpt-oss's sinks: at the max's backward (a scatter into new zeros) the softmax's input gradient, the zeros
     # and the scattered gradient are alive (b x heads x s x (s+1) each); the layer's softmax output and its MoE
     # terms are already released by then: the same excess over the layer's saved bytes as in the forward
-    backward = T * a * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra, moe_bwd)
+    backward = T * s * h + max(mul_bwd, down_lora_bwd, down_q_bwd, expert_grad, sink_extra, moe_bwd)
     backward = max(backward, linear_bwd)
     # RMSNorm backward in fp32: the upcast grad, and the pow/mean chain's temporaries (four of width h),
     # next to the 16-bit grads of the residual and of the layer input
-    norm_backward = T * (4 * FP32 * h + 2 * a * h)
+    norm_backward = T * (4 * FP32 * h + 2 * s * h)
     return Transients(forward, forward_unsaved, backward, norm_backward,
                       attention_backward=max(sink_extra, attn_backward))

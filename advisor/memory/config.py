@@ -135,7 +135,28 @@ class TrainConfig(BaseModel):
                              "image tokens are part of the sequence (raise --seq-len)")
         if self.method == "qlora" and self.precision == "fp32":
             raise ValueError("--precision fp32 with qlora: 4-bit layers compute in bf16 or fp16")
+        if self.kbit_upcast != "none":
+            self._kbit_upcast_modelled()
         return self
+
+    def _kbit_upcast_modelled(self) -> None:
+        """k-bit preparation is modelled where the oracle traces it: a bitsandbytes 4-bit base under the HF Trainer's
+        autocast, one model on each GPU."""
+        if self.method != "qlora" or self.quant_type in PREQUANTIZED:
+            raise ValueError("--kbit-upcast describes a bitsandbytes 4-bit base (--method qlora, --quant nf4 / fp4): "
+                             "PEFT's prepare_model_for_kbit_training skips GPTQ, and an 8-bit or AWQ base with it is "
+                             "not modelled")
+        if self.zero or self.fsdp:
+            raise ValueError("--kbit-upcast with DeepSpeed or FSDP is not modelled: sharded QLoRA skips k-bit "
+                             "preparation (TRL's is_sharded_qlora, axolotl), and under ZeRO-1/2 the step runs "
+                             "without autocast (fp32 attention and logits)")
+        if self.train_embeddings:
+            raise ValueError("--kbit-upcast with --train-embeddings is not modelled: PEFT's trained copies of fp32 "
+                             "embeddings and lm_head (and TRL's casts of them) are not traced")
+        if self.stack in ("axolotl", "llamafactory", "torchtune"):
+            raise ValueError(f"--kbit-upcast with --stack {self.stack}: axolotl casts the norms and embeddings back to "
+                             "the 16-bit dtype after preparing the model, LLaMA-Factory never calls "
+                             "prepare_model_for_kbit_training, torchtune quantizes with its own NF4: use none")
 
     @property
     def lora_alpha(self) -> float:

@@ -37,6 +37,8 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     opt = optimizer_bytes(arch, cfg, pb)
     gpu = per_gpu_states(arch, cfg, pb, opt)
     attn = effective_attention(arch, cfg)
+    if cfg.kbit_upcast != "none":
+        kbit_upcast_modelled(arch, attn)
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
     plan = layer_plan(arch, cfg, lora_names, attn)
     a = plan.act_bytes
@@ -245,6 +247,23 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     return result
 
 
+# the decoders whose fp32 stream under k-bit preparation the oracle checks (tests/test_oracle.py)
+KBIT_UPCAST_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+
+
+def kbit_upcast_modelled(arch: ModelArch, attn: str) -> None:
+    """Refuse k-bit preparation (TrainConfig.kbit_upcast) where its fp32 stream is not modelled: one line, exit 2."""
+    from ..errors import UsageError
+
+    if arch.model_type not in KBIT_UPCAST_FAMILIES or arch.moe or arch.vision or arch.linear_attention:
+        raise UsageError(f"--kbit-upcast is modelled for dense text decoders ({', '.join(KBIT_UPCAST_FAMILIES)}), "
+                         f"not {arch.model_type}", "estimate with --kbit-upcast none: that reads low for this run",
+                         field="kbit_upcast", value=arch.model_type)
+    if attn == "eager":
+        raise UsageError("--kbit-upcast with eager attention is not modelled (its fp32 probabilities)",
+                         "use --attn sdpa or flash", field="kbit_upcast", value=attn)
+
+
 def fit_verdict(low: int, high: int, capacity: int) -> str:
     """fits: even the high end is under the card; tight: the card lies inside the range; does_not_fit."""
     return "fits" if high <= capacity else "tight" if low <= capacity else "does_not_fit"
@@ -318,9 +337,11 @@ def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bo
     input gradient, the tile buffer again, one tile x hidden product, and lm_head's fp32 gradient when it trains."""
     n, h, V = cfg.micro_batch * (cfg.seq_len - 1), arch.hidden_size, arch.vocab_size
     rows, cols = min(n, TOKEN_TILE), min(V, VOCAB_CHUNK)
-    copy, buf = rounded(n * h * a), rounded(rows * cols * a)
+    # the copy is in the stream's dtype; an fp32 copy (TrainConfig.kbit_upcast) is cast to 16 bit for the tiles
+    copy, buf = rounded(n * h * stream), rounded(rows * cols * a)
+    cast = rounded(n * h * a) if stream != a else 0
     hidden_alive = 0 if head_trains else rounded(cfg.tokens * stream * h)  # the norm's output, until the head is done
-    forward = hidden_alive + copy + TILE_STATS * rounded(n * FP32) + buf
+    forward = hidden_alive + copy + cast + TILE_STATS * rounded(n * FP32) + buf
     held = copy + rounded(n * FP32) + copy  # the saved copy, the log-sum-exp, the input gradient
     backward = held + buf + rounded(rows * h * a)
     if head_trains:  # lm_head's gradient accumulates in fp32 and is handed back in its own dtype
