@@ -589,6 +589,9 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     from .export import ExportError, render_all
     from .export.launch import companions
 
+    if sel.cfg.kbit_upcast != "none":
+        raise UsageError(_KBIT_NOT_EXPORTED, "export without --kbit-upcast: its estimate is the one the exported job "
+                         "runs", field="kbit_upcast", value=sel.cfg.kbit_upcast)
     if sel.fits is False and not allow_no_fit:
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
@@ -627,6 +630,12 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
                          "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()),
                          field="format", value=",".join(formats))
     return files, skipped, written
+
+
+# the frameworks the files are for keep the norms 16-bit (current TRL, axolotl's cast back, LLaMA-Factory): a file
+# would train a different run than the one estimated
+_KBIT_NOT_EXPORTED = ("--kbit-upcast describes a script that calls PEFT's prepare_model_for_kbit_training (or TRL "
+                      "0.7.5-0.25); the exported frameworks do not upcast, so no file can train that run")
 
 
 # The stack each format runs on (memory/config.py Stack): TRL's SFTTrainer always computes the loss with its
@@ -693,6 +702,9 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
     if runner not in VERIFY_RUNNERS:
         raise UsageError(f"unknown runner {runner!r}", "job (the exported train.py) or step (the bare step)",
                          field="runner", value=runner)
+    if mode == "cuda" and runner == "job" and sel.cfg.kbit_upcast != "none":
+        raise UsageError(_KBIT_NOT_EXPORTED, "verify with --runner step (the bare step, upcast as planned)",
+                         field="kbit_upcast", value=sel.cfg.kbit_upcast)
     if sel.cfg.method == "qlora" and sel.cfg.quant_type in PREQUANTIZED:
         # the run builds its 4-bit base with bitsandbytes; a GPTQ/AWQ base is a checkpoint with its own kernels
         raise UsageError(f"the verification run cannot build a {sel.cfg.quant_type.upper()} base (it quantizes with "

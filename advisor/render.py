@@ -15,6 +15,8 @@ def _describe(cfg: TrainConfig) -> str:
         parts.append(f"r{cfg.rank} {','.join(cfg.targets)}" + (f" dropout {cfg.lora_dropout:g}" if cfg.lora_dropout else ""))
     if cfg.method == "qlora":
         parts.append(cfg.quant_type + ("+dq" if cfg.double_quant and cfg.quant_type in ("nf4", "fp4") else ""))
+        if cfg.kbit_upcast != "none":
+            parts.append("fp32 norms" if cfg.kbit_upcast == "norms" else "fp32 norms+embeddings")
     parts += [cfg.precision, f"seq {cfg.seq_len} x micro batch {cfg.micro_batch}", cfg.optimizer]
     if cfg.grad_ckpt:
         parts.append("grad ckpt")

@@ -20,6 +20,9 @@ def config_words(cfg) -> str:
              if cfg.uses_adapters else method,
              "checkpointing" if cfg.grad_ckpt else "no checkpointing",
              f"micro batch {cfg.micro_batch}", OPTIMIZER_WORDS.get(cfg.optimizer, cfg.optimizer)]
+    if getattr(cfg, "kbit_upcast", "none") != "none":
+        parts.append("fp32 norms (k-bit preparation)" if cfg.kbit_upcast == "norms"
+                     else "fp32 norms, embeddings and lm_head (prepare_model_for_kbit_training)")
     if cfg.sharding not in ("single",):
         parts.append({"zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp": "FSDP", "ddp": "DDP"}.get(cfg.sharding, cfg.sharding))
     if cfg.offload != "none":

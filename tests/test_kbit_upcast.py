@@ -1,0 +1,113 @@
+"""k-bit preparation (TrainConfig.kbit_upcast): what PEFT's prepare_model_for_kbit_training and TRL 0.7.5-0.25 leave in
+fp32, against PEFT's own function, and how the CLI takes it.  The step's activations are checked against the oracle in
+tests/test_oracle.py (its kbit_upcast cases)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from advisor.memory import TrainConfig, estimate
+from advisor.memory.states import param_bytes, rounded
+from advisor.models import resolve_model
+from advisor.verify import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quantized_on_meta(name: str, cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM
+
+    arch = resolve_model(name).model_copy(update={"num_layers": 2})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build._hf_config(arch, cfg, "sdpa"), dtype=torch.bfloat16)
+    build._quantize_linears_on_meta(model, cfg)
+    return arch, model
+
+
+def _float_bytes(model) -> dict[str, torch.dtype]:
+    return {n: p.dtype for n, p in model.named_parameters() if p.__class__.__name__ != "Params4bit"}
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b", "tinyllama-1.1b"])
+def test_all_is_what_peft_prepare_model_for_kbit_training_leaves(name):
+    """The oracle's cast (build._upcast_as_kbit_prep) against PEFT's real function on the same meta model, and the
+    estimate's frozen bytes against the tensors PEFT leaves (biases aside: bitsandbytes casts them back)."""
+    from peft import prepare_model_for_kbit_training
+
+    cfg = TrainConfig(method="qlora", kbit_upcast="all")
+    arch, theirs = _quantized_on_meta(name, cfg)
+    prepare_model_for_kbit_training(theirs, use_gradient_checkpointing=False)
+    _, ours = _quantized_on_meta(name, cfg)
+    build._upcast_as_kbit_prep(ours, cfg)
+    assert _float_bytes(ours) == _float_bytes(theirs)
+    assert torch.float32 in _float_bytes(theirs).values()
+
+    unique = {id(p): p for n, p in theirs.named_parameters()
+              if p.__class__.__name__ != "Params4bit" and not n.endswith(".bias")}
+    expected = sum(rounded(p.numel() * p.element_size()) for p in unique.values())
+    biases = sum(rounded(p.numel() * 2) for n, p in theirs.named_parameters() if n.endswith(".bias"))
+    assert param_bytes(arch, cfg).frozen_16bit == expected + biases
+
+
+def test_norms_is_trls_fp32_norms():
+    """TRL 0.9.3-0.24's peft_module_casting_to_bf16 after PEFT's cast: norms fp32, embeddings and lm_head bf16."""
+    cfg = TrainConfig(method="qlora", kbit_upcast="norms")
+    arch, model = _quantized_on_meta("qwen3-0.6b", cfg)
+    build._upcast_as_kbit_prep(model, cfg)
+    dtypes = _float_bytes(model)
+    assert all(dt == torch.float32 for n, dt in dtypes.items() if "norm" in n)
+    assert all(dt == torch.bfloat16 for n, dt in dtypes.items() if "norm" not in n)
+    plain = param_bytes(arch, TrainConfig(method="qlora")).frozen_16bit
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    assert param_bytes(arch, cfg).frozen_16bit == pytest.approx(plain + 2 * norms, abs=512 * 20)
+
+
+def test_upcast_raises_the_estimate_by_more_than_the_weights():
+    """The fp32 stream costs activations as well as weights: more than the upcast weights alone add."""
+    arch = resolve_model("llama-3.1-8b")
+    base = TrainConfig(method="qlora", seq_len=2048, grad_ckpt=True)
+    peaks = {u: estimate(arch, base.model_copy(update={"kbit_upcast": u})).peak_allocated_bytes
+             for u in ("none", "norms", "all")}
+    weights = param_bytes(arch, base.model_copy(update={"kbit_upcast": "all"})).frozen_16bit \
+        - param_bytes(arch, base).frozen_16bit
+    assert peaks["none"] < peaks["norms"] < peaks["all"]
+    assert peaks["all"] - peaks["none"] > weights
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "advisor", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ("--method", "lora"),
+    ("--method", "qlora", "--quant", "gptq"),
+    ("--method", "qlora", "--zero", "2"),
+    ("--method", "qlora", "--train-embeddings"),
+    ("--method", "qlora", "--stack", "axolotl"),
+    ("--method", "qlora", "--attn", "eager"),
+])
+def test_unmodelled_combinations_are_refused_in_one_line(args):
+    proc = _run("estimate", "--model", "llama-3.1-8b", "--kbit-upcast", "all", *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "kbit-upcast" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["qwen3-30b-a3b", "gemma-2-2b", "gemma-3-4b-it"])
+def test_unmodelled_families_are_refused(model):
+    proc = _run("estimate", "--model", model, "--method", "qlora", "--kbit-upcast", "norms")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "dense text decoders" in proc.stderr
+
+
+def test_estimate_json_carries_the_upcast_and_export_refuses_it(tmp_path):
+    proc = _run("estimate", "--json", "--model", "llama-3.1-8b", "--method", "qlora", "--kbit-upcast", "norms")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["config"]["kbit_upcast"] == "norms"
+    out = tmp_path / "job"
+    proc = _run("export", "--model", "llama-3.1-8b", "--method", "qlora", "--kbit-upcast", "all",
+                "--format", "peft-trl", "--output", str(out))
+    assert proc.returncode == 2 and "prepare_model_for_kbit_training" in proc.stderr
+    assert not out.exists()
