@@ -85,7 +85,7 @@ def _run(*args):
 @pytest.mark.parametrize("args", [
     ("--method", "lora"),
     ("--method", "qlora", "--quant", "gptq"),
-    ("--method", "qlora", "--zero", "2"),
+    ("--method", "qlora", "--fsdp", "--gpus", "2"),
     ("--method", "qlora", "--train-embeddings"),
     ("--method", "qlora", "--stack", "axolotl"),
     ("--method", "qlora", "--attn", "eager"),
@@ -111,3 +111,25 @@ def test_estimate_json_carries_the_upcast_and_export_refuses_it(tmp_path):
                 "--format", "peft-trl", "--output", str(out))
     assert proc.returncode == 2 and "prepare_model_for_kbit_training" in proc.stderr
     assert not out.exists()
+
+
+def test_deepspeed_casts_the_upcast_back():
+    """DeepSpeed's engine casts every floating parameter to 16 bit (engine.py _cast_module_mixed_precision): the
+    upcast is gone, the estimate is the plain one."""
+    arch = resolve_model("llama-3.2-1b")
+    plain = TrainConfig(method="qlora", zero=2)
+    upcast = TrainConfig(method="qlora", zero=2, kbit_upcast="all")
+    assert upcast.kbit_upcast == "none"
+    assert estimate(arch, upcast).peak_device_bytes == estimate(arch, plain).peak_device_bytes
+
+
+def test_plain_qlora_estimate_says_what_prepare_model_for_kbit_training_adds():
+    arch = resolve_model("llama-3.1-8b")
+    cfg = TrainConfig(method="qlora", seq_len=1024)
+    note = next(n for n in estimate(arch, cfg).notes if "prepare_model_for_kbit_training" in n)
+    added = estimate(arch, cfg.model_copy(update={"kbit_upcast": "all"})).peak_device_bytes \
+        - estimate(arch, cfg).peak_device_bytes
+    assert f"+{added / 2**30:.2f} GiB per GPU" in note
+    # not where it is not modelled (a MoE), nor where the stack keeps 16-bit norms
+    assert not [n for n in estimate(resolve_model("qwen3-30b-a3b"), cfg).notes if "kbit" in n]
+    assert not [n for n in estimate(arch, cfg.model_copy(update={"stack": "axolotl"})).notes if "kbit" in n]

@@ -64,7 +64,8 @@ class TrainConfig(BaseModel):
         "QLoRA (bitsandbytes): what k-bit preparation leaves in fp32.  all = PEFT's prepare_model_for_kbit_training "
         "as a hand-written script calls it (embeddings, norms, lm_head and biases fp32); norms = TRL 0.7.5 to 0.25 "
         "under bf16 (fp32 norms); none = current TRL, axolotl, LLaMA-Factory.  fp32 norms make the residual "
-        "stream and the 4-bit layers' outputs fp32 (bitsandbytes returns its input's dtype)."))
+        "stream and the 4-bit layers' outputs fp32 (bitsandbytes returns its input's dtype).  Under DeepSpeed it is "
+        "none: the engine casts every parameter back to 16 bit."))
     seq_len: int = Field(2048, gt=0, le=1 << 24, description="Tokens per sequence.")
     micro_batch: int = Field(1, gt=0, le=1 << 16, description="Sequences per forward pass on each GPU.")
     grad_ckpt: bool = Field(False, description="Gradient checkpointing per decoder layer.")
@@ -108,6 +109,10 @@ class TrainConfig(BaseModel):
                 data = {**data, "loss": STACK_LOSS[data["stack"]]}
             if data.get("zero") and data.get("master_weights"):
                 data = {**data, "master_weights": False}
+            if data.get("zero") and data.get("kbit_upcast", "none") != "none":
+                # the DeepSpeed engine casts every floating parameter back to its 16-bit dtype, the upcast ones
+                # included (deepspeed/runtime/engine.py _configure_distributed_model -> _cast_module_mixed_precision)
+                data = {**data, "kbit_upcast": "none"}
         return data
 
     @model_validator(mode="after")
@@ -146,10 +151,10 @@ class TrainConfig(BaseModel):
             raise ValueError("--kbit-upcast describes a bitsandbytes 4-bit base (--method qlora, --quant nf4 / fp4): "
                              "PEFT's prepare_model_for_kbit_training skips GPTQ, and an 8-bit or AWQ base with it is "
                              "not modelled")
-        if self.zero or self.fsdp:
-            raise ValueError("--kbit-upcast with DeepSpeed or FSDP is not modelled: sharded QLoRA skips k-bit "
-                             "preparation (TRL's is_sharded_qlora, axolotl), and under ZeRO-1/2 the step runs "
-                             "without autocast (fp32 attention and logits)")
+        if self.fsdp:
+            raise ValueError("--kbit-upcast with FSDP is not modelled: the stacks skip k-bit preparation for "
+                             "sharded QLoRA (TRL's is_sharded_qlora, axolotl), and FSDP's flat or mixed-precision "
+                             "parameters do not keep a mix of fp32 and 16-bit tensors as planned")
         if self.train_embeddings:
             raise ValueError("--kbit-upcast with --train-embeddings is not modelled: PEFT's trained copies of fp32 "
                              "embeddings and lm_head (and TRL's casts of them) are not traced")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
+from ..errors import AdvisorError
 from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, chunk_padding_bytes, layer_plan,
@@ -220,7 +221,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     phases = PhasePeaks.model_construct(**by_phase)
     components = _components(arch, cfg, pb, gpu, opt.formula, stored_acts + shared + final, first_layer,
                              loss_fwd, loss_bwd, over, per_layer)
-    notes = _notes(arch, cfg, attn) + ([calibrated] if calibrated else [])
+    notes = _notes(arch, cfg, attn) + ([calibrated] if calibrated else []) + _kbit_upcast_note(arch, cfg, attn, device)
     # model_construct: every value here is computed, not user input; validation would only cost time
     # (the planner builds thousands of these)
     result = MemoryEstimate.model_construct(
@@ -245,6 +246,25 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
         if hardware.in_use_bytes:
             result.notes.append(f"{hardware.in_use_bytes / 2**30:.1f} GiB of the GPU are in use by other processes")
     return result
+
+
+def _kbit_upcast_note(arch: ModelArch, cfg: TrainConfig, attn: str, device: int) -> list[str]:
+    """What k-bit preparation would add to a bitsandbytes QLoRA estimated without it, where it is modelled and
+    material (1 %): the exports do not upcast, but a script following PEFT's QLoRA recipe does."""
+    if (cfg.method != "qlora" or cfg.quant_type in PREQUANTIZED or cfg.kbit_upcast != "none" or cfg.zero
+            or not cfg.under_autocast or cfg.stack not in ("auto", "transformers")):
+        return []
+    try:
+        # validated (not model_copy): the config refuses the upcast where it is not modelled
+        upcast = {kind: estimate(arch, TrainConfig(**{**cfg.model_dump(), "kbit_upcast": kind}), detail=False)
+                  .peak_device_bytes - device for kind in ("all", "norms")}
+    except (ValueError, AdvisorError):  # not modelled for this model or configuration
+        return []
+    if upcast["all"] < device / 100:
+        return []
+    return [f"a script that calls PEFT's prepare_model_for_kbit_training (its QLoRA recipe) keeps embeddings, norms "
+            f"and lm_head in fp32, and the residual stream follows: +{upcast['all'] / 2**30:.2f} GiB per GPU "
+            f"(--kbit-upcast all); TRL 0.7.5-0.25's fp32 norms: +{upcast['norms'] / 2**30:.2f} GiB (--kbit-upcast norms)"]
 
 
 # the decoders whose fp32 stream under k-bit preparation the oracle checks (tests/test_oracle.py)
