@@ -4,7 +4,7 @@
 
 tests/test_oracle.py pins chosen cases; this samples the single-GPU config space instead (model, 1-4 layers,
 method, targets, rank, attention kernel, checkpointing, sequence length, micro batch, loss, precision, optimizer,
-trained embeddings, stack), runs the real step on fake tensors (advisor/verify/dryrun.py) and the estimate for each,
+trained embeddings, stack, LoRA dropout, k-bit upcast), runs the real step on fake tensors (advisor/verify/dryrun.py) and the estimate for each,
 and reports the per-phase errors: how many configs are outside 2 %, how many read LOW (the direction that
 becomes an OOM), and the worst ones with the op the oracle peaked at.  A sweep like this found the eager-attention,
 tied-embedding and chunked-loss layer terms fixed on 2026-12-04.
@@ -50,7 +50,8 @@ def sample(rng: random.Random) -> tuple[str, int, dict]:
         settings.update(targets=rng.choice(TARGETS), rank=rng.choice((8, 16, 64)),
                         lora_dropout=rng.choice((0.0, 0.0, 0.05)))  # TRL's default and many published runs
     if method == "qlora":
-        settings.update(quant_type=rng.choice(("nf4", "fp4")), double_quant=rng.random() < 0.5)
+        settings.update(quant_type=rng.choice(("nf4", "fp4")), double_quant=rng.random() < 0.5,
+                        kbit_upcast=rng.choice(("none", "none", "norms", "all")))  # PEFT's recipe, TRL 0.7.5-0.25
     return rng.choice(MODELS), rng.choice((1, 2, 3, 4)), settings
 
 

@@ -88,6 +88,7 @@ def _run(*args):
     ("--method", "qlora", "--fsdp", "--gpus", "2"),
     ("--method", "qlora", "--train-embeddings"),
     ("--method", "qlora", "--stack", "axolotl"),
+    ("--method", "qlora", "--stack", "trl"),
     ("--method", "qlora", "--attn", "eager"),
 ])
 def test_unmodelled_combinations_are_refused_in_one_line(args):

@@ -535,7 +535,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # PEFT's LoRA dropout (lora_B(lora_A(dropout(x)))): the dropped-out input, in the dtype dropout is given, is
     # alive while lora_A runs; by lora_B and the scaling it is released unless kept (saved tensors count it then).
     # Where lora_B's output and its scaled copy (2 x lc per output element) are smaller, it raises the branch's peak.
-    drop = (ad if plan.lora_copies_input else a) if plan.lora_dropout else 0
+    drop = (ad if plan.lora_copies_input else m) if plan.lora_dropout else 0  # (fp32 on an fp32 stream)
     lora_out = max(m + 2 * lc, 2 * m + lc)  # base output + LoRA output + its scaled copy; then the sum, per output
     # bitsandbytes' forward runs a fused 4-bit GEMM; its backward dequantizes the whole weight (bf16).
     fused = arch.fused_gate_up  # Phi-3: one gate_up_proj (2i x h), its output chunked into gate and up views

@@ -158,6 +158,10 @@ class TrainConfig(BaseModel):
         if self.train_embeddings:
             raise ValueError("--kbit-upcast with --train-embeddings is not modelled: PEFT's trained copies of fp32 "
                              "embeddings and lm_head (and TRL's casts of them) are not traced")
+        if self.stack == "trl":
+            raise ValueError("--kbit-upcast with --stack trl: current TRL (0.26 on: 16-bit adapters, its fused LM head) "
+                             "does not upcast; TRL 0.7.5-0.25 kept fp32 adapters and the standard loss, so describe it "
+                             "as --stack transformers --kbit-upcast norms")
         if self.stack in ("axolotl", "llamafactory", "torchtune"):
             raise ValueError(f"--kbit-upcast with --stack {self.stack}: axolotl casts the norms and embeddings back to "
                              "the 16-bit dtype after preparing the model, LLaMA-Factory never calls "

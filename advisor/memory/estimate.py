@@ -39,7 +39,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     gpu = per_gpu_states(arch, cfg, pb, opt)
     attn = effective_attention(arch, cfg)
     if cfg.kbit_upcast != "none":
-        kbit_upcast_modelled(arch, attn)
+        kbit_upcast_modelled(arch, cfg, attn)
     lora_names = frozenset(spec.name for spec in lora_linears(arch, cfg))
     plan = layer_plan(arch, cfg, lora_names, attn)
     a = plan.act_bytes
@@ -271,7 +271,7 @@ def _kbit_upcast_note(arch: ModelArch, cfg: TrainConfig, attn: str, device: int)
 KBIT_UPCAST_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
-def kbit_upcast_modelled(arch: ModelArch, attn: str) -> None:
+def kbit_upcast_modelled(arch: ModelArch, cfg: TrainConfig, attn: str) -> None:
     """Refuse k-bit preparation (TrainConfig.kbit_upcast) where its fp32 stream is not modelled: one line, exit 2."""
     from ..errors import UsageError
 
@@ -282,6 +282,11 @@ def kbit_upcast_modelled(arch: ModelArch, attn: str) -> None:
     if attn == "eager":
         raise UsageError("--kbit-upcast with eager attention is not modelled (its fp32 probabilities)",
                          "use --attn sdpa or flash", field="kbit_upcast", value=attn)
+    if attention_masks(arch, cfg, attn)[0]:
+        raise UsageError(f"--kbit-upcast with SDPA at {cfg.seq_len} tokens under {arch.name}'s {arch.sliding_window}-token "
+                         "sliding window is not modelled (SDPA's mask and the GQA-repeated fp32 k/v)",
+                         f"use --attn flash (the window in the kernel) or --seq-len under {arch.sliding_window}",
+                         field="kbit_upcast", value=cfg.seq_len)
 
 
 def fit_verdict(low: int, high: int, capacity: int) -> str:
