@@ -1,6 +1,6 @@
 """The estimate against its oracle over sampled configurations: where it is confidently wrong.
 
-    python benchmarks/oracle_sweep.py [--configs N] [--seed S] [--minutes M]
+    python benchmarks/oracle_sweep.py [--configs N] [--seed S] [--minutes M] [--kbit]
 
 tests/test_oracle.py pins chosen cases; this samples the single-GPU config space instead (model, 1-4 layers,
 method, targets, rank, attention kernel, checkpointing, sequence length, micro batch, loss, precision, optimizer,
@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--configs", type=int, default=120, help="configurations to sample (default 120)")
     parser.add_argument("--seed", type=int, default=20261204)
     parser.add_argument("--minutes", type=float, default=30.0, help="stop sampling after this long")
+    parser.add_argument("--kbit", action="store_true", help="only bitsandbytes QLoRA under k-bit preparation "
+                        "(--kbit-upcast norms / all, the HF Trainer's stack); results in oracle-sweep-kbit-DATE.md")
     args = parser.parse_args()
     if args.configs < 1 or args.minutes <= 0:
         print("error: --configs and --minutes must be positive (hint: --configs 120 --minutes 30)", file=sys.stderr)
@@ -82,6 +84,10 @@ def main() -> int:
     rows, refused, limited = [], 0, []
     while len(rows) + refused + len(limited) < args.configs and time.time() - started < 60 * args.minutes:
         model, layers, settings = sample(rng)
+        if args.kbit:
+            settings.update(method="qlora", quant_type=rng.choice(("nf4", "fp4")), stack="auto",
+                            kbit_upcast=rng.choice(("norms", "all")), train_embeddings=False)
+            settings.setdefault("targets", rng.choice(TARGETS))
         try:
             arch = resolve_model(model).model_copy(update={"num_layers": layers})
             cfg = TrainConfig(**settings)
@@ -117,7 +123,9 @@ def main() -> int:
                      + f" | {ops[phase]} |")
     text = "\n".join(lines)
     print(text)
-    out = write_result(default_path("oracle-sweep"), "The estimate against its oracle, sampled configurations", text)
+    out = write_result(default_path("oracle-sweep-kbit" if args.kbit else "oracle-sweep"),
+                       "The estimate against its oracle, sampled configurations"
+                       + (" under k-bit preparation" if args.kbit else ""), text)
     print(f"\nwritten: {out.relative_to(ROOT)}")
     return 0
 

@@ -97,6 +97,13 @@ def test_unmodelled_combinations_are_refused_in_one_line(args):
     assert proc.stderr.count("\n") == 1 and "kbit-upcast" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_sdpa_under_a_sliding_window_is_refused_and_flash_is_not():
+    base = ("estimate", "--model", "mistral-7b-v0.1", "--method", "qlora", "--seq-len", "4096", "--kbit-upcast", "all")
+    proc = _run(*base)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "sliding window" in proc.stderr
+    assert _run(*base, "--attn", "flash").returncode == 0
+
+
 @pytest.mark.parametrize("model", ["qwen3-30b-a3b", "gemma-2-2b", "gemma-3-4b-it"])
 def test_unmodelled_families_are_refused(model):
     proc = _run("estimate", "--model", model, "--method", "qlora", "--kbit-upcast", "norms")

@@ -110,13 +110,14 @@ CASES = [
 # below
 KBIT_CHECKPOINTED = [
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=2048, micro_batch=2, loss="chunked", kbit_upcast="norms")),
-    ("phi-3-mini-4k", 2, dict(method="qlora", seq_len=2048, loss="chunked", kbit_upcast="norms")),  # fused qkv, gate_up
+    ("phi-3-mini-4k", 2, dict(method="qlora", seq_len=1024, micro_batch=2, loss="chunked", kbit_upcast="norms")),  # fused
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=4096, grad_ckpt=True, loss="chunked", kbit_upcast="norms")),
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=4096, grad_ckpt=True, loss="chunked", kbit_upcast="all")),
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=2048, grad_ckpt=True, lora_dropout=0.1, loss="chunked",
                                kbit_upcast="norms")),
     ("qwen2.5-0.5b", 2, dict(method="qlora", seq_len=2048, grad_ckpt=True, loss="chunked", kbit_upcast="norms")),
-    ("phi-3-mini-4k", 2, dict(method="qlora", seq_len=2048, grad_ckpt=True, loss="chunked", kbit_upcast="all")),
+    ("phi-3-mini-4k", 2, dict(method="qlora", seq_len=1024, micro_batch=2, grad_ckpt=True, loss="chunked",
+                              kbit_upcast="all")),
 ]
 
 
