@@ -588,7 +588,7 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     if fused:
         # Phi3MLP.forward keeps ``gate`` (a view of the 2i-wide gate_up output) until it returns: that whole output is
         # alive at the product and through down_proj
-        at_mul, down_work = T * 4 * a * i, down_work + T * 2 * a * i
+        at_mul, down_work = T * 4 * m * i, down_work + T * 2 * m * i
     # MoE (transformers' grouped_mm experts, integrations/moe.py grouped_mm_experts_forward): at the un-permute
     # the gathered inputs, the down output, the weighted output and its re-ordered copy (T*k rows each) are alive
     moe_end = T * 4 * a * arch.moe.experts_per_token * h if arch.moe else 0
