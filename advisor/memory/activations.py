@@ -548,8 +548,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     # (an fp32 stream: a 4-bit up_proj's 16-bit output is alive next to its fp32 cast, the saved one)
     at_up = T * ((m + lc if plan.fp32_stream else ad) * i if up_name in lora else a * i if plan.fp32_stream else 0)
     # on an fp32 stream a 4-bit down_proj casts the fp32 product to 16 bit for its matmul, and its 16-bit output is
-    # alive next to its fp32 cast (with LoRA on down_proj, the branch's sum is the larger moment)
-    down_base = (a * i + (a * h if "down_proj" not in lora else 0)) if plan.fp32_stream and quantized else 0
+    # alive next to its fp32 cast: a moment of its own before the LoRA branch (whose input cast lora_A keeps)
+    down_base = a * i + (a + m) * h if plan.fp32_stream and quantized else 0
     if fused and up_name in lora:
         # Phi-3: the 2i-wide gate_up LoRA branch (lora_B output and its scaled copy) next to PEFT's fp32 cast of the
         # input, a local of its forward; the base output, cloned or summed, is the saved gate_up output
@@ -560,8 +560,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     if down_cast and plan.lora_dropout and plan.lora_autocast:  # dropout's fp32 output (lora_A keeps the 16-bit cast)
         down_cast += max(0, drop * i - 2 * lc * h)
     # the MLP's input (its forward's argument x) is alive until the MLP returns, saved or not (+ a * h)
-    at_down = T * (2 * s * h + (0 if plan.full else m * i) + (lora_out * h if "down_proj" in lora else m * h)
-                   + down_cast + down_base)
+    at_down = T * (2 * s * h + (0 if plan.full else m * i) + max(lora_out * h if "down_proj" in lora else m * h,
+                                                                 down_base) + down_cast)
     forward = max(at_up, at_down)
     sink_scores = sink_tail = sink_extra = moe_bwd = 0
     if arch.attention_sinks and plan.eager:
@@ -583,8 +583,8 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
         # (cloned by PEFT's bitsandbytes layer), lora_B's output and its scaled copy, 2i each
         up_lora = T * (xcast * h + lora_out * 2 * i + max(0, drop * h - 2 * lc * 2 * i))
     at_mul = T * 3 * m * i if gated else T * 2 * m * i
-    down_work = T * (m * i + (xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
-                              else m * h) + down_base)
+    down_work = T * (m * i + max(xcast * i + lora_out * h + max(0, drop * i - 2 * lc * h) if "down_proj" in lora
+                                 else m * h, down_base))
     if fused:
         # Phi3MLP.forward keeps ``gate`` (a view of the 2i-wide gate_up output) until it returns: that whole output is
         # alive at the product and through down_proj
