@@ -264,7 +264,8 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--optimizer", choices=get_args(train_fields.Optimizer), default=d("optimizer"))
     g.add_argument("--attn", choices=get_args(train_fields.Attention), default=d("attn"))
     g.add_argument("--loss", choices=get_args(train_fields.LossKind), default=d("loss"),
-                   help="chunked = Liger's fused linear cross-entropy")
+                   help="standard = transformers' loss from 4.49 on; shifted = before 4.49 (one more fp32 copy of "
+                        "the logits at the loss); chunked = a fused / tiled cross-entropy (TRL's, Liger's)")
     g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=d("zero"), help="DeepSpeed ZeRO stage")
     g.add_argument("--ds-config", dest="ds_config", default=None if defaults else argparse.SUPPRESS,
                    help="a DeepSpeed JSON: its ZeRO stage, offload and gradient bucket sizes (reduce_bucket_size, "

@@ -506,8 +506,8 @@ def option_label(cfg: TrainConfig) -> str:
         parts.append(f"offload {cfg.offload}")
     if cfg.optimizer != "adamw":  # what else tells two options of the same method and rank apart
         parts.append({"adamw_8bit": "8-bit Adam", "paged_adamw_8bit": "paged 8-bit Adam"}.get(cfg.optimizer, cfg.optimizer))
-    if cfg.loss == "chunked":
-        parts.append("chunked CE")
+    if cfg.loss != "standard":
+        parts.append({"chunked": "chunked CE", "shifted": "shifted CE"}[cfg.loss])
     return " · ".join(parts)
 
 
@@ -589,9 +589,7 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     from .export import ExportError, render_all
     from .export.launch import companions
 
-    if sel.cfg.kbit_upcast != "none":
-        raise UsageError(_KBIT_NOT_EXPORTED, "export without --kbit-upcast: its estimate is the one the exported job "
-                         "runs", field="kbit_upcast", value=sel.cfg.kbit_upcast)
+    _refuse_older_stack(sel.cfg, "export without it: its estimate is the one the exported job runs")
     if sel.fits is False and not allow_no_fit:
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
@@ -632,10 +630,17 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     return files, skipped, written
 
 
-# the frameworks the files are for keep the norms 16-bit (current TRL, axolotl's cast back, LLaMA-Factory): a file
-# would train a different run than the one estimated
-_KBIT_NOT_EXPORTED = ("--kbit-upcast describes a script that calls PEFT's prepare_model_for_kbit_training (or TRL "
-                      "0.7.5-0.25); the exported frameworks do not upcast, so no file can train that run")
+def _refuse_older_stack(cfg, hint: str) -> None:
+    """Settings that describe an older or hand-written stack than the exported files run: the frameworks they are for
+    keep the norms 16-bit (current TRL, axolotl's cast back, LLaMA-Factory) and compute the loss as transformers 4.49
+    on does, so a file would train a different run than the one estimated."""
+    if cfg.kbit_upcast != "none":
+        raise UsageError("--kbit-upcast describes a script that calls PEFT's prepare_model_for_kbit_training (or TRL "
+                         "0.7.5-0.25); the exported frameworks do not upcast, so no file can train that run", hint,
+                         field="kbit_upcast", value=cfg.kbit_upcast)
+    if cfg.loss == "shifted":
+        raise UsageError("--loss shifted describes transformers before 4.49; the exported job runs a current one, "
+                         "whose loss makes no shifted copy of the logits", hint, field="loss", value=cfg.loss)
 
 
 # The stack each format runs on (memory/config.py Stack): TRL's SFTTrainer always computes the loss with its
@@ -702,9 +707,8 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
     if runner not in VERIFY_RUNNERS:
         raise UsageError(f"unknown runner {runner!r}", "job (the exported train.py) or step (the bare step)",
                          field="runner", value=runner)
-    if mode == "cuda" and runner == "job" and sel.cfg.kbit_upcast != "none":
-        raise UsageError(_KBIT_NOT_EXPORTED, "verify with --runner step (the bare step, upcast as planned)",
-                         field="kbit_upcast", value=sel.cfg.kbit_upcast)
+    if mode == "cuda" and runner == "job":
+        _refuse_older_stack(sel.cfg, "verify with --runner step (the bare step, as configured)")
     if sel.cfg.method == "qlora" and sel.cfg.quant_type in PREQUANTIZED:
         # the run builds its 4-bit base with bitsandbytes; a GPTQ/AWQ base is a checkpoint with its own kernels
         raise UsageError(f"the verification run cannot build a {sel.cfg.quant_type.upper()} base (it quantizes with "

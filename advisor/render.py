@@ -24,6 +24,8 @@ def _describe(cfg: TrainConfig) -> str:
         parts.append(f"{cfg.gpus} GPUs {cfg.sharding}")
     if cfg.offload != "none":
         parts.append(f"offload {cfg.offload}")
+    if cfg.loss == "shifted":
+        parts.append("shifted loss (transformers < 4.49)")
     if cfg.loss == "chunked":
         parts.append("chunked CE")
     if cfg.stack != "auto":

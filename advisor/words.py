@@ -28,6 +28,8 @@ def config_words(cfg) -> str:
     if cfg.offload != "none":
         parts.append({"optimizer": "optimizer offloaded to CPU", "params": "weights and optimizer offloaded to CPU"}
                      .get(cfg.offload, f"offload {cfg.offload}"))
+    if cfg.loss == "shifted":
+        parts.append("the loss of transformers before 4.49 (a shifted copy of the fp32 logits)")
     if cfg.loss == "chunked":
         parts.append("chunked loss")
     return ", ".join(parts)

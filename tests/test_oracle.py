@@ -101,6 +101,11 @@ CASES = [
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=2048, targets=("attention",), lora_dropout=0.05,
                                kbit_upcast="all")),
     ("qwen2.5-0.5b", 2, dict(method="qlora", seq_len=2048, kbit_upcast="all")),  # qkv biases, tied embeddings
+    # transformers before 4.49 (loss "shifted"): the fp32 logits shifted into a contiguous copy (none for one sequence)
+    ("llama-3.2-1b", 2, dict(method="lora", seq_len=1024, loss="shifted")),
+    ("llama-3.2-1b", 2, dict(method="qlora", seq_len=2048, micro_batch=2, grad_ckpt=True, loss="shifted")),
+    ("qwen2.5-0.5b", 2, dict(method="full", seq_len=512, micro_batch=2, precision="fp32", loss="shifted")),
+    ("gemma-2-2b", 2, dict(method="lora", attn="flash", seq_len=512, micro_batch=2, loss="shifted")),  # soft-capped
     ("qwen3-0.6b", 2, dict(method="qlora", seq_len=2048, loss="chunked", kbit_upcast="all")),  # q/k norms
 ]
 

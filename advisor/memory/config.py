@@ -18,7 +18,10 @@ Offload = Literal["none", "optimizer", "params"]
 QuantType = Literal["nf4", "fp4", "gptq", "awq"]
 # 4-bit bases that come pre-quantized in the checkpoint (GPTQ, AWQ) rather than quantized by bitsandbytes on load
 PREQUANTIZED = ("gptq", "awq")
-LossKind = Literal["standard", "chunked"]
+# standard: transformers' ForCausalLMLoss from 4.49 on (fp32 upcast of the logits, labels padded, no logits copy);
+# shifted: before 4.49 (loss/loss_utils.py 4.46-4.48, the models' own forward before): the fp32 logits are shifted into
+# a contiguous copy, one more tokens x vocab fp32 tensor at the loss; chunked: a fused / tiled cross-entropy.
+LossKind = Literal["standard", "shifted", "chunked"]
 # The training stack that runs the job: what it allocates beyond the step differs.  transformers = the HF
 # Trainer (+ PEFT), which axolotl and LLaMA-Factory sit on; trl = TRL's SFTTrainer, whose loss is its fused
 # LM head in tiles whatever the config says (trl/trainer/utils.py add_fused_lm_head); torchtune = its own
@@ -82,7 +85,9 @@ class TrainConfig(BaseModel):
                                      "(instead of images x the model's tokens per image); inside seq_len.")
     optimizer: Optimizer = "adamw"
     attn: Attention = Field("auto", description="Attention kernel: sdpa/flash keep no s x s matrix, eager does; auto = what transformers picks (sdpa, or eager where sdpa is unsupported).")
-    loss: LossKind = Field("standard", description="standard = HF causal-LM loss on fp32 logits; chunked = fused/chunked cross-entropy.")
+    loss: LossKind = Field("standard", description="standard = HF causal-LM loss on fp32 logits (transformers >= "
+                           "4.49); shifted = the same before 4.49, which shifts the fp32 logits into a contiguous copy; "
+                           "chunked = fused/chunked cross-entropy.")
     gpus: int = Field(1, gt=0, le=1024)
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (0 = plain DDP when gpus > 1).")
     fsdp: bool = Field(False, description="FSDP full shard (like ZeRO-3).")

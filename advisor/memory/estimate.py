@@ -391,6 +391,14 @@ def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool, st
     # the loss's ``logits.float()`` copies 16-bit logits; on fp32 logits it is the same tensor (no copy)
     upcast = rounded(tv * FP32) if a != FP32 else 0
     forward = rounded(tv * a) + upcast + rounded(tv * FP32) + softcap + hidden_alive
+    if cfg.loss == "shifted":
+        # transformers before 4.49: ``logits[..., :-1, :].contiguous()`` of the fp32 logits, alive with them at the
+        # log-softmax, which reads s - 1 positions per sequence (one sequence: the slice is contiguous already and
+        # .contiguous() copies nothing); in the backward the slice's gradient is a new zero-filled tokens x vocab
+        # tensor, made after the log-softmax's own gradients are released
+        shifted = rounded(cfg.micro_batch * (cfg.seq_len - 1) * V * FP32)
+        forward += (shifted if cfg.micro_batch > 1 else 0) + shifted - rounded(tv * FP32)
+        return forward, 3 * shifted + softcap
     backward = 3 * rounded(tv * FP32) + softcap  # the log-softmax output, its gradient and its input's gradient
     return forward, backward
 

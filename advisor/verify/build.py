@@ -135,6 +135,7 @@ def build_on_meta(arch: ModelArch, cfg: TrainConfig, attn_implementation: str | 
             for param in trainable_parameters(model):
                 param.data = param.data.to(DTYPES[cfg.precision])
     model.tiled_loss = cfg.loss == "chunked"  # the step computes the loss as TRL's fused LM head (step.py)
+    model.shifted_loss = cfg.loss == "shifted"  # ... or as transformers before 4.49 did
     if cfg.grad_ckpt:
         # transformers' default: non-reentrant checkpointing of every decoder layer (what the HF Trainer uses).
         model.gradient_checkpointing_enable()

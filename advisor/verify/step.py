@@ -36,10 +36,23 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
     extra = extra or {}
     if getattr(model, "tiled_loss", False):  # a chunked-loss plan (build.py): TRL's tiled LM head
         return tiled_causal_lm_loss(model, input_ids, labels, autocast_dtype, extra)
-    if autocast_dtype is None:
+    context = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with context:
+        if getattr(model, "shifted_loss", False):  # transformers before 4.49 (TrainConfig.loss "shifted")
+            # the model's forward computed this loss with its 16-bit logits still a local (held here the same way)
+            logits = model(input_ids=input_ids, **extra).logits
+            return shifted_causal_lm_loss(logits, labels)
         return model(input_ids=input_ids, labels=labels, **extra).loss
-    with torch.autocast(input_ids.device.type, dtype=autocast_dtype):
-        return model(input_ids=input_ids, labels=labels, **extra).loss
+
+
+def shifted_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers 4.46-4.48's ForCausalLMLoss (loss/loss_utils.py; the models' forward inlined the same before):
+    the logits upcast to fp32, then shifted into a contiguous copy, where 4.49 on pads the labels instead."""
+    logits = logits.float()
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = labels[..., 1:].contiguous()
+    return nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.shape[-1]), shift_labels.view(-1),
+                                       ignore_index=-100)
 
 
 # The chunked loss as the exported job runs it on a GPU: TRL's fused LM head (trl/trainer/utils.py

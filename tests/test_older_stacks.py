@@ -1,5 +1,6 @@
-"""k-bit preparation (TrainConfig.kbit_upcast): what PEFT's prepare_model_for_kbit_training and TRL 0.7.5-0.25 leave in
-fp32, against PEFT's own function, and how the CLI takes it.  The step's activations are checked against the oracle in
+"""Settings of older or hand-written stacks: k-bit preparation (TrainConfig.kbit_upcast: what PEFT's
+prepare_model_for_kbit_training and TRL 0.7.5-0.25 leave in fp32, against PEFT's own function) and the loss of
+transformers before 4.49 (--loss shifted), and how the CLI takes them.  The step's activations are checked against the oracle in
 tests/test_oracle.py (its kbit_upcast cases)."""
 
 import json
@@ -141,3 +142,13 @@ def test_plain_qlora_estimate_says_what_prepare_model_for_kbit_training_adds():
     # not where it is not modelled (a MoE), nor where the stack keeps 16-bit norms
     assert not [n for n in estimate(resolve_model("qwen3-30b-a3b"), cfg).notes if "kbit" in n]
     assert not [n for n in estimate(arch, cfg.model_copy(update={"stack": "axolotl"})).notes if "kbit" in n]
+
+
+def test_shifted_loss_is_refused_by_export_and_named_in_the_estimate(tmp_path):
+    """--loss shifted (transformers before 4.49) is an estimate of an older stack: the exported job cannot run it."""
+    proc = _run("estimate", "--model", "llama-3.2-1b", "--method", "lora", "--micro-batch", "2", "--loss", "shifted")
+    assert proc.returncode == 0 and "transformers < 4.49" in proc.stdout
+    out = tmp_path / "job"
+    proc = _run("export", "--model", "llama-3.2-1b", "--method", "lora", "--loss", "shifted", "--format", "peft-trl",
+                "--output", str(out))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "4.49" in proc.stderr and not out.exists()
