@@ -48,19 +48,21 @@ MAPPED = {
     # the pages print, lora_dropout 0.1 included.  Rows 37-39 are the device level: that script logs no torch memory
     # statistic, the pages' other numbers are GPU-memory screenshots ("72-80 GB (90-98%) as seen in the screenshot",
     # with "the slight increase ... at the end" of a time series), and these ones come with the CPU RAM in use:
-    # a system monitor's readings, not torch's allocated peak.
+    # a system monitor's readings, not torch's allocated peak.  The numbers were published on 2024-02-26 (row 40, peft
+    # aa2ca83ca) and 2024-03-13 (rows 37-39, 6008f272a, examples/sft/requirements.txt: transformers from git main):
+    # transformers 4.38 / 4.39, whose LlamaForCausalLM shifts the fp32 logits into a contiguous copy (loss "shifted").
     37: ("llama-2-70b", dict(method="qlora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=2, grad_ckpt=True,
-                             gpus=2, fsdp=True, offload="params", lora_dropout=0.1), "2x4090", "device",
-         "PEFT FSDP QLoRA docs, per GPU, FSDP1 + CPU param offload, lora_dropout 0.1, read beside the CPU RAM"),
+                             gpus=2, fsdp=True, offload="params", lora_dropout=0.1, loss="shifted"), "2x4090", "device",
+         "PEFT FSDP QLoRA docs, per GPU, FSDP1 + CPU param offload, lora_dropout 0.1, transformers 4.39's loss, read beside the CPU RAM"),
     38: ("llama-2-70b", dict(method="qlora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=2, grad_ckpt=True,
-                             gpus=2, fsdp=True, lora_dropout=0.1), "2xa100-80gb", "device",
-         "PEFT FSDP QLoRA docs, per GPU, no offload, lora_dropout 0.1"),
+                             gpus=2, fsdp=True, lora_dropout=0.1, loss="shifted"), "2xa100-80gb", "device",
+         "PEFT FSDP QLoRA docs, per GPU, no offload, lora_dropout 0.1, transformers 4.39's loss"),
     39: ("llama-2-70b", dict(method="qlora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=2, grad_ckpt=True,
-                             gpus=2, zero=3, lora_dropout=0.1), "2xa100-40gb", "device",
-         "PEFT DeepSpeed QLoRA docs, per GPU, ZeRO-3, lora_dropout 0.1"),
+                             gpus=2, zero=3, lora_dropout=0.1, loss="shifted"), "2xa100-40gb", "device",
+         "PEFT DeepSpeed QLoRA docs, per GPU, ZeRO-3, lora_dropout 0.1, transformers 4.39's loss"),
     40: ("llama-2-70b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=8, grad_ckpt=True,
-                             gpus=8, zero=3, lora_dropout=0.1), "8xh100", "device",
-         "PEFT DeepSpeed docs, nvidia-smi screenshot, ZeRO-3, lora_dropout 0.1"),
+                             gpus=8, zero=3, lora_dropout=0.1, loss="shifted"), "8xh100", "device",
+         "PEFT DeepSpeed docs, nvidia-smi screenshot, ZeRO-3, lora_dropout 0.1, transformers 4.38's loss"),
     60: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=1024, grad_ckpt=True,
                             stack="llamafactory", lengths="variable"), "a100-80gb",
          "device", "LLaMA-Factory user report on Qwen2-7B (same shapes as Qwen2.5-7B), checkpointing assumed on"),
