@@ -239,19 +239,26 @@ def test_ds_config_bucket_settings_read_back(tmp_path, capsys):
         assert code == 2 and "reduce_bucket_size" in err and err.count("\n") == 1
 
 
-def test_llamafactory_norms_stay_16bit_and_an_fp32_norm_file_is_refused(tmp_path, capsys):
-    """upcast_layernorm makes the norms fp32, and a 4-bit Linear returns its input's dtype: fp32 activations the
-    estimate does not count.  The export leaves it at LLaMA-Factory's default; a file that sets it is refused."""
+def test_llamafactory_fp32_norms_read_as_the_kbit_norms_stream(tmp_path, capsys):
+    """upcast_layernorm makes the norms fp32, and a 4-bit Linear returns its input's dtype: on a 4-bit base the file
+    reads back as kbit_upcast norms (an fp32 stream), which needs more than the exported file; on a 16-bit model it is
+    refused.  The export leaves it at LLaMA-Factory's default."""
     out = export(tmp_path, QLORA_8B, "llamafactory")
     data = yaml.safe_load((out / "llamafactory.yaml").read_text())
     assert not data.get("upcast_layernorm")
-    capsys.readouterr()
-    assert main(["estimate", "--from", str(out / "llamafactory.yaml"), "--gpu", "4090"]) == 0
-    capsys.readouterr()
-    (out / "llamafactory.yaml").write_text(yaml.safe_dump({**data, "upcast_layernorm": True}))
-    assert main(["estimate", "--from", str(out / "llamafactory.yaml"), "--gpu", "4090"]) == 2
-    err = capsys.readouterr().err
-    assert "upcast_layernorm" in err and "fp32" in err and err.count("\n") == 1
+
+    def peak(doc: dict) -> tuple[int, str]:
+        (out / "llamafactory.yaml").write_text(yaml.safe_dump(doc))
+        capsys.readouterr()
+        code = main(["--json", "estimate", "--from", str(out / "llamafactory.yaml")])
+        captured = capsys.readouterr()
+        return (json.loads(captured.out)["peak_device_bytes"] if code == 0 else code), captured.err
+
+    plain, _ = peak(data)
+    upcast, _ = peak({**data, "upcast_layernorm": True})
+    assert upcast > plain
+    code, err = peak({**data, "upcast_layernorm": True, "quantization_bit": None})
+    assert code == 2 and "upcast_layernorm" in err and "fp32" in err and err.count("\n") == 1
 
 
 def test_ds_config_flag_sets_the_stage_and_buckets_and_the_export_writes_them_back(tmp_path, capsys):

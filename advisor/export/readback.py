@@ -404,19 +404,21 @@ def _llamafactory(file: _File) -> ReadBack:
     data = file.data
     used: set = {"quantization_bit", "finetuning_type", "lora_target", "disable_gradient_checkpointing",
                  "quantization_type", "double_quantization", "additional_target", "upcast_layernorm"}
-    if file.bool("upcast_layernorm", False):
-        # fp32 norm weights make every norm's output fp32, and bitsandbytes casts each 4-bit Linear's output back to
-        # its input's dtype (Linear4bit.forward: ``.to(inp_dtype)``): the activations of a quantized model turn
-        # fp32 (LLaMA-Factory model_utils/checkpointing.py prepare_model_for_training), which is not modelled
-        raise ExportError(f"{file.path}: upcast_layernorm: true keeps the norms in fp32, which turns the activations "
-                          "fp32 (not modelled: the estimate would read low)",
-                          "set upcast_layernorm: false (LLaMA-Factory's default) to estimate this file",
-                          field=FIELD, value=str(file.path))
     bits = file.int("quantization_bit", 4, 8)
     if bits not in (None, 4, 8):
         raise file.error("quantization_bit", "4 or 8", bits)
     full = file.str("finetuning_type", "lora", ("lora", "full")) == "full"
     method = "full" if full else {4: "qlora", 8: "lora8bit"}.get(bits, "lora")
+    # upcast_layernorm casts the norms' weights to fp32 (model_utils/checkpointing.py prepare_model_for_training: 1-D
+    # parameters named *norm* / *ln*).  On a 4-bit base every norm's output turns fp32 and bitsandbytes returns each
+    # 4-bit Linear's output in its input's dtype: the fp32 stream of TrainConfig.kbit_upcast "norms".  On a 16-bit or
+    # 8-bit model the fp32 norms are not modelled.
+    upcast = file.bool("upcast_layernorm", False)
+    if upcast and method != "qlora":
+        raise ExportError(f"{file.path}: upcast_layernorm: true keeps the norms in fp32, which is modelled on a 4-bit "
+                          "base only (the estimate would read low here)",
+                          "set upcast_layernorm: false (LLaMA-Factory's default) to estimate this file",
+                          field=FIELD, value=str(file.path))
     targets = file.targets("lora_target", "all", ("all",))
     # LLaMA-Factory upcasts full fine-tuning's trainable parameters to fp32 unless pure_bf16
     master = bool(data.get("bf16") or data.get("fp16")) and not data.get("pure_bf16")
@@ -425,7 +427,8 @@ def _llamafactory(file: _File) -> ReadBack:
                  grad_ckpt=not file.bool("disable_gradient_checkpointing", False),
                  quant_type=_quant(file, data, "quantization_type", "nf4"),
                  double_quant=file.bool("double_quantization", True),
-                 train_embeddings=bool(data.get("additional_target")), lengths=_llamafactory_lengths(file, used))
+                 train_embeddings=bool(data.get("additional_target")), lengths=_llamafactory_lengths(file, used),
+                 kbit_upcast="norms" if upcast else "none")
 
 
 def _trl(file: _File) -> ReadBack:

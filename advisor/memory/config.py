@@ -167,10 +167,11 @@ class TrainConfig(BaseModel):
             raise ValueError("--kbit-upcast with --stack trl: current TRL (0.26 on: 16-bit adapters, its fused LM head) "
                              "does not upcast; TRL 0.7.5-0.25 kept fp32 adapters and the standard loss, so describe it "
                              "as --stack transformers --kbit-upcast norms")
-        if self.stack in ("axolotl", "llamafactory", "torchtune"):
-            raise ValueError(f"--kbit-upcast with --stack {self.stack}: axolotl casts the norms and embeddings back to "
-                             "the 16-bit dtype after preparing the model, LLaMA-Factory never calls "
-                             "prepare_model_for_kbit_training, torchtune quantizes with its own NF4: use none")
+        if self.stack in ("axolotl", "torchtune") or (self.stack == "llamafactory" and self.kbit_upcast != "norms"):
+            raise ValueError(f"--kbit-upcast {self.kbit_upcast} with --stack {self.stack}: axolotl casts the norms and "
+                             "embeddings back to the 16-bit dtype after preparing the model, LLaMA-Factory never calls "
+                             "prepare_model_for_kbit_training (its upcast_layernorm is norms), torchtune quantizes with "
+                             "its own NF4")
 
     @property
     def lora_alpha(self) -> float:
