@@ -37,7 +37,8 @@ Lengths = Literal["fixed", "variable"]
 # What a k-bit preparation step leaves in fp32 of a bitsandbytes-quantized model (the non-quantized tensors):
 # none: current TRL (>= 0.26), axolotl (it casts norms and embeddings back to the 16-bit dtype), LLaMA-Factory;
 # norms: TRL 0.7.5-0.25 under bf16 (norms fp32; embeddings and lm_head back to bf16);
-# all: PEFT's prepare_model_for_kbit_training as a script calls it (embeddings, norms, lm_head, biases in fp32).
+# all: PEFT's prepare_model_for_kbit_training as a script calls it (embeddings, norms, lm_head in fp32; biases too, until
+# bitsandbytes casts them back at the first forward).
 KbitUpcast = Literal["none", "norms", "all"]
 STACK_LOSS = {"trl": "chunked"}
 
@@ -65,7 +66,7 @@ class TrainConfig(BaseModel):
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     kbit_upcast: KbitUpcast = Field("none", description=(
         "QLoRA (bitsandbytes): what k-bit preparation leaves in fp32.  all = PEFT's prepare_model_for_kbit_training "
-        "as a hand-written script calls it (embeddings, norms, lm_head and biases fp32); norms = TRL 0.7.5 to 0.25 "
+        "as a hand-written script calls it (embeddings, norms and lm_head fp32); norms = TRL 0.7.5 to 0.25 "
         "under bf16 (fp32 norms); none = current TRL, axolotl, LLaMA-Factory.  fp32 norms make the residual "
         "stream and the 4-bit layers' outputs fp32 (bitsandbytes returns its input's dtype).  Under DeepSpeed it is "
         "none: the engine casts every parameter back to 16 bit."))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from ..errors import AdvisorError
+from ..errors import AdvisorError, UsageError
 from ..hardware import Hardware
 from ..models.arch import ModelArch
 from .activations import (FP32, GEMMA3, GEMMA_NORMS, attention_masks, attention_scores_bytes, chunk_padding_bytes, layer_plan,
@@ -273,8 +273,6 @@ KBIT_UPCAST_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 def kbit_upcast_modelled(arch: ModelArch, cfg: TrainConfig, attn: str) -> None:
     """Refuse k-bit preparation (TrainConfig.kbit_upcast) where its fp32 stream is not modelled: one line, exit 2."""
-    from ..errors import UsageError
-
     if arch.model_type not in KBIT_UPCAST_FAMILIES or arch.moe or arch.vision or arch.linear_attention:
         raise UsageError(f"--kbit-upcast is modelled for dense text decoders ({', '.join(KBIT_UPCAST_FAMILIES)}), "
                          f"not {arch.model_type}", "estimate with --kbit-upcast none: that reads low for this run",
