@@ -635,8 +635,9 @@ def _refuse_older_stack(cfg, hint: str) -> None:
     keep the norms 16-bit (current TRL, axolotl's cast back, LLaMA-Factory) and compute the loss as transformers 4.49
     on does, so a file would train a different run than the one estimated."""
     if cfg.kbit_upcast != "none":
-        raise UsageError("--kbit-upcast describes a script that calls PEFT's prepare_model_for_kbit_training (or TRL "
-                         "0.7.5-0.25); the exported frameworks do not upcast, so no file can train that run", hint,
+        raise UsageError(f"fp32 norms ({cfg.kbit_upcast}: --kbit-upcast, or a LLaMA-Factory file's upcast_layernorm) "
+                         "describe a script that calls PEFT's prepare_model_for_kbit_training, TRL 0.7.5-0.25 or that "
+                         "setting; the exported files keep the norms 16-bit, so none of them trains that run", hint,
                          field="kbit_upcast", value=cfg.kbit_upcast)
     if cfg.loss == "shifted":
         raise UsageError("--loss shifted describes transformers before 4.49; the exported job runs a current one, "
