@@ -93,6 +93,9 @@ CASES = [
     ("mixtral-8x7b-v0.1", 2, dict(method="lora", targets=("all-linear",), seq_len=512, optimizer="sgd")),
     ("mixtral-8x7b-v0.1", 3, dict(method="lora", targets=("all-linear",), seq_len=256, grad_ckpt=True, optimizer="sgd")),
     ("mixtral-8x7b-v0.1", 2, dict(method="lora", targets=("attention",), seq_len=1024, optimizer="sgd")),
+    # eager attention's probabilities held as the decoder layer's local through its MLP, where nothing saves them (no
+    # grad reaches q, k, v in layer 0); Gemma 3's case is in SAFE_SIDE
+    ("tinyllama-1.1b", 2, dict(method="lora", seq_len=2048, micro_batch=2, attn="eager", targets=("down_proj",))),
     # k-bit preparation (TrainConfig.kbit_upcast): PEFT's prepare_model_for_kbit_training (fp32 embeddings, norms and
     # lm_head) and TRL 0.7.5-0.25's fp32 norms; the residual stream, the 4-bit layers' outputs and the MLP go fp32
     ("llama-3.2-1b", 2, dict(method="qlora", seq_len=512, kbit_upcast="all")),
@@ -109,10 +112,14 @@ CASES = [
     ("qwen3-0.6b", 2, dict(method="qlora", seq_len=2048, loss="chunked", kbit_upcast="all")),  # q/k norms
 ]
 
-# k-bit preparation where a layer's working set carries the peak: up to 10 % above the oracle (the over-count a 4-bit
-# base's checkpointed backward shows, larger on the fp32 stream; the 4-bit MLP's 16-bit and fp32 copies taken at one
-# moment), never more than 2 % below
-KBIT_SAFE_SIDE = [
+# Where a layer's working set carries the peak and the estimate takes its moments together: up to 10 % above the
+# oracle, never more than 2 % below.  k-bit preparation (the over-count a 4-bit base's checkpointed backward shows,
+# larger on the fp32 stream; the 4-bit MLP's 16-bit and fp32 copies taken at one moment), and LoRA dropout's backward.
+SAFE_SIDE = [
+    # eager attention's probabilities held through the MLP (above); found by the oracle sweep at -15 %, now -1.5 %
+    # forward and +4.5 % in dropout's backward
+    ("gemma-3-1b-it", 1, dict(method="lora", seq_len=4096, micro_batch=4, attn="eager", optimizer="sgd", stack="trl",
+                              targets=("o_proj", "down_proj"), rank=64, lora_dropout=0.05)),
     ("mistral-7b-v0.1", 2, dict(method="qlora", seq_len=2048, loss="chunked", kbit_upcast="norms")),
     ("tinyllama-1.1b", 2, dict(method="qlora", seq_len=2048, micro_batch=2, loss="chunked", kbit_upcast="norms")),
     ("phi-3-mini-4k", 2, dict(method="qlora", seq_len=1024, micro_batch=2, loss="chunked", kbit_upcast="norms")),  # fused
@@ -145,9 +152,9 @@ def test_every_phase_peak_within_two_percent(name, layers, settings):
     _assert_phases_within(name, layers, settings, -TOLERANCE, TOLERANCE)
 
 
-@pytest.mark.parametrize("name,layers,settings", KBIT_SAFE_SIDE,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(KBIT_SAFE_SIDE)])
-def test_kbit_upcast_never_low(name, layers, settings):
+@pytest.mark.parametrize("name,layers,settings", SAFE_SIDE,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SAFE_SIDE)])
+def test_never_low_at_most_ten_percent_high(name, layers, settings):
     _assert_phases_within(name, layers, settings, -TOLERANCE, 0.10)
 
 

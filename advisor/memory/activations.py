@@ -34,6 +34,7 @@ class SavedTensors:
     items: dict[str, int] = field(default_factory=dict)
     scores_bytes: int = 0  # bytes kept per s x s element (eager: per head; SDPA window mask: once)
     scores_per_head: bool = True
+    probs_saved: bool = False  # eager attention's 16-bit probabilities are among the saved tensors (v needs a grad)
     layer_bytes: int = 0  # kept once per layer whatever the tokens (PEFT's merged MoE expert weights)
     chunk: int = 0  # tokens per chunk when the layer pads each sequence to whole chunks (Gated DeltaNet: 64)
     padded_bytes: int = 0  # of ``total``, the bytes per token that padding to whole chunks adds for padded positions
@@ -194,6 +195,7 @@ def layer_saved(arch: ModelArch, plan: LayerPlan, in_rg: bool) -> tuple[SavedTen
         saved.add("attention q", a * q_dim if k_rg else 0)
         saved.add("attention v (repeated)", a * q_dim if scores_rg else 0)
         saved.scores_bytes = (FP32 + (a if arch.attn_logit_softcap else 0) if scores_rg else 0) + (a if v_rg else 0)
+        saved.probs_saved = bool(v_rg)
         if arch.attention_sinks:
             # gpt-oss (modeling_gpt_oss.py eager_attention_forward): the sink logits join as one more column, the
             # max is subtracted (its int64 argmax kept) and the softmax runs in the 16-bit dtype; its output is
@@ -510,7 +512,7 @@ class Transients:
 
 
 def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantized: bool,
-                     after_attention: int = 0) -> Transients:
+                     after_attention: int = 0, probs_saved: bool = True) -> Transients:
     """The MLP is where a layer peaks (it is the widest part), or eager attention's s x s scores at long sequences;
     ``after_attention``: the bytes the layer keeps after its attention (SavedTensors.after_attention x tokens), not
     yet there while the attention runs forward and already released when its backward runs.  The MLP's terms
@@ -623,8 +625,14 @@ def layer_transients(arch: ModelArch, plan: LayerPlan, cfg: TrainConfig, quantiz
     attn_saved = scores * fp32_copy - after_attention
     attn_backward = scores * (FP32 + (FP32 if fp32_copy else a) - a) - after_attention if scores else 0
     forward = max(forward, attn_saved)
-    forward_unsaved = (base + max(up_lora, at_mul, down_work, moe_end, sink_tail) + merged_expert_bytes(arch, plan)
-                       + expert_factor_cast_bytes(arch, plan))
+    # the decoder layer keeps eager attention's 16-bit probabilities as a local until it returns (``hidden_states, _ =
+    # self.self_attn(...)``: the attention returns its weights): through the MLP they are alive whether saved or not
+    # (probs_saved: SavedTensors.probs_saved counts them already)
+    held_probs = scores * a
+    if not probs_saved:
+        forward += held_probs
+    forward_unsaved = (base + max(max(up_lora, at_mul, down_work, moe_end) + held_probs, sink_tail)
+                       + merged_expert_bytes(arch, plan) + expert_factor_cast_bytes(arch, plan))
     forward_unsaved = max(forward_unsaved, attn_unsaved)
     la = arch.linear_attention
     if la is not None:

@@ -101,7 +101,7 @@ def estimate(arch: ModelArch, cfg: TrainConfig, hardware: Hardware | None = None
     loss_fwd, loss_bwd = loss_region(arch, cfg, a, head_trains, stream)
 
     tr = layer_transients(arch, plan, cfg, quantized=cfg.method in ("qlora", "lora8bit"),
-                          after_attention=rounded(T * saved.after_attention))
+                          after_attention=rounded(T * saved.after_attention), probs_saved=saved.probs_saved)
     grads = gradient_timeline(arch, cfg, pb)
     grad_share = gpu.grads / pb.trainable if pb.trainable else 0.0
     steady = gpu.params + gpu.states + gpu.held_buffers
