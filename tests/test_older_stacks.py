@@ -1,7 +1,7 @@
 """Settings of older or hand-written stacks: k-bit preparation (TrainConfig.kbit_upcast: what PEFT's
 prepare_model_for_kbit_training and TRL 0.7.5-0.25 leave in fp32, against PEFT's own function) and the loss of
-transformers before 4.49 (--loss shifted), and how the CLI takes them.  The step's activations are checked against the oracle in
-tests/test_oracle.py (its kbit_upcast cases)."""
+transformers before 4.49 (--loss shifted), and how the CLI takes them.  The step's activations are checked against
+the oracle in tests/test_oracle.py (its kbit_upcast and shifted cases)."""
 
 import json
 import subprocess
@@ -29,7 +29,7 @@ def _quantized_on_meta(name: str, cfg: TrainConfig):
     return arch, model
 
 
-def _float_bytes(model) -> dict[str, torch.dtype]:
+def _float_dtypes(model) -> dict[str, torch.dtype]:
     return {n: p.dtype for n, p in model.named_parameters() if p.__class__.__name__ != "Params4bit"}
 
 
@@ -44,8 +44,8 @@ def test_all_is_what_peft_prepare_model_for_kbit_training_leaves(name):
     prepare_model_for_kbit_training(theirs, use_gradient_checkpointing=False)
     _, ours = _quantized_on_meta(name, cfg)
     build._upcast_as_kbit_prep(ours, cfg)
-    assert _float_bytes(ours) == _float_bytes(theirs)
-    assert torch.float32 in _float_bytes(theirs).values()
+    assert _float_dtypes(ours) == _float_dtypes(theirs)
+    assert torch.float32 in _float_dtypes(theirs).values()
 
     unique = {id(p): p for n, p in theirs.named_parameters()
               if p.__class__.__name__ != "Params4bit" and not n.endswith(".bias")}
@@ -59,7 +59,7 @@ def test_norms_is_trls_fp32_norms():
     cfg = TrainConfig(method="qlora", kbit_upcast="norms")
     arch, model = _quantized_on_meta("qwen3-0.6b", cfg)
     build._upcast_as_kbit_prep(model, cfg)
-    dtypes = _float_bytes(model)
+    dtypes = _float_dtypes(model)
     assert all(dt == torch.float32 for n, dt in dtypes.items() if "norm" in n)
     assert all(dt == torch.bfloat16 for n, dt in dtypes.items() if "norm" not in n)
     plain = param_bytes(arch, TrainConfig(method="qlora")).frozen_16bit
