@@ -28,7 +28,8 @@ FLAG_FOR_FIELD = {
     "method": "--method", "precision": "--precision", "master_weights": "--master-weights", "rank": "--rank",
     "alpha": "--alpha", "lora_dropout": "--lora-dropout", "targets": "--targets",
     "train_embeddings": "--train-embeddings", "quant_type": "--quant",
-    "double_quant": "--no-double-quant", "kbit_upcast": "--kbit-upcast", "micro_batch": "--micro-batch", "grad_ckpt": "--grad-ckpt",
+    "double_quant": "--no-double-quant", "kbit_upcast": "--kbit-upcast", "micro_batch": "--micro-batch",
+    "grad_ckpt": "--grad-ckpt",
     "optimizer": "--optimizer", "attn": "--attn", "loss": "--loss", "zero": "--zero", "fsdp": "--fsdp",
     "offload": "--offload", "stack": "--stack", "option": "--option", "plan_file": "--plan", "format": "--format", "output": "--output",
     "allow_no_fit": "--allow-no-fit", "from_file": "--from", "runner": "--runner", "ds_config": "--ds-config",
@@ -39,8 +40,8 @@ FLAG_FOR_FIELD = {
 # TrainConfig fields a user sets by hand (with their defaults); giving any one of them to `export` or `verify`
 # describes the configuration by hand instead of planning it.
 CONFIG_FIELDS = ("precision", "master_weights", "rank", "alpha", "lora_dropout", "targets", "train_embeddings",
-                 "quant_type", "double_quant", "kbit_upcast", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss", "zero", "fsdp",
-                 "offload", "stack")
+                 "quant_type", "double_quant", "kbit_upcast", "micro_batch", "grad_ckpt", "optimizer", "attn", "loss",
+                 "zero", "fsdp", "offload", "stack")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,7 +20,7 @@ def config_words(cfg) -> str:
              if cfg.uses_adapters else method,
              "checkpointing" if cfg.grad_ckpt else "no checkpointing",
              f"micro batch {cfg.micro_batch}", OPTIMIZER_WORDS.get(cfg.optimizer, cfg.optimizer)]
-    if getattr(cfg, "kbit_upcast", "none") != "none":
+    if cfg.kbit_upcast != "none":
         parts.append("fp32 norms (k-bit preparation)" if cfg.kbit_upcast == "norms"
                      else "fp32 norms, embeddings and lm_head (prepare_model_for_kbit_training)")
     if cfg.sharding not in ("single",):

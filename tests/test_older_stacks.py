@@ -4,9 +4,6 @@ transformers before 4.49 (--loss shifted), and how the CLI takes them.  The step
 the oracle in tests/test_oracle.py (its kbit_upcast and shifted cases)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +12,7 @@ from advisor.memory import TrainConfig, estimate
 from advisor.memory.states import param_bytes, rounded
 from advisor.models import resolve_model
 from advisor.verify import build
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_cli import run as _run  # the CLI as a user runs it: a subprocess
 
 
 def _quantized_on_meta(name: str, cfg: TrainConfig):
@@ -77,10 +73,6 @@ def test_upcast_raises_the_estimate_by_more_than_the_weights():
         - param_bytes(arch, base).frozen_16bit
     assert peaks["none"] < peaks["norms"] < peaks["all"]
     assert peaks["all"] - peaks["none"] > weights
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "advisor", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 @pytest.mark.parametrize("args", [

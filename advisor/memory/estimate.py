@@ -376,10 +376,9 @@ def tiled_loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bo
     return forward, backward
 
 
-def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool, stream: int | None = None) -> tuple[int, int]:
-    """Peak bytes of the logits/loss region in the forward and in the backward pass.  ``stream``: bytes of the final
-    norm's output (the residual stream's dtype; ``a`` unless given)."""
-    stream = stream or a
+def loss_region(arch: ModelArch, cfg: TrainConfig, a: int, head_trains: bool, stream: int) -> tuple[int, int]:
+    """Peak bytes of the logits/loss region in the forward and in the backward pass.  ``stream``: bytes per element
+    of the final norm's output (the residual stream's dtype)."""
     if cfg.loss == "chunked":
         return tiled_loss_region(arch, cfg, a, head_trains, stream)
     T, V = cfg.tokens, arch.vocab_size
