@@ -63,9 +63,21 @@ MAPPED = {
     40: ("llama-2-70b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, micro_batch=8, grad_ckpt=True,
                              gpus=8, zero=3, lora_dropout=0.1, loss="shifted"), "8xh100", "device",
          "PEFT DeepSpeed docs, nvidia-smi screenshot, ZeRO-3, lora_dropout 0.1, transformers 4.38's loss"),
+}
+
+
+# Rows read against the estimate but not scored: their setup cannot be pinned down, so they check nothing.  LLaMA-Factory
+# issue 7409 (2025-03-21) reports Qwen2-7B-Instruct LoRA r8 at three shapes; the post names no device for them, and
+# its other run (the next row) is on Ascend 910B NPUs, whose allocator, runtime and attention kernels are not a
+# CUDA GPU's.  Its "G" is ambiguous: the post gives the model as "14.3G", and Qwen2-7B's bf16 weights are 15.2 GB =
+# 14.2 GiB.  Checkpointing is "likely", and the data is unpacked with unpublished lengths.  The table shows the
+# readings both ways (GB and GiB) beside the estimate; benchmarks/variable_lengths.py replays their unpacked batches.
+UNSCORED_REASON = ("device not stated (the same post trains on Ascend 910B NPUs), 'G' read as GB or GiB, "
+                   "checkpointing 'likely', unpacked data of unpublished lengths")
+UNSCORED = {
     60: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=1024, grad_ckpt=True,
                             stack="llamafactory", lengths="variable"), "a100-80gb",
-         "device", "LLaMA-Factory user report on Qwen2-7B (same shapes as Qwen2.5-7B), checkpointing assumed on"),
+         "device", "Qwen2-7B (Qwen2.5-7B's shapes), checkpointing on, an 80 GB CUDA GPU assumed"),
     61: ("qwen2.5-7b", dict(method="lora", rank=8, targets=("all-linear",), seq_len=2048, grad_ckpt=True,
                             stack="llamafactory", lengths="variable"), "a100-80gb",
          "device", "as above, seq 2048"),
@@ -196,6 +208,19 @@ def _compare(label: str, source_model: str, setup: str, measured: int, mapping: 
     return line, (err, inside, 100.0 * (high - low) / predicted)
 
 
+def _unscored_line(label: str, row: dict, mapping: tuple) -> str:
+    """A row read but not scored: the estimate beside the reading taken as GB and as GiB."""
+    model, fields, gpu, level, assumed = mapping
+    est = estimate(resolve_model(model), TrainConfig(**fields), hardware_for(gpu))
+    predicted, (low, high) = getattr(est, LEVELS[level]), est.peak_device_range_bytes
+    number = float(row["measured_peak_gb"])
+    readings = " / ".join(f"{number * unit / 2**30:.1f} ({100 * (predicted - number * unit) / (number * unit):+.1f} %)"
+                          for unit in (10**9, 2**30))
+    setup = f"{row['method']} r{row['rank']} seq {row['seq_len']} mb {row['micro_batch']}"
+    return (f"| {label} | {row['model']} | {setup} | {readings} | {predicted / 2**30:.1f} | "
+            f"{low / 2**30:.1f}-{high / 2**30:.1f} | {assumed} |")
+
+
 def _summary(what: str, results: list[tuple], total: int | str) -> str:
     if not results:
         return f"{what}: 0 comparable rows of {total}"
@@ -236,16 +261,20 @@ def main() -> int:
                                     TP_MAPPED[int(row["row_id"])])
             lines.append(line)
             tp_results.append(result)
+    unscored = ["", f"Read, not scored ({UNSCORED_REASON}):", "",
+                "| row | source model | setup | measured GiB as GB / as GiB (estimate's error) | estimate GiB | "
+                "range GiB | assumed |", "|---|---|---|---|---:|---|---|"]
+    unscored += [_unscored_line(f"pm:{index}", rows[index], mapping) for index, mapping in UNSCORED.items()]
     skipped = ["", "| row | source model | not compared because |", "|---|---|---|"]
     skipped += [f"| pm:{i} | {row['model']} | {REASONS.get(i) or _unmapped_reason(row)} |"
-                for i, row in enumerate(rows) if i not in MAPPED]
+                for i, row in enumerate(rows) if i not in MAPPED and i not in UNSCORED]
     skipped += [f"| tp:{row['row_id']} | {row['model']} | {_tp_reason(row, rows)} |"
                 for row in tp_rows if int(row["row_id"]) not in TP_MAPPED]
     summary = "\n".join(["", _summary("all mapped rows", pm_results + tp_results, f"{len(rows)} + {len(tp_rows)}"),
                          _summary(f"pm ({args.csv.name})", pm_results, len(rows)),
                          _summary(f"tp ({args.throughput_csv.name}, rows with a memory number)", tp_results,
                                   len(tp_rows))])
-    text = "\n".join(lines) + "\n" + summary + "\n" + "\n".join(skipped)
+    text = "\n".join(lines) + "\n" + summary + "\n" + "\n".join(unscored + skipped)
     print(text)
     out = write_result(default_path("public-measurements"), "The estimate against published GPU measurements", text,
                        about=f"; data: {args.csv.name}, {args.throughput_csv.name}")

@@ -4,9 +4,9 @@
 
 The estimate assumes every batch has the planned shape (packed, or padded to the cutoff).  Unpacked data
 gives each step its own length, and the allocator caches segments of every size it has seen: reserved grows
-over the first steps.  The LLaMA-Factory user report mapped in public_measurements.py (rows 60-62: Qwen2-7B
-LoRA r8, cutoff 1024 / 2048) reads 17-19 % above the estimate and says "28.2 GB initially, rose to 32 GB
-after a few steps".  This traces the same config for N steps whose lengths are drawn uniformly from
+over the first steps.  The LLaMA-Factory user report that public_measurements.py reads but does not score (rows
+60-62: Qwen2-7B LoRA r8, cutoff 1024 / 2048; device not stated) reads up to 17-23 % above the estimate and says
+"28.2 GB initially, rose to 32 GB after a few steps".  This traces the same config for N steps whose lengths are drawn uniformly from
 [cutoff / 8, cutoff] (seeded; the last step at the cutoff) and replays them (advisor/verify/dryrun.py,
 advisor/memory/allocator.py); the device peak adds the estimate's CUDA context.  The length distribution
 of the user's data is not published, so this shows the mechanism's size, not a fit.
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from public_measurements import DEFAULT_CSV, MAPPED, _measured_bytes  # noqa: E402
+from public_measurements import DEFAULT_CSV, UNSCORED, _measured_bytes  # noqa: E402
 
 from advisor.hardware import hardware_for  # noqa: E402
 from advisor.memory import TrainConfig, estimate  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
     lines = ["| row | config | measured GiB | estimate GiB (fixed shape) | replay fixed GiB | replay varying GiB | "
              "varying error % |", "|---|---|---:|---:|---:|---:|---:|"]
     for index in ROWS:
-        model, fields, gpu, level, _ = MAPPED[index]
+        model, fields, gpu, level, _ = UNSCORED[index]
         arch, cfg, hardware = resolve_model(model), TrainConfig(**fields), hardware_for(gpu)
         measured = _measured_bytes(rows[index]) / GiB
         est = estimate(arch, cfg, hardware)
