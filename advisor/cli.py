@@ -372,8 +372,17 @@ def _by_hand(args: argparse.Namespace) -> bool:
     return bool(args.from_file) or any(hasattr(args, name) for name in (*CONFIG_FIELDS, "ds_config"))
 
 
+def _one_rank(args: argparse.Namespace, command: str) -> None:
+    """A rank list is a sweep, which only estimate makes; the other commands act on one configuration."""
+    ranks = getattr(args, "rank", None)  # absent when not given (the flag defaults are suppressed)
+    if ranks is not None and len(ranks) > 1:
+        raise UsageError(f"{command} takes one rank", "for several ranks: lora-advisor estimate --rank 8,16,32",
+                         field="rank", value=ranks)
+
+
 def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanResult | None]:
     """What export and verify act on: a saved plan's option, a configuration by hand, or the plan's option."""
+    _one_rank(args, args.command)
     if args.plan_file:
         if _by_hand(args) or args.model:
             raise UsageError("--plan takes the model and the config from the saved plan",
@@ -474,9 +483,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     length) that fit the configuration on the GPU."""
     from .report import LimitEntry, LimitsReport, ModelInfo
 
-    if len(args.rank) > 1:
-        raise UsageError("limits takes one rank", "for several ranks: lora-advisor estimate --rank 8,16,32",
-                         field="rank", value=args.rank)
+    _one_rank(args, "limits")
     sel = _configured(args)
     seq, batch = core.limits(sel)
     arch, est = sel.arch, sel.estimate

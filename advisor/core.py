@@ -590,6 +590,13 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     from .export.launch import companions
 
     _refuse_older_stack(sel.cfg, "export without it: its estimate is the one the exported job runs")
+    if sel.cfg.method == "lora8bit" and (sel.cfg.fsdp or sel.cfg.zero == 3):
+        # sharding a quantized base needs its storage in a float dtype (bnb_4bit_quant_storage), which only 4-bit
+        # has: LLaMA-Factory refuses it ("Only 4-bit quantized model can use fsdp+qlora", model_utils/quantization.py)
+        # and LLM.int8's Int8Params break under FSDP's flat parameters (accelerate#1415)
+        raise UsageError(f"LoRA on an 8-bit base cannot be sharded ({'FSDP' if sel.cfg.fsdp else 'ZeRO-3'}): only a "
+                         "4-bit base stores its weights in a dtype FSDP and ZeRO-3 can shard",
+                         "use --method qlora, or ZeRO-2 / one GPU per replica", field="method", value="lora8bit")
     if sel.fits is False and not allow_no_fit:
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",

@@ -376,3 +376,78 @@ def test_settings_that_change_memory_but_are_not_modelled_are_said(tmp_path, cap
         assert any(item in note for note in notes)
     if not warned:
         assert "warning:" not in captured.err and not any("not modelled:" in note for note in notes)
+
+
+@pytest.mark.parametrize("flags,written", [
+    # Gemma 2 and gpt-oss have no SDPA path in transformers: 'auto' is eager, and the files must say so (an sdpa
+    # file stops at from_pretrained)
+    (["--model", "gemma-2-9b", "--method", "qlora", "--grad-ckpt", "--seq-len", "4096", "--gpu", "a100-40gb"], "eager"),
+    (["--model", "qwen2.5-7b", "--method", "lora", "--targets", "q,v", "--no-grad-ckpt", "--micro-batch", "1",
+      "--attn", "eager", "--gpu", "a100-80gb"], "eager"),
+    (["--model", "qwen2.5-7b", "--method", "lora", "--grad-ckpt", "--attn", "flash", "--gpu", "a100-80gb"], "flash"),
+    (["--model", "qwen2.5-7b", "--method", "lora", "--grad-ckpt", "--gpu", "a100-80gb"], "sdpa"),
+])
+def test_every_file_loads_the_attention_the_estimate_counted_and_reads_it_back(tmp_path, capsys, flags, written):
+    out = export(tmp_path, flags, "peft-trl,trl-yaml,axolotl,llamafactory")
+    capsys.readouterr()
+    hf_name = {"eager": "eager", "flash": "flash_attention_2", "sdpa": "sdpa"}[written]
+    assert f"ATTENTION = {hf_name!r}" in (out / "train.py").read_text()
+    for name in ("trl_sft.yaml", "axolotl.yaml"):
+        assert yaml.safe_load((out / name).read_text())["attn_implementation"] == hf_name, name
+    # LLaMA-Factory's own names (AttentionFunction): disabled is eager
+    assert yaml.safe_load((out / "llamafactory.yaml").read_text())["flash_attn"] == {
+        "eager": "disabled", "flash": "fa2", "sdpa": "sdpa"}[written]
+    assert main(["estimate", "--json", *flags]) == 0
+    direct = json.loads(capsys.readouterr().out)["peak_device_bytes"]
+    gpu = flags[flags.index("--gpu") + 1]
+    for name in ("axolotl.yaml", "llamafactory.yaml"):
+        assert main(["estimate", "--json", "--from", str(out / name), "--gpu", gpu]) == 0
+        back = json.loads(capsys.readouterr().out)
+        assert back["config"]["attn"] == written and back["peak_device_bytes"] == direct, name
+
+
+@pytest.mark.parametrize("line,attn", [
+    ("attn_implementation: eager", "eager"), ("attn_implementation: flash_attention_2", "flash"),
+    ("attn_implementation: kernels-community/vllm-flash-attn3", "flash"), ("flash_attn: disabled", "eager"),
+    ("flash_attn: fa2", "flash"), ("flash_attn: auto", "auto"), ("flash_attention: true", "flash"),
+    ("sdp_attention: true", "sdpa"), ("", "auto"),
+])
+def test_an_imported_files_attention_is_read(tmp_path, capsys, line, attn):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nsequence_len: 1024\n{line}\n")
+    assert main(["estimate", "--json", "--from", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["attn"] == attn
+
+
+@pytest.mark.parametrize("line", ["attn_implementation: flex_attention", "flash_attn: yes-please", "flash_attention: 2"])
+def test_an_attention_the_estimate_does_not_model_is_one_line(tmp_path, capsys, line):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nsequence_len: 1024\n{line}\n")
+    assert main(["estimate", "--from", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert line.split(":")[0] in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "axolotl"], ["verify", "--dry-run"]])
+def test_a_rank_list_is_refused_outside_estimate(tmp_path, capsys, command):
+    # a list is estimate's rank sweep; exporting its first rank silently would train a config nobody chose
+    assert main([*command, "--model", "qwen2.5-0.5b", "--method", "lora", "--rank", "8,16", "--seq-len", "128",
+                 "-o" if command[0] == "export" else "--steps", str(tmp_path / "x") if command[0] == "export" else "2"]) == 2
+    err = capsys.readouterr().err
+    assert "takes one rank" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("sharding", [["--fsdp"], ["--zero", "3"]])
+def test_an_8bit_base_is_not_sharded_by_the_plan_or_the_export(tmp_path, capsys, sharding):
+    flags = ["--model", "qwen2.5-7b", "--method", "lora8bit", "--gpus", "2", "--gpu", "a100-80gb"]
+    assert main(["export", *flags, *sharding, "--format", "all", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "8-bit base cannot be sharded" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+    # the planner proposes only what the exporters write: no FSDP or ZeRO-3 over an 8-bit base
+    # (70B at 8 bits is 70 GB: before this rule the plan chose ZeRO-3 here; now nothing fits, exit 3, and says so)
+    assert main(["plan", "--json", "--model", "llama-3.1-70b", "--method", "lora8bit", "--gpu", "4xa100-80gb"]) in (0, 3)
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    for option in ([plan["chosen"]] if plan.get("chosen") else []) + plan.get("alternatives", []):
+        assert not option["config"]["fsdp"] and option["config"]["zero"] != 3

@@ -95,6 +95,20 @@ class ExportContext:
         return self.cfg.loss == "chunked"
 
     @property
+    def attention(self) -> str:
+        """The attention kernel the estimate counted ('flash', 'sdpa' or 'eager'): 'auto' resolved as transformers
+        resolves it (eager for Gemma 2 and gpt-oss, whose classes have no SDPA path), so the file loads the model
+        with the kernel the plan's numbers are for."""
+        from ..memory.targets import effective_attention
+
+        return effective_attention(self.arch, self.cfg)
+
+    @property
+    def attn_implementation(self) -> str:
+        """transformers' ``attn_implementation`` for that kernel."""
+        return {"flash": "flash_attention_2", "eager": "eager"}.get(self.attention, "sdpa")
+
+    @property
     def lr(self) -> float:
         return LEARNING_RATE[self.cfg.method]
 

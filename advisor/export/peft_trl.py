@@ -135,7 +135,7 @@ def restore_planned_adapters(model):
 
 def render(ctx: ExportContext) -> dict[str, str]:
     cfg = ctx.cfg
-    attn = {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa")
+    attn = ctx.attn_implementation
     launch = launch_command(ctx)
     deepspeed = '\n        deepspeed=str(HERE / "ds_config.json"),' if cfg.zero else ""
     engine = (f"DeepSpeed ZeRO-{cfg.zero}" if cfg.zero else "FSDP" if cfg.fsdp

@@ -22,8 +22,7 @@ _OPTIM_BACK = {k: v for k, v in _OPTIM_BACK.items() if v is not None}  # what th
 # keys that do not change memory (data, logging, schedule): read, never reported as unknown
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
-               "deepspeed", "flash_attention", "sdp_attention", "flash_attn", "attn_implementation",
-               "fsdp", "lora_modules_to_save",
+               "deepspeed", "fsdp", "lora_modules_to_save",
                "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
 
 
@@ -280,6 +279,30 @@ def _liger(file: _File, used: set) -> dict:
     return {"loss": "chunked" if on else "standard"}
 
 
+# The attention kernel changes memory (eager keeps s x s scores per head): transformers' attn_implementation (TRL,
+# axolotl >= 0.19), LLaMA-Factory's flash_attn (hparams/model_args.py AttentionFunction: disabled is eager), and
+# axolotl's older switches.  No key: transformers' own default ("auto").
+_ATTN_IMPLEMENTATION = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash", "flash_attention_3": "flash"}
+_LLAMAFACTORY_ATTN = {"auto": "auto", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash"}
+_AXOLOTL_SWITCHES = (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"))
+
+
+def _attention(file: _File, used: set) -> str:
+    used.update({"attn_implementation", "flash_attn"} | {key for key, _ in _AXOLOTL_SWITCHES})
+    value = file.data.get("attn_implementation")
+    if value is not None:
+        # a hub kernel ("kernels-community/vllm-flash-attn3", gpt-oss's sinks) is a FlashAttention build
+        if isinstance(value, str) and value not in _ATTN_IMPLEMENTATION and "flash" in value.lower():
+            return "flash"
+        return _ATTN_IMPLEMENTATION[file.str("attn_implementation", None, tuple(_ATTN_IMPLEMENTATION))]
+    if file.data.get("flash_attn") is not None:
+        return _LLAMAFACTORY_ATTN[file.str("flash_attn", None, tuple(_LLAMAFACTORY_ATTN))]
+    for key, kernel in _AXOLOTL_SWITCHES:
+        if file.bool(key, False):
+            return kernel
+    return "auto"
+
+
 def _switched_on(value: Any) -> bool:
     """true, a parallel degree above 1, or a setting's own mapping; false, null, 0 and 1 are the plain run."""
     if isinstance(value, bool):
@@ -323,7 +346,8 @@ def _read(file: _File, fmt: str, model_key: str, **specific) -> ReadBack:
     fields = dict(rank=file.int(rank, 1, MAX_RANK), alpha=file.number(alpha, 0, MAX_ALPHA),
                   seq_len=file.int(seq_len, 1, MAX_SEQ_LEN), micro_batch=file.int(micro_batch, 1, MAX_MICRO_BATCH),
                   precision=_precision(file, used), optimizer=_optimizer(file, optimizer), **_liger(file, used),
-                  lora_dropout=_lora_dropout(file, used, _DROPOUT_DEFAULT[fmt]), **specific)
+                  lora_dropout=_lora_dropout(file, used, _DROPOUT_DEFAULT[fmt]), attn=_attention(file, used),
+                  **specific)
     return _finish(file, used, model.strip(), fields, fmt)
 
 

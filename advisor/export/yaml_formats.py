@@ -78,7 +78,7 @@ def trl_yaml(ctx: ExportContext) -> dict[str, str]:
                   "gradient_accumulation_steps": ctx.grad_accum, "gradient_checkpointing": cfg.grad_ckpt,
                   "optim": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,
                   "bf16": ctx.bf16, "fp16": ctx.fp16,
-                  "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa"),
+                  "attn_implementation": ctx.attn_implementation,
                   # the plan's batch lengths: fixed pads every (truncated) batch to max_length; variable leaves
                   # TRL's default, each batch padded to its longest sequence
                   **({"pad_to_multiple_of": cfg.seq_len} if cfg.lengths == "fixed" else {"packing": False})}
@@ -105,7 +105,7 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
                   "optimizer": ctx.hf_optim, "learning_rate": ctx.lr, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
                   **_axolotl_precision(ctx),
                   # axolotl >= 0.19 takes transformers' name (flash_attention / sdp_attention are deprecated)
-                  "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(cfg.attn, "sdpa"),
+                  "attn_implementation": ctx.attn_implementation,
                   # fixed lengths: every batch padded to sequence_len (constant-size buffers); variable: per batch
                   "pad_to_sequence_len": cfg.lengths == "fixed",
                   "num_epochs": 1, "output_dir": "./outputs",
@@ -150,7 +150,8 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
                   "per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": ctx.grad_accum,
                   "learning_rate": ctx.lr, "num_train_epochs": 1.0, "lr_scheduler_type": "cosine",
                   "warmup_ratio": 0.03, "optim": ctx.hf_optim, **_llamafactory_precision(ctx),
-                  "flash_attn": "fa2" if cfg.attn == "flash" else "sdpa",
+                  # LLaMA-Factory's names (hparams/model_args.py AttentionFunction): disabled is transformers' eager
+                  "flash_attn": {"flash": "fa2", "eager": "disabled"}.get(ctx.attention, "sdpa"),
                   "disable_gradient_checkpointing": not cfg.grad_ckpt,
                   # LLaMA-Factory cannot pad every batch to cutoff_len: fixed lengths pack to it, without
                   # attention across the packed sequences (neat_packing); variable is its default for sft
