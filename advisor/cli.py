@@ -309,6 +309,12 @@ def _read_from(args: argparse.Namespace):
     if back.unknown:
         print(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}",
               file=sys.stderr)
+    sharded = back.fields.get("zero") or back.fields.get("fsdp")
+    if sharded and "gpus" not in back.fields and args.gpus is None:
+        # a framework YAML leaves the GPU count to its launcher; ZeRO / FSDP split the states over it
+        print(f"warning: {args.from_file} ({back.format}) does not say how many GPUs it runs on (its launcher does, "
+              "and no accelerate.yaml is next to it): estimated for 1 GPU; pass --gpus N for the per-GPU share",
+              file=sys.stderr)
     return back
 
 

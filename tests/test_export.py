@@ -451,3 +451,17 @@ def test_an_8bit_base_is_not_sharded_by_the_plan_or_the_export(tmp_path, capsys,
     plan = json.loads(capsys.readouterr().out)["plan"]
     for option in ([plan["chosen"]] if plan.get("chosen") else []) + plan.get("alternatives", []):
         assert not option["config"]["fsdp"] and option["config"]["zero"] != 3
+
+
+def test_a_sharded_file_without_its_gpu_count_says_so(tmp_path, capsys):
+    flags = ["--model", "llama-3.1-8b", "--method", "full", "--master-weights", "--zero", "2", "--gpus", "4",
+             "--grad-ckpt", "--gpu", "h100"]
+    out = export(tmp_path, flags, "axolotl")  # axolotl.yaml + ds_config.json: the count is in the launch command only
+    capsys.readouterr()
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "h100"]) == 0
+    assert "does not say how many GPUs" in capsys.readouterr().err
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "h100", "--gpus", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "how many GPUs" not in captured.err
+    assert main(["estimate", "--json", *flags]) == 0
+    assert json.loads(captured.out)["peak_device_bytes"] == json.loads(capsys.readouterr().out)["peak_device_bytes"]
