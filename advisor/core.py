@@ -590,6 +590,12 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
     from .export.launch import companions
 
     _refuse_older_stack(sel.cfg, "export without it: its estimate is the one the exported job runs")
+    if sel.cfg.stack == "torchtune":
+        # torchtune trains pure 16-bit with its own modules; every format here runs transformers' model under the HF
+        # Trainer (PEFT's fp32 adapters, autocast), a different run with a different peak
+        raise UsageError("lora-advisor writes no torchtune recipe: every export format runs the HF stack, whose "
+                         "estimate differs from torchtune's", "export without --stack torchtune (or write the "
+                         "torchtune recipe config by hand from this estimate)", field="stack", value="torchtune")
     if sel.cfg.method == "lora8bit" and (sel.cfg.fsdp or sel.cfg.zero == 3):
         # sharding a quantized base needs its storage in a float dtype (bnb_4bit_quant_storage), which only 4-bit
         # has: LLaMA-Factory refuses it ("Only 4-bit quantized model can use fsdp+qlora", model_utils/quantization.py)

@@ -465,3 +465,12 @@ def test_a_sharded_file_without_its_gpu_count_says_so(tmp_path, capsys):
     assert "how many GPUs" not in captured.err
     assert main(["estimate", "--json", *flags]) == 0
     assert json.loads(captured.out)["peak_device_bytes"] == json.loads(capsys.readouterr().out)["peak_device_bytes"]
+
+
+def test_a_torchtune_configuration_is_not_exported_as_an_hf_job(tmp_path, capsys):
+    # the files run the HF Trainer (fp32 adapters under autocast); torchtune's pure 16-bit peak is another run's
+    assert main(["export", "--model", "llama-3.1-8b", "--method", "lora", "--stack", "torchtune", "--gpu", "a100-80gb",
+                 "--format", "all", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "torchtune" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
