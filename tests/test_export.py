@@ -22,7 +22,7 @@ AXOLOTL_KEYS = {"base_model", "sequence_len", "micro_batch_size", "gradient_accu
                 "num_epochs", "output_dir", "datasets", "adapter", "lora_r", "lora_alpha",
                 "lora_dropout", "lora_target_linear", "lora_target_modules", "lora_modules_to_save", "load_in_4bit",
                 "load_in_8bit", "bnb_config_kwargs", "fsdp_version", "fsdp_config", "deepspeed",
-                "pad_to_sequence_len"}
+                "pad_to_sequence_len", "model_quantization_config", "model_quantization_config_kwargs"}
 LLAMAFACTORY_KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "dataset", "template", "cutoff_len",
                      "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                      "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "optim", "bf16", "fp16", "flash_attn",
@@ -474,3 +474,14 @@ def test_a_torchtune_configuration_is_not_exported_as_an_hf_job(tmp_path, capsys
     err = capsys.readouterr().err
     assert "torchtune" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_gpt_oss_axolotl_file_loads_the_experts_dequantized(tmp_path, capsys):
+    out = export(tmp_path, ["--model", "gpt-oss-20b", "--method", "lora", "--grad-ckpt", "--gpu", "h100"], "axolotl")
+    data = yaml.safe_load((out / "axolotl.yaml").read_text())
+    assert data["model_quantization_config"] == "Mxfp4Config"
+    assert data["model_quantization_config_kwargs"] == {"dequantize": True}
+    assert data["attn_implementation"] == "eager"
+    capsys.readouterr()
+    assert main(["estimate", "--from", str(out / "axolotl.yaml"), "--gpu", "h100"]) == 0
+    assert "model_quantization_config" not in capsys.readouterr().err  # read as the dequantized load it is

@@ -23,7 +23,7 @@ _OPTIM_BACK = {k: v for k, v in _OPTIM_BACK.items() if v is not None}  # what th
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
                "deepspeed", "fsdp", "lora_modules_to_save",
-               "quantization_method", "save_steps", "seed", "fsdp_config", "fsdp_version"}
+               "quantization_method", "save_steps", "model_quantization_config", "model_quantization_config_kwargs", "seed", "fsdp_config", "fsdp_version"}
 
 
 class _File:

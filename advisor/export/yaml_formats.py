@@ -128,6 +128,10 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
                                          "bnb_4bit_use_double_quant": cfg.double_quant}
     elif cfg.method == "lora8bit":
         data["load_in_8bit"] = True
+    if ctx.arch.checkpoint_quant == "mxfp4":
+        # gpt-oss's MXFP4 experts are not trainable in transformers: axolotl's gpt-oss examples load them
+        # dequantized to bf16 (transformers.Mxfp4Config(dequantize=True)), which is what the estimate counts
+        data.update({"model_quantization_config": "Mxfp4Config", "model_quantization_config_kwargs": {"dequantize": True}})
     if cfg.fsdp:
         ctx.check_fsdp()
         data.update({"fsdp_version": 2, "fsdp_config": {
