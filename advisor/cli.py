@@ -544,6 +544,13 @@ def _print_export(outcome: core.ExportOutcome) -> None:
         print(f"wrote {path}")
     for name, why in outcome.skipped.items():
         print(f"skipped {name}: {why}")
+    cfg = sel.cfg
+    steps = cfg.accumulation(sel.effective_batch)
+    trained = cfg.micro_batch * cfg.gpus * steps
+    if trained != sel.effective_batch:  # the accumulation is whole: the files train the nearest batch at or above
+        print(f"note: {cfg.micro_batch} x {cfg.gpus} GPU{'s' if cfg.gpus > 1 else ''} x {steps} accumulation "
+              f"step{'s' if steps > 1 else ''} = {trained} sequences per optimizer step, not the effective batch's "
+              f"{sel.effective_batch} (it is not a multiple of micro batch x GPUs)")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -485,3 +485,10 @@ def test_gpt_oss_axolotl_file_loads_the_experts_dequantized(tmp_path, capsys):
     capsys.readouterr()
     assert main(["estimate", "--from", str(out / "axolotl.yaml"), "--gpu", "h100"]) == 0
     assert "model_quantization_config" not in capsys.readouterr().err  # read as the dequantized load it is
+
+
+def test_an_effective_batch_the_accumulation_cannot_reach_exactly_is_said(tmp_path, capsys):
+    assert main(["export", "--model", "qwen2.5-0.5b", "--method", "lora", "--micro-batch", "3", "--gpus", "4",
+                 "--effective-batch", "50", "--gpu", "a100-80gb", "--format", "axolotl", "-o", str(tmp_path)]) == 0
+    assert yaml.safe_load((tmp_path / "axolotl.yaml").read_text())["gradient_accumulation_steps"] == 5
+    assert "= 60 sequences per optimizer step" in capsys.readouterr().out
