@@ -4,10 +4,10 @@
 
 The estimate assumes every batch has the planned shape (packed, or padded to the cutoff).  Unpacked data
 gives each step its own length, and the allocator caches segments of every size it has seen: reserved grows
-over the first steps.  The LLaMA-Factory user report that public_measurements.py reads but does not score (rows
-60-62: Qwen2-7B LoRA r8, cutoff 1024 / 2048; device not stated) reads up to 17-23 % above the estimate and says
-"28.2 GB initially, rose to 32 GB after a few steps".  This traces the same config for N steps whose lengths are drawn uniformly from
-[cutoff / 8, cutoff] (seeded; the last step at the cutoff) and replays them (advisor/verify/dryrun.py,
+over the first steps.  The LLaMA-Factory user report that public_measurements.py reads but does not score
+(rows 60-62: Qwen2-7B LoRA r8, cutoff 1024 / 2048; device not stated) reads up to 17-23 % above the estimate
+and says "28.2 GB initially, rose to 32 GB after a few steps".  This traces the same config for N steps whose
+lengths are drawn uniformly from [cutoff / 8, cutoff] (seeded; the last step at the cutoff) and replays them (advisor/verify/dryrun.py,
 advisor/memory/allocator.py); the device peak adds the estimate's CUDA context.  The length distribution
 of the user's data is not published, so this shows the mechanism's size, not a fit.
 """

@@ -14,6 +14,8 @@ from ..units import GiB
 TOOL = "lora-advisor 0.1.0"
 HF_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
             "sgd": "sgd", "adafactor": "adafactor"}
+# transformers' attn_implementation for each kernel the estimate counts (memory/targets.py effective_attention)
+HF_ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 # the lora_dropout most examples and TRL's ModelConfig use: the export header says what it would cost
 COMMON_DROPOUT = 0.05
 LEARNING_RATE = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4, "lora8bit": 2e-4}
@@ -106,7 +108,7 @@ class ExportContext:
     @property
     def attn_implementation(self) -> str:
         """transformers' ``attn_implementation`` for that kernel."""
-        return {"flash": "flash_attention_2", "eager": "eager"}.get(self.attention, "sdpa")
+        return HF_ATTENTION[self.attention]
 
     @property
     def lr(self) -> float:

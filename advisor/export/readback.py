@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bounded import load_json, load_yaml, read_text, shown
-from .context import HF_OPTIM, ExportError
+from .context import HF_ATTENTION, HF_OPTIM, ExportError
 
 MAX_FILE_BYTES = 1 << 20  # a training YAML or a DeepSpeed JSON is a few KiB
 FIELD = "from_file"  # errors are about the file given to read the settings from
@@ -22,8 +22,8 @@ _OPTIM_BACK = {k: v for k, v in _OPTIM_BACK.items() if v is not None}  # what th
 # keys that do not change memory (data, logging, schedule): read, never reported as unknown
 _IRRELEVANT = {"datasets", "dataset", "template", "output_dir", "num_epochs", "num_train_epochs", "lr_scheduler",
                "lr_scheduler_type", "learning_rate", "warmup_ratio", "warmup_steps", "logging_steps", "stage", "do_train",
-               "deepspeed", "fsdp", "lora_modules_to_save",
-               "quantization_method", "save_steps", "model_quantization_config", "model_quantization_config_kwargs", "seed", "fsdp_config", "fsdp_version"}
+               "deepspeed", "fsdp", "lora_modules_to_save", "quantization_method", "save_steps", "seed",
+               "fsdp_config", "fsdp_version", "model_quantization_config", "model_quantization_config_kwargs"}
 
 
 class _File:
@@ -282,7 +282,7 @@ def _liger(file: _File, used: set) -> dict:
 # The attention kernel changes memory (eager keeps s x s scores per head): transformers' attn_implementation (TRL,
 # axolotl >= 0.19), LLaMA-Factory's flash_attn (hparams/model_args.py AttentionFunction: disabled is eager), and
 # axolotl's older switches.  No key: transformers' own default ("auto").
-_ATTN_IMPLEMENTATION = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash", "flash_attention_3": "flash"}
+_ATTN_IMPLEMENTATION = {v: k for k, v in HF_ATTENTION.items()} | {"flash_attention_3": "flash"}
 _LLAMAFACTORY_ATTN = {"auto": "auto", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash"}
 _AXOLOTL_SWITCHES = (("flash_attention", "flash"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"))
 
