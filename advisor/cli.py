@@ -404,9 +404,8 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
     if result.plan.chosen is None:
         from .errors import NoFitError
 
-        raise NoFitError(f"nothing fits: the smallest candidate needs {result.plan.smallest_need_bytes / 2**30:.1f} GiB"
-                         if result.plan.smallest_need_bytes else "nothing fits",
-                         "run `lora-advisor plan` with the same flags to see what would fit")
+        raise NoFitError(result.plan.no_choice or "nothing fits",
+                         "run `lora-advisor plan` with the same flags to see why, and what would fit")
     return result.select(args.option), result
 
 
@@ -711,6 +710,11 @@ def run_tui(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.from_file = None
     request = plan_request(args)
+    # Textual would take over a pipe or a file and wait for keys that never come
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the interactive app needs a terminal, and stdin or stdout is not one",
+                         "run a command instead, e.g. `lora-advisor plan --model llama-3.1-8b --json` "
+                         "(`lora-advisor --help` lists them)")
     try:
         from .tui import make_app
     except ImportError:

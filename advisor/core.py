@@ -164,7 +164,7 @@ class PlanResult:
     def option(self, index: int = 0):
         """The planner's Option: 0 the choice, N the N-th alternative."""
         if self.plan.chosen is None:
-            raise NoFitError(f"nothing fits: the smallest candidate needs {self.plan.smallest_need_bytes / GiB:.1f} GiB",
+            raise NoFitError(self.plan.no_choice or "nothing fits",
                              "there is no option to take; see what would fit", field="option", value=index)
         options = [self.plan.chosen, *self.plan.alternatives]
         if not 0 <= index < len(options):
@@ -729,6 +729,10 @@ def start_verify(sel: Selected, mode: str, steps: int, workdir: Path | None = No
                          "bitsandbytes; GPTQ/AWQ need their checkpoint and kernels)",
                          "verify the bitsandbytes QLoRA of the same setup (quant nf4) instead",
                          field="quant_type", value=sel.cfg.quant_type)
+    if mode == "dry":
+        from .verify.dryrun import refuse_untraceable
+
+        refuse_untraceable(sel.cfg)
     if mode == "cuda" and runner == "step" and (sel.cfg.zero or sel.cfg.fsdp or sel.cfg.gpus > 1):
         # the bare step is one process without a stack: what DeepSpeed or FSDP add would read as the estimate's error
         raise UsageError("the bare step runs no DeepSpeed, FSDP or second GPU",

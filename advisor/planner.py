@@ -12,11 +12,12 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from .engine.facts import CandidateFacts, GoalFacts, GpuFacts, HostFacts, ModelFacts
 from .engine.rules import Rule
 from .hardware import Hardware
+from .hardware.catalog import MAX_GPUS
 from .limits import fit_limits
 from .memory import TrainConfig, estimate
 from .memory.config import Lengths
@@ -131,6 +132,7 @@ class Plan(BaseModel):
     smallest_need_bytes: int | None = Field(None, description="When nothing fits: the least any candidate needs.")
     what_would_fit: list[str] = Field(default_factory=list)
     chosen_limits: ChosenLimits | None = Field(None, description="The chosen config's limits on this card (`lora-advisor limits`).")
+    no_choice: str | None = Field(None, description="When nothing was chosen: why, in one line (memory, or the rules).")
 
 
 @dataclass
@@ -138,6 +140,10 @@ class _Space:
     """What the plan-scope rules left open."""
 
     allowed: dict[str, list] = field(default_factory=dict)
+    setters: dict[str, str] = field(default_factory=dict)  # field -> the id of the rule that set it last
+    # method -> why no configuration of it exists under what the rules set (a user rule pack can set
+    # `precision: fp32`, which no QLoRA candidate can use): reported as that rule's rejection
+    invalid: dict[str, str] = field(default_factory=dict)
 
     def values(self, name: str, default: tuple) -> list:
         return list(self.allowed.get(name, default))
@@ -189,10 +195,41 @@ def enumerate_candidates(goals: Goals, space: _Space, last_rung: bool = False) -
             # full fine-tuning: pure 16-bit, or mixed precision over fp32 master weights (the HF default)
             masters = (False, True) if method == "full" and fixed.get("precision") != "fp32" else (False,)
             for offload, master in itertools.product(offloads, masters):
-                out.append(TrainConfig(method=method, rank=rank, targets=(target,), grad_ckpt=ckpt, optimizer=optimizer,
-                                       micro_batch=micro, seq_len=goals.seq_len, gpus=goals.gpus, offload=offload, loss=loss,
-                                       master_weights=master, **_sharding_fields(sharding), **goals.data_fields,
-                                       **fixed))
+                try:
+                    out.append(TrainConfig(method=method, rank=rank, targets=(target,), grad_ckpt=ckpt,
+                                           optimizer=optimizer, micro_batch=micro, seq_len=goals.seq_len,
+                                           gpus=goals.gpus, offload=offload, loss=loss, master_weights=master,
+                                           **_sharding_fields(sharding), **goals.data_fields, **fixed))
+                except ValidationError as exc:  # a combination the rules' settings make impossible
+                    space.invalid.setdefault(method, exc.errors()[0]["msg"].removeprefix("Value error, "))
+    return out
+
+
+def _no_choice(smallest: int | None, usable: int | None) -> str:
+    """Why no candidate was chosen: memory only when even the smallest does not fit the card; otherwise the
+    rules turned down candidates that fit the card (its headroom, the host's RAM, or a rule of the user's)."""
+    if smallest is None:
+        return "no configuration is left: the rules' settings allow none (see the rejections)"
+    if usable is None or smallest > usable:
+        return f"nothing fits: the smallest candidate needs {smallest / GiB:.1f} GiB" + (
+            f" of {usable / GiB:.1f} usable" if usable is not None else "")
+    return (f"no candidate passes the rules: the smallest needs {smallest / GiB:.1f} GiB of {usable / GiB:.1f} usable, "
+            "and the rules turned it down (see the rejections)")
+
+
+def _invalid_rejections(space: _Space, candidates: list[TrainConfig]) -> list[Rejection]:
+    """A method the rules' settings left without a single valid configuration, as that rule's rejection."""
+    valid = {cfg.method for cfg in candidates}
+    out = []
+    for method, why in space.invalid.items():
+        if method in valid:
+            continue
+        # the field the validator's sentence names ("--precision fp32 with qlora: ..."), else every fixed one
+        fields = [name for name in ("precision", "attn") if name in space.setters and name in why] \
+            or [name for name in ("precision", "attn") if name in space.setters]
+        out.append(Rejection(option=method, rule=space.setters[fields[0]] if fields else "planner",
+                             reason=f"no {method} configuration is valid with what the rules set "
+                                    f"({', '.join(f'{name} {space.allowed[name][0]}' for name in fields)}): {why}"))
     return out
 
 
@@ -232,6 +269,7 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
         if rule.spec.set is not None:
             for key, value in rule.spec.set.items():
                 space.allowed[key] = list(value) if isinstance(value, list) else [value]
+                space.setters[key] = rule.id
             trace.append(TraceEntry(rule=rule.id, kind="set", sentence=sentence, source=rule.source,
                                     fields=sorted(rule.spec.set)))
         elif rule.spec.warn:
@@ -313,9 +351,15 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     for rejection in rejected:
         trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
                                 source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
+    for rejection in _invalid_rejections(space, candidates):
+        rejected.append(rejection)
+        trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
+                                source=next((r.source for r in plan_rules if r.id == rejection.rule),
+                                            "advisor/planner.py")))
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
+                    no_choice=_no_choice(smallest, usable),
                     what_would_fit=_what_would_fit(arch, hw, goals, rules, smallest, calibrations, host_ram_bytes)
                     if suggest else [])
     # sentences are rendered only for what is shown: the chosen plan and its alternatives
@@ -458,7 +502,7 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
     else:
         out.append(f"a GPU with more than {smallest / GiB:.1f} GiB (what the smallest candidate needs) plus headroom")
     for count in sorted({hw.count * 2, hw.count * 4, 8}):
-        if count > hw.count and (option := works(hw.model_copy(update={"count": count}),
+        if hw.count < count <= MAX_GPUS and (option := works(hw.model_copy(update={"count": count}),
                                                  goals.model_copy(update={"gpus": count}))):
             out.append(f"{count} x {hw.name}: {needs(option, ' per GPU')}")
             break

@@ -144,9 +144,9 @@ def plan_text(report) -> str:
         if gpu else f"{report.model.name} (no GPU known: give --gpu or --vram)"
     lines = [head, ""]
     if plan.chosen is None:
-        lines.append("nothing fits.")
-        if plan.smallest_need_bytes:
-            lines.append(f"the smallest candidate needs {format_bytes(plan.smallest_need_bytes)}; what would make it fit:")
+        lines.append(f"{plan.no_choice or 'nothing fits'}.")
+        if plan.what_would_fit:
+            lines.append("what would make a plan exist (each checked by planning for it):")
         lines += [f"  - {item}" for item in plan.what_would_fit]
     else:
         cfg = plan.chosen.config

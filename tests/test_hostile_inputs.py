@@ -183,6 +183,7 @@ CONFIG_PATHS = [  # (id, make the path in tmp_path, words)
     ("config-is-a-dir", lambda d: ((d / "m" / "config.json").mkdir(parents=True), d / "m")[1], "directory"),
     ("missing-json", lambda d: d / "nope" / "config.json", "no such file"),
     ("name-too-long", lambda d: str(d / ("x" * 300)), "unknown model"),
+    ("json-name-too-long", lambda d: str(d / ("x" * 300) / "config.json"), "no such file"),
     ("path-beyond-path-max", lambda d: "a/" * 3000, "not a model name"),
     ("nul-byte", lambda d: "llama\0-3.1-8b", "not a model name"),
     ("control-chars", lambda d: "llama\x1b[31m", "not a model name"),
@@ -944,3 +945,33 @@ def test_vision_language_files_refuse_a_tie_flag_that_is_not_true_or_false(cli, 
 
     path = _write(tmp_path / "config.json", {**config(folder), "tie_word_embeddings": value})
     assert_refused(cli(["estimate", "--model", path, "--gpu", "4090"]), words="tie_word_embeddings")
+
+
+# ---- faults found by the hostile-input audit -------------------------------------------------------------
+def test_export_path_with_a_name_too_long_for_the_file_system(cli):
+    assert_refused(cli(["export", "-f", "axolotl", "-m", "llama-3.2-1b", "--gpu", "4090", "-o",
+                        "x" * 300 + "/out"]), words="File name too long")
+
+
+def test_export_force_never_half_writes_over_a_directory(cli):
+    """--force replaces files: a target that is a directory is refused before any file of the export is written."""
+    (cli.work / "out" / "trl_sft.yaml").mkdir(parents=True)
+    (cli.work / "out" / "axolotl.yaml").write_text("mine\n")
+    assert_refused(cli(["export", "-f", "axolotl,trl-yaml", "-m", "llama-3.2-1b", "--gpu", "4090", "-o", "out",
+                        "--force"], allow_writes=True), words="not a regular file")
+    assert (cli.work / "out" / "axolotl.yaml").read_text() == "mine\n"
+    assert sorted(p.name for p in (cli.work / "out").iterdir()) == ["axolotl.yaml", "trl_sft.yaml"]
+
+
+def test_the_app_without_a_terminal_says_so_instead_of_waiting(tmp_path):
+    """`lora-advisor` in a pipe or a cron job: one line and exit 2, not a Textual screen waiting for keys."""
+    proc = subprocess.run([sys.executable, "-m", "advisor"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "needs a terminal" in proc.stderr
+
+
+@pytest.mark.parametrize("flags,words", [(["--method", "lora", "--optimizer", "adamw_8bit"], "adamw_8bit"),
+                                         (["--method", "lora8bit"], "8-bit")])
+def test_a_dry_run_it_cannot_trace_is_refused_before_the_child_starts(cli, flags, words):
+    assert_refused(cli(["verify", "--dry-run", "-m", "llama-3.2-1b", "--seq-len", "256", *flags]), words=words)

@@ -114,6 +114,50 @@ rules:
     assert plan.chosen.config.precision == "fp16"
 
 
+def test_a_rule_setting_a_precision_some_methods_cannot_use_rejects_those_methods_by_name(capsys, tmp_path):
+    """A rule pack that trains in fp32: QLoRA cannot (its 4-bit layers compute in 16 bit), so the plan goes on
+    with full and LoRA, and says which rule ruled QLoRA out; asked for QLoRA alone, no plan exists, and the
+    answer says so in one line (exit 3) instead of a traceback or a memory verdict."""
+    pack = tmp_path / "fp32.yaml"
+    pack.write_text("rules:\n  - id: house-fp32\n    priority: 10\n    when: gpu.bf16\n"
+                    "    set: {precision: fp32}\n    because: we train in fp32\n")
+    rules = merge(RULES, load_rules_text(pack.read_text(), str(pack)))
+    hw = hardware_for(gpu="4090")
+    plan = make_plan(resolve_model("llama-3.2-1b"), hw, Goals(seq_len=512), rules)
+    assert plan.chosen is not None and plan.chosen.config.precision == "fp32"
+    qlora = [r for r in plan.rejected if r.option == "qlora"]
+    assert len(qlora) == 1 and qlora[0].rule == "house-fp32" and "precision fp32" in qlora[0].reason
+    assert any(t.kind == "forbid" and t.rule == "house-fp32" for t in plan.trace)
+
+    only = make_plan(resolve_model("llama-3.2-1b"), hw, Goals(seq_len=512, method="qlora"), rules)
+    assert only.chosen is None and only.smallest_need_bytes is None and only.what_would_fit == []
+    assert only.no_choice.startswith("no configuration is left")
+    assert main(["plan", "-m", "llama-3.2-1b", "--gpu", "4090", "--method", "qlora", "--rules", str(pack)]) == 3
+    out = capsys.readouterr().out
+    assert "no configuration is left" in out and "house-fp32" not in out and "qlora: no qlora configuration" in out
+
+
+def test_a_rule_that_forbids_everything_is_not_called_a_memory_problem(capsys, tmp_path):
+    pack = tmp_path / "none.yaml"
+    pack.write_text("rules:\n  - id: closed\n    when: candidate.micro_batch > 0\n    forbid: true\n"
+                    "    because: the cluster is closed this week\n")
+    assert main(["plan", "-m", "llama-3.2-1b", "--gpu", "h100", "--rules", str(pack)]) == 3
+    out = capsys.readouterr().out
+    assert "no candidate passes the rules: the smallest needs" in out and "the cluster is closed" in out
+    assert main(["export", "-f", "axolotl", "-m", "llama-3.2-1b", "--gpu", "h100", "--rules", str(pack), "-o",
+                 str(tmp_path / "x")]) == 3
+    assert "no candidate passes the rules" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_what_would_fit_never_suggests_more_gpus_than_a_job_can_have():
+    """600 cards that are each too small: doubling them (1200) is past the 1024 a job may have, so the
+    suggestions stop there instead of failing validation."""
+    hw = hardware_for(vram="4GiB", gpus=600)
+    plan = make_plan(resolve_model("llama-3.1-70b"), hw, Goals(seq_len=4096, gpus=600, effective_batch=4096), RULES)
+    assert plan.chosen is None
+    assert not any(item.startswith(("1200 x", "2400 x")) for item in plan.what_would_fit)
+
+
 @pytest.mark.parametrize("yaml_text,words", [
     ("rules:\n  - id: x\n    when: gpu.vram_gb < 3\n    warn: true\n    because: b\n", "gpu.vram_gib"),
     ("rules:\n  - id: x\n    when: gpu.name > 3\n    warn: true\n    because: b\n", "compare"),

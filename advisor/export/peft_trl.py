@@ -187,9 +187,10 @@ def lora_config():
     return {_lora(ctx)}
 
 
-def training_args(output_dir="outputs", max_steps=-1, use_cpu=False):
+def training_args(output_dir="outputs", max_steps=-1, use_cpu=False, save=True):
     return SFTConfig(
         output_dir=output_dir,
+        save_strategy="steps" if save else "no",  # the Trainer's default: every 500 steps and at the end
         max_length=SEQ_LEN,
         packing=False,
         pad_to_multiple_of=SEQ_LEN if LENGTHS == "fixed" else None,  # the batch shapes the plan assumed
@@ -327,7 +328,8 @@ def main(argv=None):
     max_steps = args.max_steps or (10 if args.synthetic else -1)
     # The trainer arguments come before the model: with a ZeRO-3 config they switch on DeepSpeed's sharded
     # loading (zero.Init), so each GPU only ever holds its shard of the weights.
-    training = training_args(args.output_dir, max_steps=max_steps, use_cpu=args.cpu)
+    # A --synthetic run checks the plan: a checkpoint of random tokens' training is only minutes of disk writes.
+    training = training_args(args.output_dir, max_steps=max_steps, use_cpu=args.cpu, save=not args.synthetic)
     try:
         model = load_model(args.model, args.random_init{", attention_for(args.cpu)" if attn == "flash_attention_2" else ""})
         if args.synthetic:
@@ -346,6 +348,10 @@ def main(argv=None):
         print(json.dumps({{"event": "oom", "step": trainer.state.global_step + 1,
                           "message": str(exc).splitlines()[0]}}), flush=True)
         sys.exit("out of GPU memory: the plan does not fit (see the estimate in this file's header)")
+    # Every rank leaves together and closes the process group itself: a rank that exits while another still
+    # writes its checkpoint, or that leaves the group to the interpreter's teardown, can abort the launch.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

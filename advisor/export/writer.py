@@ -15,9 +15,14 @@ def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
         paths = {target: next(iter(files.values()))}
     else:
         paths = {target / name: text for name, text in files.items()}
-    existing = [p for p in paths if p.exists()]
+    existing = [p for p in paths if _exists(p)]
     if existing and not force:
         raise ExportError(f"{existing[0]} exists", "pass --force to overwrite, or -o another path")
+    # --force replaces files, never a directory (or a FIFO, a device): refuse before anything is written,
+    # so an export is all or nothing even then
+    if odd := next((p for p in existing if not p.is_file()), None):
+        raise ExportError(f"{odd} exists and is not a regular file: --force only replaces files",
+                          "remove it, or choose another -o path")
     for path in paths:
         parent = path.parent
         try:
@@ -43,6 +48,19 @@ def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
             Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"cannot write {exc.filename}: {exc.strerror}", "choose a writable -o path") from None
     return list(paths)
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at ``path`` (a name too long for the file system reads as an error, below)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError as exc:
+        raise ExportError(f"cannot use {_shown(path)}: {exc.strerror}", "choose a shorter -o path") from None
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}"
 
 
 def _umask() -> int:

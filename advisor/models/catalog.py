@@ -130,7 +130,7 @@ def resolve_model(spec: str) -> ModelArch:
         raise UnknownModelError(f"{spec} is a {path.suffix} file, not a config.json",
                                 "give the model's config.json or its directory", field="model", value=spec)
     if path.suffix == ".json" or is_dir or exists:
-        if not path.exists():
+        if not (is_dir or exists):
             raise UnknownModelError(f"{spec}: no such file", "check the path to config.json")
         return arch_from_config(read_config_file(path), name=path.parent.name or str(path), source=str(path))
     arch = catalog_arch(spec)

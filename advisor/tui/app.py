@@ -417,10 +417,10 @@ class AdvisorApp(App):
         alternatives.clear_options()
         self.previewed = None
         if plan.chosen is None:
-            need = plan.smallest_need_bytes or 0
-            summary = Text(f"nothing fits on {self.hardware.name if self.hardware else 'this card'}\n", style="bold red")
-            summary.append(f"the smallest candidate needs {need / GiB:.1f} GiB"
-                           + (f" of {capacity / GiB:.1f} usable" if capacity else ""))
+            need = plan.smallest_need_bytes
+            headline = "nothing fits" if need is not None and (capacity is None or need > capacity) else "no plan"
+            summary = Text(f"{headline} on {self.hardware.name if self.hardware else 'this card'}\n", style="bold red")
+            summary.append((plan.no_choice or "").split(": ", 1)[-1])  # the headline says the first half
             self.main.query_one("#plan-summary", Static).update(summary)
             self.main.query_one(MemoryBar).show(None, capacity)
             # what would make it fit is the answer: it goes first, the misses that led to it after

@@ -238,6 +238,19 @@ def replay_allocator(log: list) -> tuple[int, int, list[int]]:
     return allocator.peak_allocated, allocator.peak_reserved, by_step
 
 
+def refuse_untraceable(cfg: TrainConfig) -> None:
+    """What fake tensors cannot trace, refused before a child process starts (bad input: exit 2)."""
+    from ..errors import UsageError
+
+    if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
+        raise UsageError(f"the dry run cannot trace the {cfg.optimizer} optimizer: its step reads tensor values",
+                         "fake tensors carry no values; trace with adamw or sgd (their states are exact in the estimate)",
+                         field="optimizer", value=cfg.optimizer)
+    if cfg.method == "lora8bit":
+        raise UsageError("the dry run cannot trace an 8-bit (LLM.int8) base: bitsandbytes int8 layers need real tensors",
+                         "trace qlora or lora instead", field="method", value="lora8bit")
+
+
 def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: int | None = None,
             seq_lens: list[int] | None = None) -> DryRunResult:
     """Trace ``steps`` training steps on fake CPU tensors; return the last step's phase peaks.
@@ -246,17 +259,7 @@ def run_dry(arch: ModelArch, cfg: TrainConfig, steps: int = 2, workspace_bytes: 
     and of the backward (two cuBLAS handles: the caller's thread and autograd's).  ``seq_lens``: one step per
     length instead (unpacked data of varying length; the replay then shows what the changing shapes leave
     in the allocator's cache)."""
-    if cfg.optimizer not in TRACEABLE_OPTIMIZERS:
-        from ..errors import UsageError
-
-        raise UsageError(f"the dry run cannot trace the {cfg.optimizer} optimizer: its step reads tensor values",
-                         "fake tensors carry no values; trace with adamw or sgd (their states are exact in the estimate)",
-                         field="optimizer", value=cfg.optimizer)
-    if cfg.method == "lora8bit":
-        from ..errors import UsageError
-
-        raise UsageError("the dry run cannot trace an 8-bit (LLM.int8) base: bitsandbytes int8 layers need real tensors",
-                         "trace qlora or lora instead", field="method", value="lora8bit")
+    refuse_untraceable(cfg)
     import time
 
     import torch
