@@ -335,15 +335,51 @@ def _need_model(model: str | None) -> str:
     return model
 
 
+def given_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the flags the user typed (a default is nobody's choice): the same parse with every
+    default suppressed.  A flag given beside --from overrides the file; beside --plan it is refused."""
+    parser = build_parser()
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    suppress(sub)
+            elif action.option_strings:
+                action.default = argparse.SUPPRESS
+
+    suppress(parser)
+    return set(vars(parser.parse_args(list(argv))))
+
+
+def _over_file(args: argparse.Namespace, read: dict, flags: dict) -> dict:
+    """What a --from file set, under the flags the user gave beside it; says which flags changed the file."""
+    given = getattr(args, "given", set())
+    changed = [f"{FLAG_FOR_FIELD.get(name, name)} {_words(flags[name])} (the file: {_words(value)})"
+               for name, value in read.items() if name in given and name in flags and flags[name] != value]
+    if changed:
+        print(f"note: {args.from_file}: the flags given override it: {'; '.join(changed)}", file=sys.stderr)
+    return {**read, **{name: flags[name] for name in read if name in given and name in flags}}
+
+
+def _words(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def plan_request(args: argparse.Namespace) -> core.PlanRequest:
     model, method = args.model, args.method or "auto"
     seq_len, batch, data = args.seq_len, args.effective_batch, _data_fields(args)
     if args.from_file:  # plan for what the file trains: its model, sequence length, lengths, method and batch
         back = _read_from(args)
-        model, method = back.model, back.fields.get("method", "auto")
-        seq_len = back.fields.get("seq_len", seq_len)
-        data["lengths"] = back.fields.get("lengths", data["lengths"])
-        batch = _file_batch(back, args)
+        read = {"model": back.model, "method": back.fields.get("method", "auto"),
+                "seq_len": back.fields.get("seq_len", seq_len), "lengths": back.fields.get("lengths", data["lengths"]),
+                "effective_batch": _file_batch(back, args)}
+        chosen = _over_file(args, read, {"model": model, "method": method, "seq_len": seq_len,
+                                         "lengths": data["lengths"], "effective_batch": batch})
+        model, method, seq_len, batch = chosen["model"], chosen["method"], chosen["seq_len"], chosen["effective_batch"]
+        data["lengths"] = chosen["lengths"]
     return core.PlanRequest(model=_need_model(model), hardware=_gpu_request(args), seq_len=seq_len,
                             effective_batch=batch, method=method, prefer=args.prefer, rules=tuple(args.rules or ()),
                             host_ram=args.host_ram, calibration=not args.no_calibration, **_job_fields(args),
@@ -351,22 +387,28 @@ def plan_request(args: argparse.Namespace) -> core.PlanRequest:
 
 
 def config_request(args: argparse.Namespace) -> core.ConfigRequest:
-    """A configuration by hand: what --from read, over the flags, over the defaults (--gpus wins over both)."""
-    fields = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
-    fields["method"] = args.method if args.method not in (None, "auto") else "lora"
-    fields["seq_len"] = args.seq_len
-    fields.update(_data_fields(args))
+    """A configuration by hand: the flags the user gave, over a --ds-config JSON, over what --from read, over
+    the defaults (--gpus wins over all)."""
+    given = getattr(args, "given", set())
+    flags = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
+    flags["method"] = args.method if args.method not in (None, "auto") else "lora"
+    flags["seq_len"] = args.seq_len
+    flags.update(_data_fields(args))
+    fields = dict(flags)
     model, batch = args.model, args.effective_batch
-    if getattr(args, "ds_config", None):  # the DeepSpeed JSON the job runs with, over --zero / --offload
-        from .export.readback import deepspeed_fields
-
-        fields.update(deepspeed_fields(Path(args.ds_config), field="ds_config",
-                                       hint="give the DeepSpeed JSON your training job passes to --deepspeed"))
     if args.from_file:
         back = _read_from(args)
-        model = back.model
-        fields.update({k: ([v] if k == "rank" else v) for k, v in back.fields.items()})
-        batch = _file_batch(back, args)
+        read = {"model": back.model, "effective_batch": _file_batch(back, args),
+                **{k: ([v] if k == "rank" else v) for k, v in back.fields.items()}}
+        chosen = _over_file(args, read, {**flags, "model": model, "effective_batch": batch})
+        model, batch = chosen.pop("model"), chosen.pop("effective_batch")
+        fields.update(chosen)
+    if getattr(args, "ds_config", None):  # the DeepSpeed JSON the job runs with, under the flags given
+        from .export.readback import deepspeed_fields
+
+        fields.update({k: v for k, v in deepspeed_fields(
+            Path(args.ds_config), field="ds_config",
+            hint="give the DeepSpeed JSON your training job passes to --deepspeed").items() if k not in given})
     fields["rank"] = fields["rank"][0]
     if args.gpus is not None:
         fields["gpus"] = args.gpus
@@ -386,6 +428,11 @@ def _one_rank(args: argparse.Namespace, command: str) -> None:
                          field="rank", value=ranks)
 
 
+# what a saved plan fixes besides the model and the config: its goals and its GPUs
+PLANNED_FIELDS = {"seq_len", "effective_batch", "prefer", "rules", "host_ram", "lengths", "image_size",
+                  "images_per_sample", "image_tokens", "gpu", "vram", "gpus"}
+
+
 def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanResult | None]:
     """What export and verify act on: a saved plan's option, a configuration by hand, or the plan's option."""
     _one_rank(args, args.command)
@@ -393,6 +440,11 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
         if _by_hand(args) or args.model:
             raise UsageError("--plan takes the model and the config from the saved plan",
                              "drop --model and the config flags, or drop --plan", field="plan_file")
+        # the goals and the GPUs are the saved plan's too: a flag for them would be silently dropped
+        if dropped := sorted(FLAG_FOR_FIELD.get(name, name) for name in getattr(args, "given", set()) & PLANNED_FIELDS):
+            raise UsageError(f"--plan takes the goals and the GPUs from the saved plan, not {', '.join(dropped)}",
+                             f"drop {', '.join(dropped)}, or plan again with them: lora-advisor plan --json ... > "
+                             "plan.json", field="plan_file")
         return core.saved_option(core.load_plan(Path(args.plan_file)), args.option, not args.no_calibration), None
     if _by_hand(args):
         if args.option:
@@ -744,6 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not commands & set(argv) and not {"-h", "--help"} & set(argv):
             return run_tui(argv)  # no command: the interactive app
         args = build_parser().parse_args(argv)
+        args.given = given_flags(argv)
         if not getattr(args, "command", None):
             raise UsageError("name a command: plan, estimate, limits, verify, export, gpus or models",
                              "try `lora-advisor estimate --model llama-3.1-8b --method qlora`")

@@ -441,6 +441,14 @@ def load_plan(path: Path) -> SavedPlan:
     if not isinstance(data, dict) or "plan" not in data or "model" not in data:
         raise UsageError(f"{where} is not a plan document (no `plan` and `model`)",
                          "write one with `lora-advisor plan --json ... > plan.json`", field="plan_file", value=where)
+    from .bounded import shown
+    from .memory.result import SCHEMA_VERSION
+
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise UsageError(f"{where} is a plan document of schema version {shown(version)}; this lora-advisor reads "
+                         f"version {SCHEMA_VERSION}", "re-run `lora-advisor plan --json` with this version",
+                         field="plan_file", value=where)
     try:
         return SavedPlan(path, PlanReport.model_validate(data))
     except ValidationError as exc:

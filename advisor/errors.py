@@ -8,12 +8,22 @@ as a traceback for bad input.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (ESC, a newline, a NUL) written as its escape."""
+    if not isinstance(text, str) or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class AdvisorError(Exception):
     """Base class: bad input or an impossible request, reported without a traceback."""
 
     exit_code = 2
 
     def __init__(self, message: str, hint: str = "", field: str | None = None, value: object = None) -> None:
+        # a value quoted from the user (a path, a module name) may hold escape sequences or newlines: shown
+        # escaped, so the error stays one line and never restyles the terminal
+        message, hint = printable(message), printable(hint)
         super().__init__(message)
         self.message = message
         self.hint = hint

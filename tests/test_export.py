@@ -492,3 +492,49 @@ def test_an_effective_batch_the_accumulation_cannot_reach_exactly_is_said(tmp_pa
                  "--effective-batch", "50", "--gpu", "a100-80gb", "--format", "axolotl", "-o", str(tmp_path)]) == 0
     assert yaml.safe_load((tmp_path / "axolotl.yaml").read_text())["gradient_accumulation_steps"] == 5
     assert "= 60 sequences per optimizer step" in capsys.readouterr().out
+
+
+# ---- flags beside a file: the file is the base, what the user typed is the change ----------------------
+def test_flags_beside_from_override_the_file_and_say_so(tmp_path, capsys):
+    """`estimate --from axolotl.yaml --rank 64 --seq-len 4096`: the file's job at rank 64 and 4096 tokens,
+    the same numbers as the job given by hand with those values, and a note names what changed."""
+    base = ["--model", "llama-3.2-1b", "--method", "lora", "--gpu", "4090"]
+    out = export(tmp_path / "out", [*base, "--rank", "16", "--micro-batch", "2", "--effective-batch", "2"], "axolotl")
+    capsys.readouterr()
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "4090", "--rank", "64",
+                 "--seq-len", "4096"]) == 0
+    captured = capsys.readouterr()
+    over = json.loads(captured.out)
+    assert over["config"]["rank"] == 64 and over["config"]["seq_len"] == 4096 and over["config"]["micro_batch"] == 2
+    assert "--rank 64 (the file: 16)" in captured.err and "--seq-len 4096 (the file: 2048)" in captured.err
+    assert main(["estimate", "--json", *base, "--rank", "64", "--seq-len", "4096", "--micro-batch", "2",
+                 "--attn", over["config"]["attn"], "--stack", "axolotl"]) == 0
+    by_hand = json.loads(capsys.readouterr().out)
+    assert by_hand["peak_device_bytes"] == over["peak_device_bytes"]
+    # a flag at its default value is still a choice when typed; one not typed leaves the file alone
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "4090"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["rank"] == 16
+    # plan --from: the file's goals, under the goals typed
+    assert main(["plan", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "4090", "--seq-len", "8192"]) == 0
+    assert json.loads(capsys.readouterr().out)["goals"]["seq_len"] == 8192
+
+
+def test_typed_zero_and_offload_win_over_the_ds_config_json(tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}))
+    flags = ["--model", "llama-3.1-8b", "--method", "lora", "--gpu", "a100-80gb", "--ds-config", str(ds)]
+    assert main(["estimate", "--json", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["zero"] == 3
+    assert main(["estimate", "--json", *flags, "--zero", "2", "--offload", "none"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["zero"], config["offload"]) == (2, "none")
+
+
+@pytest.mark.parametrize("flag", [["--seq-len", "4096"], ["--gpu", "h100"], ["--gpus", "2"], ["--effective-batch", "64"],
+                                  ["--lengths", "variable"]])
+def test_goal_and_gpu_flags_beside_a_saved_plan_are_refused_not_dropped(tmp_path, capsys, flag):
+    assert main(["plan", "--json", "--model", "llama-3.2-1b", "--gpu", "4090"]) == 0
+    (tmp_path / "plan.json").write_text(capsys.readouterr().out)
+    assert main(["export", "-f", "axolotl", "--plan", str(tmp_path / "plan.json"), *flag, "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag[0] in err and not (tmp_path / "o").exists()

@@ -975,3 +975,25 @@ def test_the_app_without_a_terminal_says_so_instead_of_waiting(tmp_path):
                                          (["--method", "lora8bit"], "8-bit")])
 def test_a_dry_run_it_cannot_trace_is_refused_before_the_child_starts(cli, flags, words):
     assert_refused(cli(["verify", "--dry-run", "-m", "llama-3.2-1b", "--seq-len", "256", *flags]), words=words)
+
+
+@pytest.mark.parametrize("argv", [
+    ["estimate", "-m", "llama-3.2-1b", "--targets", "q_proj\x1b[31mred"],
+    ["estimate", "--from", "x\x1b[2J.yaml"],
+    ["export", "-f", "axolotl", "-m", "llama-3.2-1b", "--gpu", "4090", "-o", "/proc/x\x1b]0;title\x07/y"],
+])
+def test_escape_sequences_from_the_user_are_shown_escaped(cli, argv):
+    """A value quoted back in an error never reaches the terminal as an escape sequence (no recolouring,
+    no cleared screen, no window title)."""
+    line = assert_refused(cli(argv))
+    assert "\x1b" not in line and "\x07" not in line and "\\x1b" in line
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+def test_a_saved_plan_of_another_schema_version_is_refused(cli, version):
+    code, out, _, _ = cli(["plan", "--json", "-m", "llama-3.2-1b", "--gpu", "4090"])
+    assert code == 0
+    doc = json.loads(out)
+    doc["schema_version"] = version
+    (cli.work / "plan.json").write_text(json.dumps(doc))
+    assert_refused(cli(["export", "-f", "axolotl", "--plan", "plan.json", "-o", "out"]), words="schema version")
