@@ -317,6 +317,14 @@ FROM_YAML = [  # (id, file text or bytes, words)
     ("rank-list", AXOLOTL.replace("lora_r: 16", "lora_r: [8, 16]"), "lora_r"),
     ("rank-mapping", AXOLOTL.replace("lora_r: 16", "lora_r: {r: 16}"), "lora_r"),
     ("alpha-inf", AXOLOTL + "lora_alpha: .inf\n", "finite"),
+    # files the framework itself refuses are not jobs to estimate
+    ("axolotl-4bit-and-8bit", AXOLOTL + "load_in_4bit: true\nload_in_8bit: true\n", "both true"),
+    ("axolotl-qlora-in-8bit", AXOLOTL.replace("adapter: lora", "adapter: qlora") + "load_in_8bit: true\n",
+     "load_in_4bit: true"),
+    ("axolotl-qlora-without-4bit", AXOLOTL.replace("adapter: lora", "adapter: qlora"), "load_in_4bit: true"),
+    ("trl-4bit-and-8bit", TRL + "load_in_4bit: true\nload_in_8bit: true\n", "both true"),
+    ("llamafactory-full-quantized", LLAMAFACTORY.replace("finetuning_type: lora", "finetuning_type: full")
+     + "quantization_bit: 4\n", "finetuning_type: full"),
     ("alpha-nan", AXOLOTL + "lora_alpha: .nan\n", "finite"),
     ("alpha-negative", AXOLOTL + "lora_alpha: -32\n", "lora_alpha"),
     ("alpha-text", AXOLOTL + "lora_alpha: 1e6\n", "lora_alpha"),
@@ -419,6 +427,16 @@ FROM_READ = [  # (id, text, what the estimate must say): strings where lists bel
     ("llamafactory-target-comma", LLAMAFACTORY + "lora_target: q_proj, v_proj\n", {"targets": ["q_proj", "v_proj"]}),
     ("llamafactory-target-all", LLAMAFACTORY + "lora_target: all\n", {"targets": ["all-linear"]}),
     ("trl-target-string", TRL + "lora_target_modules: q_proj\n", {"targets": ["q_proj"]}),
+    # TRL's defaults: ModelConfig loads in float32 (dtype), SFTConfig autocasts to bf16 unless fp16 is set
+    ("trl-lora-no-dtype", TRL, {"method": "lora", "precision": "fp32"}),  # an fp32 base: counted as fp32
+    ("trl-lora-bf16-dtype", TRL + "dtype: bfloat16\n", {"precision": "bf16", "master_weights": False}),
+    ("trl-full-no-dtype", TRL.replace("use_peft: true", "use_peft: false"), {"precision": "bf16",
+                                                                            "master_weights": True}),
+    ("trl-fp16", TRL + "dtype: float16\nfp16: true\n", {"precision": "fp16"}),
+    ("trl-no-autocast", TRL + "bf16: false\n", {"precision": "fp32"}),
+    # TRL's ModelConfig: use_bnb_nested_quant defaults to False
+    ("trl-4bit-no-nested-quant", TRL + "load_in_4bit: true\n", {"method": "qlora", "double_quant": False}),
+    ("trl-4bit-nested-quant", TRL + "load_in_4bit: true\nuse_bnb_nested_quant: true\n", {"double_quant": True}),
     ("axolotl-bf16-auto", AXOLOTL + "bf16: auto\n", {"precision": "bf16"}),
     ("axolotl-unsloth-ckpt", AXOLOTL + "gradient_checkpointing: unsloth\n", {"grad_ckpt": True}),
     ("axolotl-optimizer-fused", AXOLOTL + "optimizer: adamw_torch_fused\n", {"optimizer": "adamw"}),

@@ -401,12 +401,24 @@ def _quant(file: _File, mapping: dict, key: str, default: str) -> str:
     return value
 
 
+def _one_quantization(file: _File, load_4bit: bool, load_8bit: bool) -> None:
+    """4-bit and 8-bit at once is no job: transformers' BitsAndBytesConfig (and TRL's ModelConfig) refuse it."""
+    if load_4bit and load_8bit:
+        raise ExportError(f"{file.path}: load_in_4bit and load_in_8bit are both true; a base loads in one of them",
+                          "keep load_in_4bit (QLoRA) or load_in_8bit (LoRA on an 8-bit base)", field=FIELD,
+                          value=str(file.path))
+
+
 def _axolotl(file: _File) -> ReadBack:
     data = file.data
     used: set = {"load_in_4bit", "load_in_8bit", "bnb_config_kwargs", "adapter", "lora_target_linear",
                  "lora_target_modules", "gradient_checkpointing", "lora_modules_to_save"}
     adapter = file.str("adapter", None, ("lora", "qlora"))
     load_4bit, load_8bit = file.bool("load_in_4bit", False), file.bool("load_in_8bit", False)
+    _one_quantization(file, load_4bit, load_8bit)
+    if adapter == "qlora" and not load_4bit:  # axolotl's own validation (check_qlora) refuses it
+        raise ExportError(f"{file.path}: adapter: qlora needs load_in_4bit: true (axolotl refuses the file without it)",
+                          "set load_in_4bit: true, or adapter: lora", field=FIELD, value=str(file.path))
     method = "full" if not adapter else ("qlora" if adapter == "qlora" or load_4bit else "lora")
     if adapter == "lora" and load_8bit:
         method = "lora8bit"
@@ -432,6 +444,10 @@ def _llamafactory(file: _File) -> ReadBack:
     if bits not in (None, 4, 8):
         raise file.error("quantization_bit", "4 or 8", bits)
     full = file.str("finetuning_type", "lora", ("lora", "full")) == "full"
+    if full and bits is not None:  # LLaMA-Factory's argument parser refuses it
+        raise ExportError(f"{file.path}: quantization_bit: {bits} with finetuning_type: full (LLaMA-Factory quantizes "
+                          "for LoRA only and refuses the file)", "drop quantization_bit, or set finetuning_type: lora",
+                          field=FIELD, value=str(file.path))
     method = "full" if full else {4: "qlora", 8: "lora8bit"}.get(bits, "lora")
     # upcast_layernorm casts the norms' weights to fp32 (model_utils/checkpointing.py prepare_model_for_training: 1-D
     # parameters named *norm* / *ln*).  On a 4-bit base every norm's output turns fp32 and bitsandbytes returns each
@@ -460,18 +476,31 @@ def _trl(file: _File) -> ReadBack:
     used: set = {"dtype", "bnb_4bit_quant_storage", "use_peft", "load_in_4bit", "load_in_8bit", "lora_target_modules",
                  "gradient_checkpointing", "bnb_4bit_quant_type", "use_bnb_nested_quant", "lora_modules_to_save"}
     peft = file.bool("use_peft", False)
+    _one_quantization(file, file.bool("load_in_4bit", False), file.bool("load_in_8bit", False))
     method = "full" if not peft else ("qlora" if file.bool("load_in_4bit", False) else
                                       "lora8bit" if file.bool("load_in_8bit", False) else "lora")
     targets = file.targets("lora_target_modules", "all-linear", ("all-linear",))
-    master = bool(data.get("bf16") or data.get("fp16")) and data.get("dtype") == "float32"
+    # TRL's defaults where the file is silent: ModelConfig loads the weights in float32, and SFTConfig turns bf16
+    # autocast on unless fp16 is set
+    amp = bool(data.get("fp16")) or data.get("bf16", True) is not False
+    fp32_weights = data.get("dtype", "float32") == "float32"
     lengths, padded_len = _trl_lengths(file, used, file.int("max_length", 1, MAX_SEQ_LEN))
     back = _read(file, "trl", "model_name_or_path", _used=used, method=method, targets=targets,
-                 _autocast_fp32_master=master,
+                 _autocast_fp32_master=amp and fp32_weights,
                  grad_ckpt=file.bool("gradient_checkpointing", True),
                  quant_type=_quant(file, data, "bnb_4bit_quant_type", "nf4"),
-                 double_quant=file.bool("use_bnb_nested_quant", True),
+                 double_quant=file.bool("use_bnb_nested_quant", False),  # TRL's ModelConfig default
                  train_embeddings=bool(data.get("lora_modules_to_save")), lengths=lengths)
     if padded_len is not None:  # every batch padded past max_length, to pad_to_multiple_of
         back.fields["seq_len"] = padded_len
+    if amp and back.fields["precision"] == "fp32":
+        back.fields["precision"] = "fp16" if data.get("fp16") else "bf16"
+    if amp and fp32_weights and method == "lora":
+        # adapters over an fp32 base under 16-bit autocast is not modelled: fp32 throughout holds the base's
+        # 4 bytes a weight, and is on the safe side for the activations autocast keeps in 16 bit
+        back.fields["precision"] = "fp32"
+    elif amp and fp32_weights and method in ("qlora", "lora8bit"):
+        back.not_modelled.append("dtype float32 (TRL's default: the embeddings, norms and lm_head load in fp32, "
+                                 "estimated as 16-bit; set dtype: bfloat16)")
     back.fields["stack"] = "trl"  # its SFTTrainer computes the loss with its fused LM head, whatever the file says
     return back
