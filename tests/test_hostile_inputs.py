@@ -1015,3 +1015,18 @@ def test_a_saved_plan_of_another_schema_version_is_refused(cli, version):
     doc["schema_version"] = version
     (cli.work / "plan.json").write_text(json.dumps(doc))
     assert_refused(cli(["export", "-f", "axolotl", "--plan", "plan.json", "-o", "out"]), words="schema version")
+
+
+def test_an_unknown_hub_id_without_network_is_one_line_at_once(cli, tmp_path, monkeypatch):
+    """No DNS for the hub: the cache alone is asked, with none of huggingface_hub's backed-off retries
+    (five, ~23 s, a warning line each) before the one-line error."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    line = assert_refused(cli(["estimate", "-m", "someorg/no-such-model-xyz"]), words="cannot be reached")
+    assert "Retrying" not in line

@@ -90,8 +90,14 @@ def _from_hub(repo_id: str) -> ModelArch:
             f"{repo_id!r} is not in the catalog and huggingface_hub is not installed",
             "pip install huggingface_hub, or pass a local config.json",
         ) from None
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings are not ours to print: the one-line error says it
     try:
-        path = hf_hub_download(repo_id, "config.json")
+        # a hub host that does not resolve is offline: read the cache only, instead of five backed-off retries
+        path = hf_hub_download(repo_id, "config.json", local_files_only=not _hub_resolves())
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         raise UnknownModelError(
@@ -102,7 +108,21 @@ def _from_hub(repo_id: str) -> ModelArch:
     except (RepositoryNotFoundError, HfHubHTTPError) as exc:
         raise UnknownModelError(f"{repo_id!r}: the hub has no such model ({type(exc).__name__})",
                                 "check the id; gated models need `hf auth login`") from None
+    finally:
+        hub_logger.setLevel(level)
     return arch_from_config(read_config_file(Path(path)), name=repo_id, source=repo_id)
+
+
+def _hub_resolves() -> bool:
+    """Whether the hub's host name resolves (HF_ENDPOINT's, else huggingface.co)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        return bool(host) and bool(socket.getaddrinfo(host, 443))
+    except (OSError, UnicodeError):
+        return False
 
 
 def resolve_model(spec: str) -> ModelArch:
