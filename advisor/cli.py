@@ -582,7 +582,7 @@ def _export_document(outcome: core.ExportOutcome) -> dict:
             "skipped": dict(outcome.skipped), "option": sel.option, "label": sel.label,
             "config": json.loads(sel.cfg.model_dump_json()),
             "peak_device_bytes": sel.need_bytes, "peak_allocated_bytes": sel.estimate.peak_allocated_bytes,
-            "capacity_bytes": sel.capacity_bytes, "fits": sel.fits}
+            "capacity_bytes": sel.capacity_bytes, "fits": sel.fits, "notes": list(outcome.notes)}
 
 
 def _print_export(outcome: core.ExportOutcome) -> None:
@@ -595,6 +595,8 @@ def _print_export(outcome: core.ExportOutcome) -> None:
         print(f"wrote {path}")
     for name, why in outcome.skipped.items():
         print(f"skipped {name}: {why}")
+    for note in outcome.notes:
+        print(f"note: {note}")
     cfg = sel.cfg
     steps = cfg.accumulation(sel.effective_batch)
     trained = cfg.micro_batch * cfg.gpus * steps

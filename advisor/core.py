@@ -558,6 +558,7 @@ class ExportOutcome:
     skipped: Mapping[str, str]  # format -> why it does not apply to this config
     formats: tuple[str, ...]  # the formats written
     selected: Selected
+    notes: tuple[str, ...] = ()  # where a file trains differently from what the plan said, and why
 
 
 def export_context(sel: Selected):
@@ -694,7 +695,12 @@ def export(sel: Selected, formats: tuple[str, ...], target: Path, force: bool = 
     except AdvisorError as err:
         err.field = err.field or "output"
         raise
-    return ExportOutcome(tuple(written), MappingProxyType(skipped), written_formats, sel)
+    notes = ()
+    if "llamafactory" in written_formats:
+        from .export.yaml_formats import neat_packing_note
+
+        notes = tuple(n for n in (neat_packing_note(export_context(sel)),) if n)
+    return ExportOutcome(tuple(written), MappingProxyType(skipped), written_formats, sel, notes)
 
 
 __all__ = ["ConfigRequest", "ExportOutcome", "GpuRequest", "PlanRequest", "PlanResult", "RankRow", "SavedPlan",

@@ -201,3 +201,22 @@ def test_an_unpacked_runs_cache_is_shown_not_judged_and_not_calibrated():
     assert point_from_report(report, arch, report.environment) is None
     fixed, _ = _cuda_report("fixed")
     assert all(c.judged for c in fixed.checks)  # a fixed shape's growing cache is a miss, and judged
+
+
+@pytest.mark.parametrize("gpu,attn,neat", [("4090", "flash_attention_2", True), ("t4", "sdpa", False)])
+def test_llamafactory_packs_neatly_only_where_it_costs_no_uncounted_mask(gpu, attn, neat, tmp_path, capsys):
+    """LLaMA-Factory's neat packing without FlashAttention-2 is a (micro batch, 1, L, L) mask (its
+    SFTDataCollatorWith4DAttentionMask) the estimate does not count: the export packs plainly there and
+    says why; a user's file that packs neatly under SDPA is read with that mask named and sized."""
+    out = tmp_path / "out"
+    assert main(["export", "--json", "--model", "llama-3.2-1b", "--gpu", gpu, "--method", "lora", "--seq-len", "4096",
+                 "--format", "llamafactory", "-o", str(out)]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    factory = yaml.safe_load((out / "llamafactory.yaml").read_text())
+    assert factory["packing"] is True and factory["neat_packing"] is neat
+    assert (notes == []) is neat and all("neat_packing" in n for n in notes)
+    assert read_config(out / "llamafactory.yaml").not_modelled == []
+    factory.update({"neat_packing": True, "flash_attn": "sdpa", "per_device_train_batch_size": 2})
+    (tmp_path / "neat.yaml").write_text(yaml.safe_dump(factory))
+    warned = read_config(tmp_path / "neat.yaml").not_modelled
+    assert len(warned) == 1 and "2 x 1 x 4096 x 4096" in warned[0] and "0.06 GiB" in warned[0]

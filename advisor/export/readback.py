@@ -462,13 +462,21 @@ def _llamafactory(file: _File) -> ReadBack:
     targets = file.targets("lora_target", "all", ("all",))
     # LLaMA-Factory upcasts full fine-tuning's trainable parameters to fp32 unless pure_bf16
     master = bool(data.get("bf16") or data.get("fp16")) and not data.get("pure_bf16")
-    return _read(file, "llamafactory", "model_name_or_path", _used=used, method=method, targets=targets,
+    back = _read(file, "llamafactory", "model_name_or_path", _used=used, method=method, targets=targets,
                  _autocast_fp32_master=master,
                  grad_ckpt=not file.bool("disable_gradient_checkpointing", False),
                  quant_type=_quant(file, data, "quantization_type", "nf4"),
                  double_quant=file.bool("double_quantization", True),
                  train_embeddings=bool(data.get("additional_target")), lengths=_llamafactory_lengths(file, used),
                  kbit_upcast="norms" if upcast else "none")
+    if file.bool("neat_packing", False) and back.fields.get("attn") != "flash":
+        # LLaMA-Factory's SFTDataCollatorWith4DAttentionMask: without FlashAttention-2, neat packing's block-diagonal
+        # attention is a (micro batch, 1, L, L) mask in the compute dtype, on the GPU for the whole step
+        seq, micro = back.fields.get("seq_len") or 2048, back.fields.get("micro_batch") or 1
+        size = micro * seq * seq * (4 if back.fields.get("precision") == "fp32" else 2)
+        back.not_modelled.append(f"neat_packing without flash_attn: fa2 (a block-diagonal {micro} x 1 x {seq} x {seq} "
+                                 f"attention mask, {size / 2**30:.2f} GiB; flash_attn: fa2 packs without it)")
+    return back
 
 
 def _trl(file: _File) -> ReadBack:

@@ -144,6 +144,15 @@ def axolotl(ctx: ExportContext) -> dict[str, str]:
     return {"axolotl.yaml": _dump(ctx, data, run_command(ctx, "axolotl"), LIGER_NEEDED if ctx.chunked_loss else "")}
 
 
+def neat_packing_note(ctx: ExportContext) -> str | None:
+    """Why the LLaMA-Factory file packs plainly, when it does."""
+    if ctx.cfg.lengths != "fixed" or ctx.attention == "flash":
+        return None
+    return (f"llamafactory.yaml packs without neat_packing: under {ctx.attention} attention LLaMA-Factory's "
+            "block-diagonal packing is a micro batch x 1 x L x L mask the estimate does not count, so packed "
+            "sequences attend to each other (FlashAttention-2 packs them apart)")
+
+
 def llamafactory(ctx: ExportContext) -> dict[str, str]:
     cfg = ctx.cfg
     if cfg.method == "full" and cfg.train_embeddings:
@@ -158,8 +167,11 @@ def llamafactory(ctx: ExportContext) -> dict[str, str]:
                   "flash_attn": {"flash": "fa2", "eager": "disabled"}.get(ctx.attention, "sdpa"),
                   "disable_gradient_checkpointing": not cfg.grad_ckpt,
                   # LLaMA-Factory cannot pad every batch to cutoff_len: fixed lengths pack to it, without
-                  # attention across the packed sequences (neat_packing); variable is its default for sft
-                  **({"packing": True, "neat_packing": True} if cfg.lengths == "fixed" else {"packing": False})}
+                  # attention across the packed sequences (neat_packing) under FlashAttention-2; under SDPA or
+                  # eager neat packing is a (micro batch, 1, L, L) mask the estimate does not count, so the
+                  # sequences are packed plainly (see NEAT_PACKING_NOTE); variable is its default for sft
+                  **({"packing": True, "neat_packing": ctx.attention == "flash"} if cfg.lengths == "fixed"
+                     else {"packing": False})}
     if ctx.chunked_loss:
         data["enable_liger_kernel"] = True
     if cfg.method != "full":
