@@ -1030,3 +1030,13 @@ def test_an_unknown_hub_id_without_network_is_one_line_at_once(cli, tmp_path, mo
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     line = assert_refused(cli(["estimate", "-m", "someorg/no-such-model-xyz"]), words="cannot be reached")
     assert "Retrying" not in line
+
+
+def test_an_output_named_like_a_file_is_never_made_a_directory(cli):
+    """`-o out.yaml` for an export of two files (ZeRO: axolotl.yaml and ds_config.json) is refused, not
+    turned into a directory called out.yaml; one file still goes to the name given."""
+    assert_refused(cli(["export", "-f", "axolotl", "-m", "llama-3.1-8b", "--method", "lora", "--zero", "2", "--gpus",
+                        "2", "--gpu", "h100", "-o", "out.yaml"]), words="names one file")
+    assert main(["export", "-f", "axolotl", "-m", "llama-3.1-8b", "--method", "lora", "--gpu", "h100", "-o",
+                 str(cli.work / "mine.yml")]) == 0
+    assert (cli.work / "mine.yml").is_file()

@@ -9,10 +9,16 @@ from pathlib import Path
 from .context import ExportError
 
 
+FILE_SUFFIXES = (".yaml", ".yml", ".json", ".py", ".toml", ".txt")
+
+
 def write_files(files: dict[str, str], target: Path, force: bool) -> list[Path]:
     """``target`` is a directory (several files) or, for a single file, a file path."""
     if len(files) == 1 and target.suffix:
         paths = {target: next(iter(files.values()))}
+    elif target.suffix.lower() in FILE_SUFFIXES:  # "-o out.yaml" is a file's name, never a directory's
+        raise ExportError(f"{_shown(target)} names one file, but this export writes {len(files)}: "
+                          f"{', '.join(sorted(files))}", "give a directory with -o (the files go in it together)")
     else:
         paths = {target / name: text for name, text in files.items()}
     existing = [p for p in paths if _exists(p)]
