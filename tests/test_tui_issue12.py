@@ -121,6 +121,29 @@ async def test_after_an_error_the_panels_are_cleared_and_moving_keeps_the_error(
         assert pilot.app.query_one(MemoryBar).estimate is None
 
 
+async def test_escape_takes_back_an_edit_not_submitted_so_every_field_shows_what_the_panels_answer():
+    """Typed but not submitted, then Escape: the field goes back to the value the plan (or its error) is
+    about; a submitted value stays, even a wrong one, next to its error."""
+    async with app(model="llama-3.2-1b").run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        seq = pilot.app.query_one("#seq_len", Input)
+        asked = seq.value
+        seq.focus()
+        seq.value = "8192"
+        await pilot.press("escape")
+        await settle(pilot)
+        assert seq.value == asked and pilot.app.request.seq_len == int(asked) and pilot.app.state == "planned"
+        await submit(pilot, "seq_len", "")
+        await pilot.press("escape")
+        await settle(pilot)
+        assert seq.value == "" and "empty" in text_of(pilot.app.query_one("#plan-summary"))
+        seq.focus()
+        seq.value = "4096"
+        await pilot.press("escape")
+        await settle(pilot)
+        assert seq.value == "" and "empty" in text_of(pilot.app.query_one("#plan-summary"))
+
+
 async def test_export_dialog_does_not_replan_and_a_failed_write_keeps_the_dialog_and_the_path(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

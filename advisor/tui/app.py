@@ -168,11 +168,12 @@ class AdvisorApp(App):
                             suggester=SuggestFromList(catalog_names(), case_sensitive=False))
                 yield Static("", id="model-error", classes="field-error")
                 yield Label("Sequence length, tokens", classes="field")
-                yield Input(str(req.seq_len), id="seq_len", compact=True, placeholder="2048", restrict=r"-?[0-9]*")
+                yield Input(str(req.seq_len), id="seq_len", compact=True, placeholder="tokens, e.g. 2048",
+                            restrict=r"-?[0-9]*")
                 yield Static("", id="seq_len-error", classes="field-error")
                 yield Label("Effective batch (seqs)", classes="field")
-                yield Input(str(req.effective_batch), id="effective_batch", compact=True, placeholder="16",
-                            restrict=r"-?[0-9]*")
+                yield Input(str(req.effective_batch), id="effective_batch", compact=True,
+                            placeholder="sequences, e.g. 16", restrict=r"-?[0-9]*")
                 yield Static("", id="effective_batch-error", classes="field-error")
                 yield Label("Method", classes="field")
                 yield Select([(m, m) for m in core.METHOD_CHOICES], value=req.method, allow_blank=False, id="method",
@@ -198,7 +199,10 @@ class AdvisorApp(App):
     POLL_SECONDS = 5.0
     REPLAN_ON_CHANGE_BYTES = 512 * 2**20
 
+    TEXT_FIELDS = ("model", "gpu", "seq_len", "effective_batch")
+
     def on_mount(self) -> None:
+        self._remember_fields()
         self.main.query_one("#plan").border_title = "Plan"
         self.main.query_one("#why").border_title = "Why"
         self.main.query_one("#alternatives").border_title = "Alternatives · Enter adopts"
@@ -320,7 +324,8 @@ class AdvisorApp(App):
     def form_changed(self, event) -> None:
         if self.detection is None:  # still starting: the first plan follows detection
             return
-        fields = {name: self.main.query_one(f"#{name}", Input).value for name in ("model", "gpu", "seq_len", "effective_batch")}
+        self._remember_fields()
+        fields = dict(self.submitted)
         fields.update({name: str(self.main.query_one(f"#{name}", Select).value)
                        for name in ("method", "prefer", "lengths")})
         try:
@@ -470,7 +475,18 @@ class AdvisorApp(App):
     def action_focus_model(self) -> None:
         self.main.query_one("#model", Input).focus()
 
+    def _remember_fields(self) -> None:
+        """The text fields as last asked: what the panels answer (or say is wrong)."""
+        self.submitted = {name: self.main.query_one(f"#{name}", Input).value for name in self.TEXT_FIELDS}
+
     def action_focus_plan(self) -> None:
+        """Leave the form.  An edit not submitted with Enter is taken back, so no field shows a value the
+        panels do not answer for."""
+        focused = self.focused
+        if isinstance(focused, Input) and focused.id in self.submitted \
+                and focused.value != self.submitted[focused.id]:
+            focused.value = self.submitted[focused.id]
+            self.notify("edit taken back: Enter applies a field", timeout=3)
         self.main.query_one("#alternatives", OptionList).focus()
 
     def action_cancel_plan(self) -> None:
