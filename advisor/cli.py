@@ -413,7 +413,8 @@ def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     if args.gpus is not None:
         fields["gpus"] = args.gpus
     return core.ConfigRequest(model=_need_model(model), config=fields, hardware=_gpu_request(args),
-                              effective_batch=batch, calibration=not args.no_calibration, **_job_fields(args))
+                              effective_batch=batch, calibration=not args.no_calibration,
+                              host_ram=getattr(args, "host_ram", None), **_job_fields(args))
 
 
 def _by_hand(args: argparse.Namespace) -> bool:
@@ -526,6 +527,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if getattr(args, "not_modelled", None):
             est = est.model_copy(update={"notes": [*est.notes, "the file turns on settings that change memory and are "
                                                    "not modelled: " + ", ".join(args.not_modelled)]})
+        if sel.offload_fits is False:
+            est = est.model_copy(update={"notes": [*est.notes, core.offload_note(sel)]})
         _print_json(EstimateReport.build(sel.arch, sel.cfg, est, speed))
     else:
         from .render import estimate_table, speed_lines

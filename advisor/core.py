@@ -14,7 +14,7 @@ app the input field.  Nothing here imports textual, rich or torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, get_args
@@ -101,6 +101,7 @@ class ConfigRequest:
     samples: int | None = None
     epochs: float = 1.0
     price_per_gpu_hour: float | None = None
+    host_ram: int | None = None  # bytes of CPU RAM an offload may use, when the user said
 
 
 # ---- results --------------------------------------------------------------------------------------------
@@ -119,6 +120,13 @@ class Selected:
     option: int | None = None  # 0 = the plan's choice, N = its N-th alternative; None = by hand
     label: str = ""
     notes: tuple[str, ...] = ()  # what a front end should tell (an unreadable calibration store, ...)
+    host_ram_bytes: int | None = None  # the CPU RAM the job's machine has, when known (--host-ram)
+
+    @property
+    def offload_fits(self) -> bool | None:
+        """Whether what the job offloads fits the machine's CPU RAM: None when unknown or nothing is offloaded."""
+        need = self.estimate.host_ram_bytes
+        return None if self.host_ram_bytes is None or not need else need <= self.host_ram_bytes
 
     @property
     def capacity_bytes(self) -> int | None:
@@ -404,9 +412,18 @@ def configure(req: ConfigRequest, detect: Detector | None = detect_gpus) -> Sele
         image_inputs(arch, cfg)  # images for a text-only model, or more image tokens than the sequence: refused
     calibrations, notes = _calibrations(arch, hardware, req.calibration)
     calibration = calibrations.get(cfg.method)
-    return Selected(model_spec=req.model, arch=arch, hardware=hardware, cfg=cfg,
-                    estimate=_estimate(arch, cfg, hardware, calibration), effective_batch=req.effective_batch,
-                    calibration=calibration, option=None, label=option_label(cfg), notes=notes)
+    sel = Selected(model_spec=req.model, arch=arch, hardware=hardware, cfg=cfg,
+                   estimate=_estimate(arch, cfg, hardware, calibration), effective_batch=req.effective_batch,
+                   calibration=calibration, option=None, label=option_label(cfg), notes=notes,
+                   host_ram_bytes=req.host_ram)
+    if sel.offload_fits is False:
+        sel = replace(sel, notes=(*sel.notes, offload_note(sel)))
+    return sel
+
+
+def offload_note(sel: Selected) -> str:
+    return (f"does not fit this machine's CPU RAM: the offload needs {sel.estimate.host_ram_bytes / GiB:.1f} GiB, "
+            f"the machine has {sel.host_ram_bytes / GiB:.1f} GiB")
 
 
 def _estimate(arch, cfg, hardware, calibration):
@@ -616,6 +633,11 @@ def render_export(sel: Selected, formats: tuple[str, ...], allow_no_fit: bool = 
         raise NoFitError(f"{sel.label} needs {sel.need_bytes / GiB:.2f} GiB per GPU but {sel.hardware.name} has "
                          f"{sel.capacity_bytes / GiB:.2f} GiB usable: nothing exported",
                          "choose an option that fits (plan), or export anyway with allow-no-fit", field="allow_no_fit")
+    if sel.offload_fits is False and not allow_no_fit:
+        raise NoFitError(f"{sel.label} offloads {sel.estimate.host_ram_bytes / GiB:.1f} GiB to CPU RAM but the machine "
+                         f"has {sel.host_ram_bytes / GiB:.1f} GiB: nothing exported",
+                         "offload less (ZeRO-3 without offload, more GPUs), or export anyway with allow-no-fit",
+                         field="allow_no_fit")
     ctx = export_context(sel)
     # every format once: what the wanted ones write, and for a refusal, which formats would apply
     by_format: dict[str, dict[str, str]] = {}

@@ -538,3 +538,22 @@ def test_goal_and_gpu_flags_beside_a_saved_plan_are_refused_not_dropped(tmp_path
     assert main(["export", "-f", "axolotl", "--plan", str(tmp_path / "plan.json"), *flag, "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flag[0] in err and not (tmp_path / "o").exists()
+
+
+def test_host_ram_given_by_hand_is_checked_by_estimate_and_export(tmp_path, capsys):
+    """--host-ram is the machine's CPU RAM for the configuration given by hand too: an offload beyond it is
+    said in the estimate (text and JSON) and refused by export unless --allow-no-fit."""
+    flags = ["--model", "llama-3.1-8b", "--method", "full", "--zero", "3", "--offload", "optimizer", "--gpu", "h100"]
+    assert main(["estimate", "--json", *flags, "--host-ram", "8GiB"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["host_ram_bytes"] > 8 * 2**30
+    assert any("CPU RAM" in n and "8.0 GiB" in n for n in doc["notes"]) and "CPU RAM" in captured.err
+    assert main(["export", "-f", "deepspeed", *flags, "--host-ram", "8GiB", "-o", str(tmp_path / "a")]) == 3
+    assert "CPU RAM" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["export", "-f", "deepspeed", *flags, "--host-ram", "8GiB", "--allow-no-fit", "-o",
+                 str(tmp_path / "b")]) == 0
+    assert main(["export", "-f", "deepspeed", *flags, "--host-ram", "1TiB", "-o", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["estimate", "--json", *flags, "--host-ram", "1TiB"]) == 0
+    assert not any("CPU RAM" in n for n in json.loads(capsys.readouterr().out)["notes"])
