@@ -462,8 +462,21 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
     return result.select(args.option), result
 
 
+# what a --from file can set: an error about one of them that the user did not type is the file's
+FILE_FIELDS = {*CONFIG_FIELDS, "method", "seq_len", "model", "lengths", "gpus"}
+
+
 def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None) -> core.Selected:
-    sel = core.configure(req or config_request(args))
+    req = req or config_request(args)
+    try:
+        sel = core.configure(req)
+    except AdvisorError as err:
+        if getattr(args, "from_file", None) and err.field in FILE_FIELDS - getattr(args, "given", set()) | {None}:
+            flag = FLAG_FOR_FIELD.get(err.field or "", "the flags")
+            raise UsageError(f"{args.from_file}: {err.message}", "the file sets this (its keys, or its framework's "
+                             f"defaults where it is silent): change it there, or override it with {flag}",
+                             field="from_file", value=args.from_file) from None
+        raise
     _notes(sel.notes)
     return sel
 

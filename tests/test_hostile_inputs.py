@@ -323,6 +323,9 @@ FROM_YAML = [  # (id, file text or bytes, words)
      "load_in_4bit: true"),
     ("axolotl-qlora-without-4bit", AXOLOTL.replace("adapter: lora", "adapter: qlora"), "load_in_4bit: true"),
     ("trl-4bit-and-8bit", TRL + "load_in_4bit: true\nload_in_8bit: true\n", "both true"),
+    # the file's own combination, named as the file's (not as a flag the user never typed)
+    ("axolotl-qlora-fp32", AXOLOTL.replace("adapter: lora", "adapter: qlora") + "load_in_4bit: true\n",
+     "train.yaml: --precision fp32 with qlora"),
     ("llamafactory-full-quantized", LLAMAFACTORY.replace("finetuning_type: lora", "finetuning_type: full")
      + "quantization_bit: 4\n", "finetuning_type: full"),
     ("alpha-nan", AXOLOTL + "lora_alpha: .nan\n", "finite"),
