@@ -478,6 +478,11 @@ def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None)
                              field="from_file", value=args.from_file) from None
         raise
     _notes(sel.notes)
+    if getattr(args, "from_file", None) and sel.arch.vision is not None and not sel.cfg.has_images:
+        # no framework file says how many images a sample has, or their size: the user does
+        print(f"warning: {args.from_file}: {sel.arch.name} reads images, and the file does not say how many per "
+              "sample or their size: estimated for text alone; pass --image-size PX (and --images-per-sample N) "
+              "or --image-tokens N for the images your data has", file=sys.stderr)
     return sel
 
 

@@ -557,3 +557,22 @@ def test_host_ram_given_by_hand_is_checked_by_estimate_and_export(tmp_path, caps
     capsys.readouterr()
     assert main(["estimate", "--json", *flags, "--host-ram", "1TiB"]) == 0
     assert not any("CPU RAM" in n for n in json.loads(capsys.readouterr().out)["notes"])
+
+
+def test_a_vision_language_file_reads_back_with_the_images_the_user_names(tmp_path, capsys):
+    """No framework file says how many images a sample has or their size: read back alone it is estimated
+    for text, with a warning that says which flags give the images; with them it is the exported peak."""
+    out = export(tmp_path / "out", ["--model", "gemma-3-4b-it", "--method", "lora", "--gpu", "h100", "--image-size",
+                                    "896", "--images-per-sample", "2"], "axolotl")
+    header = next(line for line in (out / "axolotl.yaml").read_text().splitlines() if "predicted peak" in line)
+    capsys.readouterr()
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "h100"]) == 0
+    captured = capsys.readouterr()
+    assert "--image-size" in captured.err and "text alone" in captured.err
+    text_only = json.loads(captured.out)["peak_device_bytes"]
+    assert main(["estimate", "--json", "--from", str(out / "axolotl.yaml"), "--gpu", "h100", "--image-size", "896",
+                 "--images-per-sample", "2"]) == 0
+    captured = capsys.readouterr()
+    with_images = json.loads(captured.out)["peak_device_bytes"]
+    assert "text alone" not in captured.err and with_images > text_only
+    assert f"{with_images / 2**30:.2f} GiB device" in header
