@@ -478,6 +478,9 @@ def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None)
                              field="from_file", value=args.from_file) from None
         raise
     _notes(sel.notes)
+    if getattr(args, "master_weights", False) and "master_weights" in getattr(args, "given", set()) and sel.cfg.zero:
+        print("note: --master-weights under ZeRO: DeepSpeed keeps the fp32 master copy in its optimizer partition "
+              "(counted there) and the module in 16 bit, whatever the flag says", file=sys.stderr)
     if getattr(args, "from_file", None) and sel.arch.vision is not None and not sel.cfg.has_images:
         # no framework file says how many images a sample has, or their size: the user does
         print(f"warning: {args.from_file}: {sel.arch.name} reads images, and the file does not say how many per "

@@ -576,3 +576,12 @@ def test_a_vision_language_file_reads_back_with_the_images_the_user_names(tmp_pa
     with_images = json.loads(captured.out)["peak_device_bytes"]
     assert "text alone" not in captured.err and with_images > text_only
     assert f"{with_images / 2**30:.2f} GiB device" in header
+
+
+def test_master_weights_under_zero_is_said_not_silently_dropped(capsys):
+    flags = ["estimate", "--json", "-m", "llama-3.2-1b", "--method", "full", "--zero", "2", "--gpus", "2", "--gpu", "h100"]
+    assert main([*flags, "--master-weights"]) == 0
+    captured = capsys.readouterr()
+    assert "--master-weights under ZeRO" in captured.err and json.loads(captured.out)["config"]["master_weights"] is False
+    assert main(flags) == 0
+    assert "--master-weights" not in capsys.readouterr().err
