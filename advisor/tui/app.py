@@ -556,7 +556,9 @@ class AdvisorApp(App):
         """Write the files (raises AdvisorError: the dialog shows it and stays open with what was typed)."""
         outcome = core.export(selected, (fmt,), directory, force)
         skipped = "".join(f"\nskipped {name}: {why}" for name, why in outcome.skipped.items())
-        self.notify("wrote " + ", ".join(str(p) for p in outcome.written) + skipped, title=f"Export · {selected.label}")
+        notes = "".join(f"\nnote: {note}" for note in outcome.notes)
+        self.notify("wrote " + ", ".join(str(p) for p in outcome.written) + skipped + notes,
+                    title=f"Export · {selected.label}")
 
     async def action_quit(self) -> None:
         """Quit now: a verification child still running is ended first (never left behind)."""
