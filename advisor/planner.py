@@ -500,7 +500,9 @@ def _what_would_fit(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: l
             out.append(f"{hw.count} x {spec.name} ({spec.memory_bytes / GiB:.0f} GiB): {needs(option, ' per GPU')}")
             break
     else:
-        out.append(f"a GPU with more than {smallest / GiB:.1f} GiB (what the smallest candidate needs) plus headroom")
+        if smallest > hw.usable_bytes:  # memory stopped it: bigger than the catalog knows (rules may stop it too)
+            out.append(f"a GPU with more than {smallest / GiB:.1f} GiB (what the smallest candidate needs) plus "
+                       "headroom")
     for count in sorted({hw.count * 2, hw.count * 4, 8}):
         if hw.count < count <= MAX_GPUS and (option := works(hw.model_copy(update={"count": count}),
                                                  goals.model_copy(update={"gpus": count}))):

@@ -146,7 +146,7 @@ def plan_text(report) -> str:
     if plan.chosen is None:
         lines.append(f"{plan.no_choice or 'nothing fits'}.")
         if plan.what_would_fit:
-            lines.append("what would make a plan exist (each checked by planning for it):")
+            lines.append("what would make a plan exist:")
         lines += [f"  - {item}" for item in plan.what_would_fit]
     else:
         cfg = plan.chosen.config

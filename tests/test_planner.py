@@ -144,6 +144,7 @@ def test_a_rule_that_forbids_everything_is_not_called_a_memory_problem(capsys, t
     assert main(["plan", "-m", "llama-3.2-1b", "--gpu", "h100", "--rules", str(pack)]) == 3
     out = capsys.readouterr().out
     assert "no candidate passes the rules: the smallest needs" in out and "the cluster is closed" in out
+    assert "a GPU with more than" not in out  # a bigger card is no answer to a rule (and was not checked)
     assert main(["export", "-f", "axolotl", "-m", "llama-3.2-1b", "--gpu", "h100", "--rules", str(pack), "-o",
                  str(tmp_path / "x")]) == 3
     assert "no candidate passes the rules" in capsys.readouterr().err and not (tmp_path / "x").exists()
