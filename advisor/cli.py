@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence, get_args
 
 from . import core
-from .errors import AdvisorError, UsageError
+from .errors import AdvisorError, UsageError, printable
 from .memory import config as train_fields
 
 # The flag for each request / config field: how this front end words an error's field.
@@ -304,17 +304,15 @@ def _read_from(args: argparse.Namespace):
     back = read_config(Path(args.from_file))
     args.not_modelled = back.not_modelled  # estimate --json carries them in its notes too
     if back.not_modelled:
-        print(f"warning: {args.from_file} ({back.format}): settings that change memory and are not modelled: "
-              f"{', '.join(back.not_modelled)}; the numbers are for the run without them", file=sys.stderr)
+        _say(f"warning: {args.from_file} ({back.format}): settings that change memory and are not modelled: "
+             f"{', '.join(back.not_modelled)}; the numbers are for the run without them")
     if back.unknown:
-        print(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}",
-              file=sys.stderr)
+        _say(f"note: {args.from_file} ({back.format}): keys not used by the estimate: {', '.join(back.unknown)}")
     sharded = back.fields.get("zero") or back.fields.get("fsdp")
     if sharded and "gpus" not in back.fields and args.gpus is None:
         # a framework YAML leaves the GPU count to its launcher; ZeRO / FSDP split the states over it
-        print(f"warning: {args.from_file} ({back.format}) does not say how many GPUs it runs on (its launcher does, "
-              "and no accelerate.yaml is next to it): estimated for 1 GPU; pass --gpus N for the per-GPU share",
-              file=sys.stderr)
+        _say(f"warning: {args.from_file} ({back.format}) does not say how many GPUs it runs on (its launcher does, "
+             "and no accelerate.yaml is next to it): estimated for 1 GPU; pass --gpus N for the per-GPU share")
     return back
 
 
@@ -358,7 +356,7 @@ def _over_file(args: argparse.Namespace, read: dict, flags: dict) -> dict:
     changed = [f"{FLAG_FOR_FIELD.get(name, name)} {_words(flags[name])} (the file: {_words(value)})"
                for name, value in read.items() if name in given and name in flags and flags[name] != value]
     if changed:
-        print(f"note: {args.from_file}: the flags given override it: {'; '.join(changed)}", file=sys.stderr)
+        _say(f"note: {args.from_file}: the flags given override it: {'; '.join(changed)}")
     return {**read, **{name: flags[name] for name in read if name in given and name in flags}}
 
 
@@ -471,7 +469,10 @@ def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None)
     try:
         sel = core.configure(req)
     except AdvisorError as err:
-        if getattr(args, "from_file", None) and err.field in FILE_FIELDS - getattr(args, "given", set()) | {None}:
+        given = getattr(args, "given", set())
+        typed = [FLAG_FOR_FIELD[name] for name in given if name in FLAG_FOR_FIELD]
+        about_typed = err.field is None and any(flag in err.message for flag in typed)
+        if getattr(args, "from_file", None) and err.field in FILE_FIELDS - given | {None} and not about_typed:
             flag = FLAG_FOR_FIELD.get(err.field or "", "the flags")
             raise UsageError(f"{args.from_file}: {err.message}", "the file sets this (its keys, or its framework's "
                              f"defaults where it is silent): change it there, or override it with {flag}",
@@ -483,15 +484,20 @@ def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None)
               "(counted there) and the module in 16 bit, whatever the flag says", file=sys.stderr)
     if getattr(args, "from_file", None) and sel.arch.vision is not None and not sel.cfg.has_images:
         # no framework file says how many images a sample has, or their size: the user does
-        print(f"warning: {args.from_file}: {sel.arch.name} reads images, and the file does not say how many per "
-              "sample or their size: estimated for text alone; pass --image-size PX (and --images-per-sample N) "
-              "or --image-tokens N for the images your data has", file=sys.stderr)
+        _say(f"warning: {args.from_file}: {sel.arch.name} reads images, and the file does not say how many per "
+             "sample or their size: estimated for text alone; pass --image-size PX (and --images-per-sample N) "
+             "or --image-tokens N for the images your data has")
     return sel
 
 
 def _notes(notes) -> None:
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        _say(f"note: {note}")
+
+
+def _say(text: str) -> None:
+    """A diagnostic on stderr; what it quotes from the user (a path, a file's keys) is shown escaped."""
+    print(printable(text), file=sys.stderr)
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -616,7 +622,7 @@ def _print_export(outcome: core.ExportOutcome) -> None:
     capacity = f" of {sel.capacity_bytes / 2**30:.2f} GiB" if sel.capacity_bytes is not None else ""
     print(f"exported {which}: {sel.label} · {sel.need_bytes / 2**30:.2f} GiB per GPU{capacity}")
     for path in outcome.written:
-        print(f"wrote {path}")
+        print(printable(f"wrote {path}"))
     for name, why in outcome.skipped.items():
         print(f"skipped {name}: {why}")
     for note in outcome.notes:

@@ -1043,3 +1043,23 @@ def test_an_output_named_like_a_file_is_never_made_a_directory(cli):
     assert main(["export", "-f", "axolotl", "-m", "llama-3.1-8b", "--method", "lora", "--gpu", "h100", "-o",
                  str(cli.work / "mine.yml")]) == 0
     assert (cli.work / "mine.yml").is_file()
+
+
+def test_diagnostics_quoting_a_file_or_a_flag_show_escape_sequences_escaped(cli, tmp_path):
+    """The notes and warnings beside an answer quote the user's input too (a YAML key, a path, a flag typed
+    over the file): none reaches the terminal as an escape sequence."""
+    path = tmp_path / "train.yaml"
+    path.write_text(AXOLOTL + '"weird\\x1b[2Jkey": 1\n')
+    code, _, err, _ = cli(["estimate", "--from", path, "--gpu", "4090", "--targets", "q_proj"])
+    assert code == 0 and "\x1b" not in err and "weird\\x1b[2Jkey" in err
+    code, _, err, _ = cli(["estimate", "--from", path, "--gpu", "4090", "--targets", "zz\x1b[1m"])
+    assert code == 2 and "\x1b" not in err
+
+
+def test_a_contradiction_the_user_typed_beside_a_file_is_the_users(cli, tmp_path):
+    """--fsdp and --zero both typed beside --from: the error names the flags, not the file; a combination
+    the file alone makes is the file's."""
+    path = tmp_path / "train.yaml"
+    path.write_text(AXOLOTL + "bf16: true\n")
+    line = assert_refused(cli(["estimate", "--from", path, "--gpu", "4090", "--fsdp", "--zero", "2", "--gpus", "2"]))
+    assert "--fsdp" in line and "train.yaml" not in line
