@@ -224,12 +224,15 @@ def _invalid_rejections(space: _Space, candidates: list[TrainConfig]) -> list[Re
     for method, why in space.invalid.items():
         if method in valid:
             continue
-        # the field the validator's sentence names ("--precision fp32 with qlora: ..."), else every fixed one
-        fields = [name for name in ("precision", "attn") if name in space.setters and name in why] \
-            or [name for name in ("precision", "attn") if name in space.setters]
-        out.append(Rejection(option=method, rule=space.setters[fields[0]] if fields else "planner",
-                             reason=f"no {method} configuration is valid with what the rules set "
-                                    f"({', '.join(f'{name} {space.allowed[name][0]}' for name in fields)}): {why}"))
+        # the rule that set the field the validator's sentence names ("--precision fp32 with qlora: ..."); a
+        # sentence naming none of them is the planner's own (it never blames a rule it cannot point at)
+        fields = [name for name in ("precision", "attn") if name in space.setters and name in why]
+        if fields:
+            out.append(Rejection(option=method, rule=space.setters[fields[0]],
+                                 reason=f"no {method} configuration is valid with what the rules set "
+                                        f"({', '.join(f'{name} {space.allowed[name][0]}' for name in fields)}): {why}"))
+        else:
+            out.append(Rejection(option=method, rule="planner", reason=f"no {method} configuration is valid: {why}"))
     return out
 
 
