@@ -466,6 +466,13 @@ def load_plan(path: Path) -> SavedPlan:
         raise UsageError(f"{where} is a plan document of schema version {shown(version)}; this lora-advisor reads "
                          f"version {SCHEMA_VERSION}", "re-run `lora-advisor plan --json` with this version",
                          field="plan_file", value=where)
+    # what a saved plan names is written into the exported files' headers: one printable line each
+    gpu_name = (data.get("gpu") or {}).get("name") if isinstance(data.get("gpu"), dict) else None
+    model_name = (data.get("model") or {}).get("name") if isinstance(data.get("model"), dict) else None
+    for what, text in (("gpu.name", gpu_name), ("model.name", model_name)):
+        if isinstance(text, str) and not text.isprintable():
+            raise UsageError(f"{where}: {what} holds control characters", "re-run `lora-advisor plan --json`",
+                             field="plan_file", value=where)
     try:
         return SavedPlan(path, PlanReport.model_validate(data))
     except ValidationError as exc:

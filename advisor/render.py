@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import printable
+
 from .memory.config import TrainConfig
 from .memory.result import MemoryEstimate
 from .models.arch import ModelArch
@@ -157,10 +159,11 @@ def plan_text(report) -> str:
         lines += speed_lines(plan.chosen.speed)
         lines.append("")
         lines.append("why:")
-        lines += [f"  ✓ {reason}" for reason in plan.chosen.reasons]
-    lines += [f"  ✓ {sentence}" for sentence in settled_for(plan)]
-    lines += [f"  ✗ {r.option}: {r.reason}" for r in plan.rejected]
-    lines += [f"  ! {w}" for w in plan.warnings]
+        lines += [f"  ✓ {printable(reason)}" for reason in plan.chosen.reasons]
+    # a rule pack's `because` is the user's text: escaped, one line each, never a terminal sequence
+    lines += [f"  ✓ {printable(sentence)}" for sentence in settled_for(plan)]
+    lines += [f"  ✗ {r.option}: {printable(r.reason)}" for r in plan.rejected]
+    lines += [f"  ! {printable(w)}" for w in plan.warnings]
     if plan.alternatives:
         lines += ["", "alternatives (option N: `export --plan plan.json --option N` after `plan --json > plan.json`):"]
         for index, alt in enumerate(plan.alternatives, start=1):

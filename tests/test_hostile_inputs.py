@@ -1063,3 +1063,26 @@ def test_a_contradiction_the_user_typed_beside_a_file_is_the_users(cli, tmp_path
     path.write_text(AXOLOTL + "bf16: true\n")
     line = assert_refused(cli(["estimate", "--from", path, "--gpu", "4090", "--fsdp", "--zero", "2", "--gpus", "2"]))
     assert "--fsdp" in line and "train.yaml" not in line
+
+
+def test_a_saved_plan_cannot_write_lines_into_an_exported_header(cli):
+    """The plan's GPU name goes into every file's header comment: a newline there would be code in train.py."""
+    code, out, _, _ = cli(["plan", "--json", "-m", "llama-3.2-1b", "--gpu", "4090"])
+    doc = json.loads(out)
+    doc["gpu"]["name"] = "RTX 4090\nimport os; print('INJECTED')\n#"
+    (cli.work / "plan.json").write_text(json.dumps(doc))
+    assert_refused(cli(["export", "-f", "peft-trl", "--plan", "plan.json", "-o", "out.py"]), words="control characters")
+
+
+def test_hf_home_that_is_a_file_is_one_line(cli, monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/etc/passwd")
+    monkeypatch.setenv("HF_HUB_CACHE", "/etc/passwd/hub")
+    assert_refused(cli(["estimate", "-m", "someorg/some-model-xyz", "--gpu", "4090"]))
+
+
+def test_a_rule_packs_because_is_shown_escaped(cli, tmp_path):
+    pack = tmp_path / "b.yaml"
+    pack.write_text('rules:\n  - {id: x, when: "true", warn: true, because: "a\\u001b]0;pwn\\u0007b\\nline2"}\n')
+    code, out, _, _ = cli(["plan", "-m", "llama-3.2-1b", "--gpu", "4090", "--rules", pack], allow_writes=True)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "a\\x1b]0;pwn" in out
+    assert not any(line == "line2" for line in out.splitlines())

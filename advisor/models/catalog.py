@@ -105,6 +105,9 @@ def _from_hub(repo_id: str) -> ModelArch:
             + (" and HF_HUB_OFFLINE is set" if offline else " and the hub cannot be reached"),
             "download the model's config.json and pass its path, or pick a catalog model (lora-advisor models)",
         ) from None
+    except OSError as exc:  # HF_HOME (its cache) is a file, unreadable, or full
+        raise UnknownModelError(f"{repo_id!r}: the Hugging Face cache cannot be used: {exc.strerror or exc}",
+                                "fix HF_HOME / HF_HUB_CACHE, or pass a local config.json") from None
     except (RepositoryNotFoundError, HfHubHTTPError) as exc:
         raise UnknownModelError(f"{repo_id!r}: the hub has no such model ({type(exc).__name__})",
                                 "check the id; gated models need `hf auth login`") from None
