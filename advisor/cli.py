@@ -465,6 +465,10 @@ FILE_FIELDS = {*CONFIG_FIELDS, "method", "seq_len", "model", "lengths", "gpus"}
 
 
 def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None) -> core.Selected:
+    # a configuration given by hand is not planned: the planner's own flags would be dropped
+    if unused := sorted(FLAG_FOR_FIELD[name] for name in getattr(args, "given", set()) & {"rules", "prefer"}):
+        raise UsageError(f"{', '.join(unused)} steer the planner, and this configuration is given by hand",
+                         f"drop {', '.join(unused)}, or use `lora-advisor plan` with them", field=None)
     req = req or config_request(args)
     try:
         sel = core.configure(req)

@@ -1086,3 +1086,9 @@ def test_a_rule_packs_because_is_shown_escaped(cli, tmp_path):
     code, out, _, _ = cli(["plan", "-m", "llama-3.2-1b", "--gpu", "4090", "--rules", pack], allow_writes=True)
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "a\\x1b]0;pwn" in out
     assert not any(line == "line2" for line in out.splitlines())
+
+
+@pytest.mark.parametrize("flags", [["--rules", "/nonexistent.yaml"], ["--prefer", "quality"]])
+def test_planner_flags_on_a_configuration_given_by_hand_are_refused_not_dropped(cli, flags):
+    assert_refused(cli(["estimate", "-m", "llama-3.2-1b", "--gpu", "4090", *flags]), words=flags[0])
+    assert_refused(cli(["limits", "-m", "llama-3.2-1b", "--gpu", "4090", *flags]), words=flags[0])
