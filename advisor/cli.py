@@ -350,9 +350,14 @@ def given_flags(argv: Sequence[str]) -> set[str]:
     return set(vars(parser.parse_args(list(argv))))
 
 
+def _given(args: argparse.Namespace) -> set[str]:
+    """What the user typed (main() records it; a namespace built elsewhere, as the app's, typed nothing)."""
+    return getattr(args, "given", set())
+
+
 def _over_file(args: argparse.Namespace, read: dict, flags: dict) -> dict:
     """What a --from file set, under the flags the user gave beside it; says which flags changed the file."""
-    given = getattr(args, "given", set())
+    given = _given(args)
     changed = [f"{FLAG_FOR_FIELD.get(name, name)} {_words(flags[name])} (the file: {_words(value)})"
                for name, value in read.items() if name in given and name in flags and flags[name] != value]
     if changed:
@@ -387,7 +392,7 @@ def plan_request(args: argparse.Namespace) -> core.PlanRequest:
 def config_request(args: argparse.Namespace) -> core.ConfigRequest:
     """A configuration by hand: the flags the user gave, over a --ds-config JSON, over what --from read, over
     the defaults (--gpus wins over all)."""
-    given = getattr(args, "given", set())
+    given = _given(args)
     flags = {name: getattr(args, name, _CONFIG_DEFAULTS[name]) for name in CONFIG_FIELDS}
     flags["method"] = args.method if args.method not in (None, "auto") else "lora"
     flags["seq_len"] = args.seq_len
@@ -440,7 +445,7 @@ def selected_option(args: argparse.Namespace) -> tuple[core.Selected, core.PlanR
             raise UsageError("--plan takes the model and the config from the saved plan",
                              "drop --model and the config flags, or drop --plan", field="plan_file")
         # the goals and the GPUs are the saved plan's too: a flag for them would be silently dropped
-        if dropped := sorted(FLAG_FOR_FIELD.get(name, name) for name in getattr(args, "given", set()) & PLANNED_FIELDS):
+        if dropped := sorted(FLAG_FOR_FIELD.get(name, name) for name in _given(args) & PLANNED_FIELDS):
             raise UsageError(f"--plan takes the goals and the GPUs from the saved plan, not {', '.join(dropped)}",
                              f"drop {', '.join(dropped)}, or plan again with them: lora-advisor plan --json ... > "
                              "plan.json", field="plan_file")
@@ -466,14 +471,14 @@ FILE_FIELDS = {*CONFIG_FIELDS, "method", "seq_len", "model", "lengths", "gpus"}
 
 def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None) -> core.Selected:
     # a configuration given by hand is not planned: the planner's own flags would be dropped
-    if unused := sorted(FLAG_FOR_FIELD[name] for name in getattr(args, "given", set()) & {"rules", "prefer"}):
+    if unused := sorted(FLAG_FOR_FIELD[name] for name in _given(args) & {"rules", "prefer"}):
         raise UsageError(f"{', '.join(unused)} steer the planner, and this configuration is given by hand",
                          f"drop {', '.join(unused)}, or use `lora-advisor plan` with them", field=None)
     req = req or config_request(args)
     try:
         sel = core.configure(req)
     except AdvisorError as err:
-        given = getattr(args, "given", set())
+        given = _given(args)
         typed = [FLAG_FOR_FIELD[name] for name in given if name in FLAG_FOR_FIELD]
         about_typed = err.field is None and any(flag in err.message for flag in typed)
         if getattr(args, "from_file", None) and err.field in FILE_FIELDS - given | {None} and not about_typed:
@@ -483,9 +488,9 @@ def _configured(args: argparse.Namespace, req: core.ConfigRequest | None = None)
                              field="from_file", value=args.from_file) from None
         raise
     _notes(sel.notes)
-    if getattr(args, "master_weights", False) and "master_weights" in getattr(args, "given", set()) and sel.cfg.zero:
-        print("note: --master-weights under ZeRO: DeepSpeed keeps the fp32 master copy in its optimizer partition "
-              "(counted there) and the module in 16 bit, whatever the flag says", file=sys.stderr)
+    if getattr(args, "master_weights", False) and "master_weights" in _given(args) and sel.cfg.zero:
+        _say("note: --master-weights under ZeRO: DeepSpeed keeps the fp32 master copy in its optimizer partition "
+             "(counted there) and the module in 16 bit, whatever the flag says")
     if getattr(args, "from_file", None) and sel.arch.vision is not None and not sel.cfg.has_images:
         # no framework file says how many images a sample has, or their size: the user does
         _say(f"warning: {args.from_file}: {sel.arch.name} reads images, and the file does not say how many per "

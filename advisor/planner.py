@@ -351,14 +351,10 @@ def make_plan(arch: ModelArch, hw: Hardware | None, goals: Goals, rules: list[Ru
     rejected = [Rejection(option=_describe(cfg), reason=rule.sentence(things), rule=rule.id, config=cfg, need_bytes=need)
                 for key, ((need, _), rule, things, cfg) in sorted(rejected_best.items(), key=lambda item: item[1][0])
                 if key not in alive]
+    rejected += _invalid_rejections(space, candidates)
     for rejection in rejected:
         trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
-                                source=next(r.source for r in forbid_rules if r.id == rejection.rule)))
-    for rejection in _invalid_rejections(space, candidates):
-        rejected.append(rejection)
-        trace.append(TraceEntry(rule=rejection.rule, kind="forbid", sentence=f"{rejection.option}: {rejection.reason}",
-                                source=next((r.source for r in plan_rules if r.id == rejection.rule),
-                                            "advisor/planner.py")))
+                                source=next((r.source for r in rules if r.id == rejection.rule), "advisor/planner.py")))
     if not survivors:
         return Plan(chosen=None, estimate=None, alternatives=[], trace=trace, rejected=rejected, warnings=warnings,
                     candidates_evaluated=len(candidates), candidates_estimated=estimated, smallest_need_bytes=smallest,
